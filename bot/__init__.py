@@ -1,0 +1,1 @@
+"""RelayDesk bot: config, transport, channels and the ticket core."""

@@ -1,0 +1,122 @@
+"""The aiohttp application: health, metrics, channel callbacks, the outbox worker."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiohttp import web
+
+from bot.channel import ChannelRegistry
+from bot.channels import build_channels
+from bot.config import Config
+from bot.core.directory import Directory
+from bot.core.handler import TicketBot
+from bot.core.notify import Notifier
+from bot.core.service import TicketService
+from bot.metrics import Metrics
+from bot.outbox import OutboxWorker
+from nlp import Classifier, SopLibrary
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Everything one bot process holds, wired once."""
+
+    def __init__(self, config: Config, db: Database | None = None):
+        self.config = config
+        self.db = db or Database(config.database_url)
+        self.metrics = Metrics()
+        classifier = Classifier.from_file(config.nlp.taxonomy) if config.nlp.taxonomy else Classifier.default()
+        sops = SopLibrary.from_file(config.nlp.sop) if config.nlp.sop else SopLibrary.default()
+        self.channels = ChannelRegistry()
+        # The channel list is known before the channels exist: the directory needs
+        # the names, the channels need the bot as their sink.
+        self.directory = Directory(config, [])
+        self.service = TicketService(config, self.directory, classifier)
+        self.notifier = Notifier(config, self.directory, self.service, sops)
+        self.bot = TicketBot(config, self.db, self.directory, self.service, self.notifier, self.metrics,
+                             on_commit=self._wake_outbox)
+        for channel in build_channels(config, self.bot, self.db):
+            self.channels.add(channel)
+        self.directory.channels = self.channels.names()
+        self.outbox = OutboxWorker(self.db, self.channels, config.outbox, self.metrics)
+        self._tasks: list[asyncio.Task] = []
+
+    def _wake_outbox(self) -> None:
+        self.outbox.wake()
+
+    async def start(self, *, workers: bool = True) -> None:
+        await self.db.init()
+        await self.directory.sync(self.db)
+        for channel in self.channels:
+            await channel.start()
+        if workers:
+            self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for channel in self.channels:
+            await channel.close()
+        await self.db.dispose()
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+@web.middleware
+async def _timing(request: web.Request, handler):
+    start = time.perf_counter()
+    try:
+        return await handler(request)
+    finally:
+        if request.path.startswith("/callbacks/"):
+            platform = request.path.split("/")[2] or "unknown"
+            request.app[RUNTIME].metrics.callback_seconds.labels(platform).observe(time.perf_counter() - start)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    try:
+        async with rt.db.session() as s:
+            from sqlalchemy import text
+
+            await s.execute(text("SELECT 1"))
+    except Exception as e:  # the database is what a health check is for
+        return web.json_response({"status": "error", "database": str(e)}, status=503)
+    return web.json_response({"status": "ok", "channels": rt.channels.names()})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    return web.Response(body=rt.metrics.render(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+def create_app(config: Config, *, db: Database | None = None, workers: bool = True) -> web.Application:
+    """The bot as an aiohttp app; `workers=False` leaves delivery to `outbox.drain()` (tests)."""
+    runtime = Runtime(config, db)
+    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[_timing])
+    app[RUNTIME] = runtime
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    for channel in runtime.channels:
+        app.router.add_routes(channel.routes())
+
+    async def on_startup(_app: web.Application) -> None:
+        await runtime.start(workers=workers)
+
+    async def on_cleanup(_app: web.Application) -> None:
+        await runtime.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app

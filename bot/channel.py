@@ -1,0 +1,92 @@
+"""The Channel interface every IM adapter implements, and the registry.
+
+A channel owns one platform's protocol: it verifies and parses callbacks into
+neutral InboundEvents, passes them to the sink (the ticket core), and renders
+neutral messages into the platform's API calls when the outbox delivers them.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Awaitable, Callable, ClassVar, Iterator
+
+from aiohttp import web
+
+from bot.events import Address, InboundEvent, Outbound
+from cards.model import Card
+
+
+@dataclass(frozen=True)
+class HandleResult:
+    """What the core made of an inbound event, for channels that answer inline."""
+
+    duplicate: bool = False
+    toast: str | None = None  # short feedback for the person who clicked
+    card: Card | None = None  # the clicked card as it should look now
+
+
+EventSink = Callable[[InboundEvent], Awaitable[HandleResult]]
+
+# The id of the outbox row being delivered, set by the outbox worker around
+# `Channel.send`, so a channel can make a repeated delivery of one row a no-op.
+current_outbox_id: ContextVar[int | None] = ContextVar("current_outbox_id", default=None)
+
+
+class DeliveryError(Exception):
+    """A send that failed. Not retryable: the outbox marks it failed at once."""
+
+    def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Channel(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, sink: EventSink):
+        self.sink = sink
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        """The callback routes this channel serves."""
+        return []
+
+    async def start(self) -> None:
+        """Open clients; called once the app starts."""
+
+    async def close(self) -> None:
+        """Close clients; called on shutdown."""
+
+    @abstractmethod
+    async def send(self, to: Address, message: Outbound, ref: dict | None) -> dict | None:
+        """Deliver one message.
+
+        `ref` is what an earlier send of a card with the same track key to the
+        same address returned (message ids, update tokens); a card message with
+        `update=True` should update that card in place when it can, and send a
+        new card otherwise. Return the handle to keep for later updates, or None.
+        Raise DeliveryError on failure.
+        """
+
+
+class ChannelRegistry:
+    def __init__(self) -> None:
+        self._channels: dict[str, Channel] = {}
+
+    def add(self, channel: Channel) -> None:
+        if channel.name in self._channels:
+            raise ValueError(f"channel {channel.name!r} registered twice")
+        self._channels[channel.name] = channel
+
+    def get(self, name: str) -> Channel | None:
+        return self._channels.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._channels
+
+    def __iter__(self) -> Iterator[Channel]:
+        return iter(self._channels.values())
+
+    def names(self) -> list[str]:
+        return list(self._channels)

@@ -1,0 +1,28 @@
+"""Channel adapters, one module per IM platform, plus the playground."""
+from __future__ import annotations
+
+from bot.channel import Channel, EventSink
+from bot.config import Config
+from storage.db import Database
+
+
+def build_channels(config: Config, sink: EventSink, db: Database) -> list[Channel]:
+    """The channels the config enables, in the order people are reached by them."""
+    channels: list[Channel] = []
+    if config.wecom is not None:
+        from bot.channels.wecom import WeComChannel
+
+        channels.append(WeComChannel(config.wecom, sink))
+    if config.feishu is not None:
+        from bot.channels.feishu import FeishuChannel
+
+        channels.append(FeishuChannel(config.feishu, sink))
+    if config.dingtalk is not None:
+        from bot.channels.dingtalk import DingTalkChannel
+
+        channels.append(DingTalkChannel(config.dingtalk, sink))
+    if config.playground.enabled:
+        from bot.channels.playground import PlaygroundChannel
+
+        channels.append(PlaygroundChannel(sink, db, config.people))
+    return channels

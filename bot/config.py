@@ -1,0 +1,265 @@
+"""Configuration: one TOML file plus RELAYDESK_* environment overrides.
+
+Environment variables win over the file. Nested keys use a double underscore:
+RELAYDESK_DATABASE_URL sets `database_url`, RELAYDESK_WECOM__SECRET sets
+`[wecom] secret`. Durations are strings with units ("30s", "10m", "2h", "1h30m").
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.toml")
+ENV_PREFIX = "RELAYDESK_"
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person editing the file."""
+
+
+def parse_duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f'durations are strings with a unit, e.g. "30s", "10m", "2h" (got {value!r})')
+    s = value.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not s or pos != len(s):
+        raise ValueError(f'not a duration: {value!r} (write e.g. "30s", "10m", "2h", "1h30m")')
+    return timedelta(seconds=total)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Priority = Literal["P0", "P1", "P2"]
+Role = Literal["customer", "engineer", "lead", "director", "manager", "admin"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    public_url: str = "http://127.0.0.1:8080"
+
+
+class DeadlineConfig(_Section):
+    respond: Duration
+    resolve: Duration
+
+
+def _default_deadlines() -> dict[str, DeadlineConfig]:
+    return {
+        "P0": DeadlineConfig(respond="10m", resolve="4h"),
+        "P1": DeadlineConfig(respond="30m", resolve="24h"),
+        "P2": DeadlineConfig(respond="4h", resolve="72h"),
+    }
+
+
+class TicketsConfig(_Section):
+    domain: str = Field(default="SRV", pattern=r"^[A-Z]{2,6}$")
+    timezone: str = "Asia/Shanghai"
+    deadlines: dict[Priority, DeadlineConfig] = Field(default_factory=_default_deadlines)
+    # A customer's text within this window after their last report, starting
+    # with an "addition" word (补充/另外/还有), is added to that open ticket.
+    addition_window: Duration = timedelta(hours=24)
+
+    @model_validator(mode="after")
+    def _all_priorities(self):
+        missing = {"P0", "P1", "P2"} - set(self.deadlines)
+        if missing:
+            raise ValueError(f"deadlines missing for {', '.join(sorted(missing))}")
+        return self
+
+
+class OutboxConfig(_Section):
+    max_attempts: int = Field(default=12, ge=1)
+    base_delay: Duration = timedelta(seconds=2)
+    max_delay: Duration = timedelta(minutes=10)
+    lease: Duration = timedelta(seconds=60)
+    poll_interval: Duration = timedelta(seconds=1)
+    # Per recipient and channel; the platforms drop what exceeds their caps.
+    per_recipient_per_minute: int = Field(default=20, ge=1)
+
+
+class NlpConfig(_Section):
+    taxonomy: Optional[Path] = None
+    sop: Optional[Path] = None
+
+
+class PlaygroundConfig(_Section):
+    enabled: bool = True
+
+
+class TeamConfig(_Section):
+    id: str
+    name: str
+    region: Optional[str] = None
+    skills: list[str] = Field(default_factory=list)
+    lead: Optional[str] = None
+    director: Optional[str] = None
+    # Engineers' group chat per channel, e.g. {playground = "engineers", wecom = "wrk..."}
+    groups: dict[str, str] = Field(default_factory=dict)
+
+
+class PersonConfig(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
+    role: Role
+    team: Optional[str] = None
+    region: Optional[str] = None
+    skills: list[str] = Field(default_factory=list)
+    phone: Optional[str] = None
+    # User id per platform: {wecom = "zhangsan", feishu = "ou_...", dingtalk = "0123"}
+    identities: dict[str, str] = Field(default_factory=dict)
+
+
+class WeComConfig(_Section):
+    """A WeCom self-built app (自建应用)."""
+
+    corp_id: str
+    agent_id: int
+    secret: str
+    token: str
+    encoding_aes_key: str = Field(min_length=43, max_length=43)
+    api_base: str = "https://qyapi.weixin.qq.com"
+    engineers_chat: Optional[str] = None  # appchat chatid of the engineers' group
+    robot_webhook_key: Optional[str] = None  # group robot, for @mentions
+    replay_window: Duration = timedelta(minutes=5)
+
+
+class FeishuConfig(_Section):
+    """A Feishu (or Lark: api_base = "https://open.larksuite.com") app."""
+
+    app_id: str
+    app_secret: str
+    verification_token: str
+    encrypt_key: Optional[str] = None
+    api_base: str = "https://open.feishu.cn"
+    engineers_chat: Optional[str] = None  # chat_id (oc_...)
+
+
+class DingTalkConfig(_Section):
+    """A DingTalk enterprise app with its robot (HTTP mode)."""
+
+    app_key: str  # also the robotCode
+    app_secret: str
+    robot_code: Optional[str] = None  # defaults to app_key
+    # Event subscription (address-book events), encrypted like WeCom's.
+    event_token: Optional[str] = None
+    event_aes_key: Optional[str] = None
+    corp_id: Optional[str] = None
+    # Interactive cards: a template built in DingTalk's card platform.
+    card_template_id: Optional[str] = None
+    card_callback_route_key: Optional[str] = None
+    card_api_secret: Optional[str] = None
+    api_base: str = "https://api.dingtalk.com"
+    oapi_base: str = "https://oapi.dingtalk.com"
+    engineers_chat: Optional[str] = None  # openConversationId
+    sign_window: Duration = timedelta(hours=1)
+
+
+class Config(_Section):
+    database_url: str = "sqlite+aiosqlite:///./data/relaydesk.db"
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    tickets: TicketsConfig = Field(default_factory=TicketsConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    nlp: NlpConfig = Field(default_factory=NlpConfig)
+    playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
+    # Unknown senders become customers who may report and follow their tickets.
+    allow_unknown_reporters: bool = True
+    wecom: Optional[WeComConfig] = None
+    feishu: Optional[FeishuConfig] = None
+    dingtalk: Optional[DingTalkConfig] = None
+    teams: list[TeamConfig] = Field(default_factory=list)
+    people: list[PersonConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_refs(self):
+        ids = [p.id for p in self.people]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"people: duplicate id {dupes[0]!r}")
+        team_ids = {t.id for t in self.teams}
+        known = set(ids)
+        for i, p in enumerate(self.people):
+            if p.team is not None and p.team not in team_ids:
+                raise ValueError(f"people[{i}].team: unknown team {p.team!r}")
+        for i, t in enumerate(self.teams):
+            for key in ("lead", "director"):
+                ref = getattr(t, key)
+                if ref is not None and ref not in known:
+                    raise ValueError(f"teams[{i}].{key}: unknown person {ref!r}")
+        return self
+
+    def team(self, team_id: str | None) -> TeamConfig | None:
+        return next((t for t in self.teams if t.id == team_id), None)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "DATA_DIR":
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path or path[0] not in Config.model_fields:
+            continue
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    key = f"{loc}: " if loc else ""
+    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    return f"{source}: {key}{msg}{more}"
+
+
+def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (or the embedded default) and apply the environment."""
+    env = os.environ if env is None else env
+    source = str(path) if path is not None else "embedded default config"
+    file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    raw = _merge(raw, _env_overrides(env))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(source, e)) from None

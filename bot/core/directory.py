@@ -1,0 +1,105 @@
+"""People, their platform identities, teams, and where to reach them."""
+from __future__ import annotations
+
+import re
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.config import Config
+from bot.events import Address
+from storage.db import Database
+from storage.models import Identity, Person
+from storage.queries import insert_ignore
+
+STAFF_ROLES = frozenset({"engineer", "lead", "director", "manager", "admin"})
+LEAD_ROLES = frozenset({"lead", "director", "manager", "admin"})
+ENGINEER_ROLES = frozenset({"engineer", "lead"})
+
+
+def is_staff(p: Person) -> bool:
+    return p.role in STAFF_ROLES
+
+
+def is_lead(p: Person) -> bool:
+    return p.role in LEAD_ROLES
+
+
+class Directory:
+    def __init__(self, config: Config, channels: list[str]):
+        self.config = config
+        # Channels in preference order for reaching a person directly.
+        self.channels = channels
+
+    async def sync(self, db: Database) -> None:
+        """Make the database's people match the config (runtime customers stay)."""
+        async with db.session() as s:
+            for pc in self.config.people:
+                p = await s.get(Person, pc.id)
+                if p is None:
+                    p = Person(id=pc.id, name=pc.name, role=pc.role)
+                p.name, p.role, p.team, p.region = pc.name, pc.role, pc.team, pc.region
+                p.skills, p.phone, p.active = list(pc.skills), pc.phone, True
+                s.add(p)
+            await s.flush()
+            for pc in self.config.people:
+                for platform, ext in pc.identities.items():
+                    ident = await s.get(Identity, (platform, ext))
+                    if ident is None:
+                        s.add(Identity(platform=platform, external_id=ext, person_id=pc.id))
+                    else:
+                        ident.person_id = pc.id
+
+    async def resolve(
+        self, s: AsyncSession, platform: str, external_id: str, display_name: str | None
+    ) -> Person | None:
+        """The person behind a platform user id; unknown senders become customers if allowed."""
+        ident = await s.get(Identity, (platform, external_id))
+        if ident is not None:
+            return await s.get(Person, ident.person_id)
+        if not self.config.allow_unknown_reporters:
+            return None
+        pid = f"{platform}:{external_id}"
+        person = await s.get(Person, pid)
+        if person is None:
+            name = (display_name or "").strip() or f"{platform}用户{external_id[-4:]}"
+            await insert_ignore(s, Person, id=pid, name=name[:64], role="customer", skills=[], active=True)
+            person = await s.get(Person, pid)
+        await insert_ignore(s, Identity, platform=platform, external_id=external_id, person_id=pid)
+        return person
+
+    async def identities(self, s: AsyncSession, person_id: str) -> dict[str, str]:
+        rows = (await s.exec(select(Identity).where(Identity.person_id == person_id))).all()
+        return {r.platform: r.external_id for r in rows}
+
+    async def direct_address(self, s: AsyncSession, person_id: str, prefer: str | None = None) -> Address | None:
+        ids = await self.identities(s, person_id)
+        order = ([prefer] if prefer else []) + self.channels
+        for ch in order:
+            if ch in ids and ch in self.channels:
+                return Address(ch, "user", ids[ch])
+        return None
+
+    def team_groups(self, team_id: str | None) -> list[Address]:
+        team = self.config.team(team_id)
+        out = []
+        for ch in self.channels:
+            chat = team.groups.get(ch) if team else None
+            if chat is None:
+                section = getattr(self.config, ch, None)
+                chat = getattr(section, "engineers_chat", None)
+            if chat:
+                out.append(Address(ch, "group", chat))
+        return out
+
+    async def find_by_name(self, s: AsyncSession, text: str) -> Person | None:
+        """A staff member named in free text (转交 李工)."""
+        name = re.sub(r"[@＠\s]", "", text)
+        if not name:
+            return None
+        staff = (await s.exec(select(Person).where(Person.role.in_(ENGINEER_ROLES)))).all()
+        exact = [p for p in staff if p.name == name or p.id == name]
+        if exact:
+            return exact[0]
+        partial = [p for p in staff if p.name in name]
+        return partial[0] if len(partial) == 1 else None

@@ -1,0 +1,301 @@
+"""From a neutral inbound event to ticket commands, replies and notifications.
+
+One event is one transaction: the de-duplication mark, the ticket change, the
+audit event and every outbound message commit together, so a platform's retry
+of an event that got a 200 finds it done, and nothing acknowledged is lost.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.channel import HandleResult
+from bot.config import Config
+from bot.core import states as st
+from bot.core.commands import CUSTOMER_COMMANDS, Command, parse_command
+from bot.core.directory import Directory, is_staff
+from bot.core.notify import Notifier
+from bot.core.service import Actor, Change, Refused, TicketService
+from bot.events import Address, CardMessage, InboundEvent, Text
+from bot.metrics import Metrics
+from bot.outbox import enqueue
+from bot.texts import t
+from cards import build
+from nlp import Classifier
+from storage.db import Database
+from storage.models import CardAction, Person, ProcessedEvent, Ticket
+from storage.queries import insert_ignore
+
+log = logging.getLogger(__name__)
+
+_SMALL_TALK_MAX = 6  # an unclassifiable customer message this short is chat, not a report
+
+
+@dataclass
+class _Reply:
+    texts: list[str]
+    toast: str | None = None
+    card_ticket: int | None = None  # for card clicks: the ticket whose card was clicked
+
+
+class TicketBot:
+    """The sink channels hand their events to."""
+
+    def __init__(self, config: Config, db: Database, directory: Directory, service: TicketService,
+                 notifier: Notifier, metrics: Metrics, on_commit=None):
+        self.config = config
+        self.db = db
+        self.directory = directory
+        self.service = service
+        self.notifier = notifier
+        self.metrics = metrics
+        self.on_commit = on_commit or (lambda: None)
+
+    async def __call__(self, event: InboundEvent) -> HandleResult:
+        return await self.handle(event)
+
+    async def handle(self, event: InboundEvent) -> HandleResult:
+        async with self.db.session() as s:
+            fresh = await insert_ignore(s, ProcessedEvent, platform=event.platform, event_id=event.event_id)
+            if not fresh:
+                self.metrics.inbound.labels(event.platform, "duplicate").inc()
+                return HandleResult(duplicate=True)
+            person = await self.directory.resolve(s, event.platform, event.sender_id, event.sender_name)
+            if person is None:
+                reply = _Reply([t("reply.unknown_user")], toast=t("reply.unknown_user"))
+            else:
+                actor = Actor(person, event.platform, "card" if event.kind == "action" else "text")
+                try:
+                    reply = await self._dispatch(s, actor, event)
+                except Refused as r:
+                    self.metrics.refusals.labels(r.key).inc()
+                    reply = _Reply([r.text], toast=r.text)
+            card = None
+            if event.kind == "action":
+                card = await self._clicked_card(s, event)
+            else:
+                for text in reply.texts:
+                    enqueue(s, event.conversation, Text(text, self._mention_back(event)))
+        self.metrics.inbound.labels(event.platform, "ok").inc()
+        self.on_commit()
+        return HandleResult(toast=reply.toast, card=card)
+
+    def _mention_back(self, event: InboundEvent) -> tuple[str, ...]:
+        return (event.sender_id,) if event.conversation.kind == "group" else ()
+
+    async def _clicked_card(self, s: AsyncSession, event: InboundEvent):
+        """The clicked card as it looks after the click, for channels that replace it inline."""
+        action = await s.get(CardAction, event.action_token) if event.action_token else None
+        if action is None:
+            return None
+        ticket = await self.service.get(s, action.ticket_id, lock=False)
+        if ticket is None:
+            return None
+        if action.action.startswith("rate:"):
+            return await self.notifier.rating_card(s, ticket, await self.notifier.view(s, ticket))
+        if action.action in ("ack",) or action.action.startswith("transfer:"):
+            return await self.notifier.escalation_card(s, ticket, t("escalation.reason.manual", name=""))
+        return await self.notifier.engineer_card(s, ticket)
+
+    # ---- dispatch --------------------------------------------------------
+
+    async def _dispatch(self, s: AsyncSession, actor: Actor, event: InboundEvent) -> _Reply:
+        if event.kind == "action":
+            return await self._click(s, actor, event)
+        if event.kind == "image":
+            return await self._image(s, actor, event)
+        cmd = parse_command(event.text)
+        if cmd is None:
+            return await self._free_text(s, actor, event)
+        if not is_staff(actor.person) and cmd.name not in CUSTOMER_COMMANDS:
+            raise Refused("customer_command", command=event.text.strip()[:20])
+        return await self._command(s, actor, event, cmd)
+
+    async def _apply(self, s: AsyncSession, change: Change) -> Change:
+        await self.notifier.after(s, change)
+        if change.changed:
+            self.metrics.ticket_actions.labels(change.action).inc()
+            if change.action == "report":
+                self.metrics.tickets_created.labels(change.ticket.priority).inc()
+        return change
+
+    async def _free_text(self, s: AsyncSession, actor: Actor, event: InboundEvent) -> _Reply:
+        text = event.text.strip()
+        if is_staff(actor.person):
+            return _Reply([t("help.staff")])
+        if not text:
+            return _Reply([t("help.customer")])
+        c = self.service.classifier.classify(text)
+        if c.category == "other" and len(re.sub(r"\W", "", text)) <= _SMALL_TALK_MAX:
+            return _Reply([t("reply.small_talk")])
+        change = await self._apply(s, await self.service.report(s, actor, text, event.conversation, c))
+        return _Reply([], toast=change.ticket.number)
+
+    async def _target_ticket(self, s: AsyncSession, actor: Actor, cmd: Command, *, unclaimed: bool = False) -> Ticket:
+        if cmd.number:
+            return await self.service.by_number(s, cmd.number)
+        candidates = (await self.service.unclaimed_for(s, actor.person) if unclaimed
+                      else await self.service.open_tickets_of(s, actor.person))
+        if unclaimed:
+            mine = [c for c in candidates if c.assignee_id == actor.person.id]
+            candidates = mine or candidates
+        if not candidates:
+            raise Refused("no_open_ticket")
+        if len(candidates) > 1 and not unclaimed:
+            newest = candidates[0]
+            if sum(1 for c in candidates if c.state != st.RESOLVED) > 1:
+                raise Refused("which_ticket", numbers="、".join(c.number for c in candidates[:5]))
+            return await self.service.get(s, newest.id)
+        return await self.service.get(s, candidates[0].id)
+
+    async def _command(self, s: AsyncSession, actor: Actor, event: InboundEvent, cmd: Command) -> _Reply:
+        svc = self.service
+        name = cmd.name
+        if name == "help":
+            return _Reply([t("help.staff" if is_staff(actor.person) else "help.customer")])
+        if name == "report":
+            if not cmd.arg:
+                raise Refused("empty_report")
+            change = await self._apply(s, await svc.report(s, actor, cmd.arg, event.conversation))
+            return _Reply([], toast=change.ticket.number)
+        if name == "my_tickets":
+            return _Reply([await self._board(s, actor.person)])
+        if name == "progress":
+            ticket = await self._progress_ticket(s, actor, cmd)
+            return _Reply([await self._progress_text(s, ticket)])
+        if name == "oncall":
+            return _Reply([t("reply.oncall_unavailable")])
+        if name == "claim":
+            ticket = await self._target_ticket(s, actor, cmd, unclaimed=True)
+            change = await self._apply(s, await svc.claim(s, actor, ticket))
+            key = "reply.claimed" if change.changed else "reply.claimed_again"
+            return _Reply([t(key, number=ticket.number)])
+        if name == "transfer":
+            ticket = await self._target_ticket(s, actor, cmd)
+            target = await self._transfer_target(s, event, cmd)
+            change = await self._apply(s, await svc.transfer(s, actor, ticket, target))
+            return _Reply([t("reply.transferred", number=ticket.number, name=target.name)])
+        if name == "escalate":
+            ticket = await self._target_ticket(s, actor, cmd)
+            await self._apply(s, await svc.escalate(s, actor, ticket, cmd.arg or None))
+            return _Reply([] if actor.person.id == ticket.reporter_id else
+                          [t("reply.escalated", number=ticket.number)])
+        if name == "ack":
+            ticket = await self._target_ticket(s, actor, cmd)
+            await self._apply(s, await svc.acknowledge(s, actor, ticket))
+            return _Reply([t("reply.acknowledged", number=ticket.number)])
+        if name in st.STAGES:
+            ticket = await self._target_ticket(s, actor, cmd)
+            change = await self._apply(s, await svc.stage(s, actor, ticket, name, cmd.arg or None))
+            return _Reply([t(f"reply.stage.{name}", number=ticket.number)] if change.changed else
+                          [t("reply.already", number=ticket.number, state=t(f"state.{ticket.state}"))])
+        if name == "rate":
+            if cmd.stars is None:
+                raise Refused("bad_rating")
+            ticket = await self._target_ticket(s, actor, cmd)
+            comment = re.sub(r"^\s*[1-5一二两三四五]\s*(?:星|分)?", "", cmd.arg).strip() or None
+            await self._apply(s, await svc.rate(s, actor, ticket, cmd.stars, comment))
+            return _Reply([])
+        if name in ("cancel", "reopen"):
+            ticket = await self._target_ticket(s, actor, cmd)
+            fn = svc.cancel if name == "cancel" else svc.reopen
+            await self._apply(s, await fn(s, actor, ticket, cmd.arg or None))
+            return _Reply([] if actor.person.id == ticket.reporter_id else
+                          [t(f"reply.{name}", number=ticket.number)])
+        if name in ("note", "addition"):
+            if not cmd.arg:
+                raise Refused("empty_note")
+            ticket = await self._target_ticket(s, actor, cmd)
+            await self._apply(s, await svc.note(s, actor, ticket, cmd.arg))
+            return _Reply([t("reply.noted", number=ticket.number)])
+        raise Refused("customer_command", command=event.text.strip()[:20])
+
+    async def _progress_ticket(self, s: AsyncSession, actor: Actor, cmd: Command) -> Ticket:
+        if cmd.number:
+            ticket = await self.service.by_number(s, cmd.number, lock=False)
+            if not is_staff(actor.person) and ticket.reporter_id != actor.person.id:
+                raise Refused("not_your_ticket", number=ticket.number)
+            return ticket
+        tickets = await self.service.open_tickets_of(s, actor.person)
+        if not tickets:
+            raise Refused("no_open_ticket")
+        return tickets[0]
+
+    async def _progress_text(self, s: AsyncSession, ticket: Ticket) -> str:
+        v = await self.notifier.view(s, ticket)
+        return t("reply.progress", number=ticket.number, state=t(f"state.{ticket.state}"),
+                 category=v.category_name, engineer=v.assignee_name or t("reply.nobody_yet"),
+                 respond_by=v.respond_by, resolve_by=v.resolve_by)
+
+    async def _board(self, s: AsyncSession, person: Person) -> str:
+        tickets = await self.service.open_tickets_of(s, person)
+        if not tickets:
+            return t("reply.board_empty")
+        now = self.service.clock()
+        lines = [t("reply.board_title", count=len(tickets))]
+        for tk in tickets[:10]:
+            due = tk.respond_by if tk.state in st.UNCLAIMED else tk.resolve_by
+            minutes = int((due - now).total_seconds() // 60)
+            flag = t("reply.board_overdue", minutes=-minutes) if minutes < 0 else \
+                t("reply.board_left", minutes=minutes)
+            lines.append(t("reply.board_line", priority=tk.priority, number=tk.number,
+                           state=t(f"state.{tk.state}"), category=tk.category_name, due=flag,
+                           red="🔴" if minutes < 0 else ""))
+        return "\n".join(lines)
+
+    async def _transfer_target(self, s: AsyncSession, event: InboundEvent, cmd: Command) -> Person:
+        for ext in event.mentions:
+            p = await self.directory.resolve(s, event.platform, ext, None)
+            if p is not None and is_staff(p):
+                return p
+        p = await self.directory.find_by_name(s, cmd.arg)
+        if p is None:
+            raise Refused("transfer_who")
+        return p
+
+    async def _image(self, s: AsyncSession, actor: Actor, event: InboundEvent) -> _Reply:
+        tickets = await self.service.open_tickets_of(s, actor.person)
+        if not tickets or not event.image_ref:
+            raise Refused("photo_no_ticket")
+        ticket = await self.service.get(s, tickets[0].id)
+        await self._apply(s, await self.service.photo(s, actor, ticket, event.image_ref))
+        return _Reply([t("reply.photo_attached", number=ticket.number)])
+
+    async def _click(self, s: AsyncSession, actor: Actor, event: InboundEvent) -> _Reply:
+        action = await s.get(CardAction, event.action_token) if event.action_token else None
+        if action is None:
+            raise Refused("stale_button")
+        ticket = await self.service.get(s, action.ticket_id)
+        svc = self.service
+        name = action.action
+        if name == "claim":
+            change = await svc.claim(s, actor, ticket)
+        elif name == "transfer":
+            if not is_staff(actor.person):
+                raise Refused("staff_only")
+            await svc._require_owner_or_lead(s, actor, ticket, allow_unclaimed_staff=True)
+            card = await self.notifier.transfer_card(s, ticket, exclude=ticket.assignee_id)
+            dm = await self.directory.direct_address(s, actor.person.id, prefer=event.platform)
+            enqueue(s, dm or event.conversation, CardMessage(card), ticket.id)
+            return _Reply([], toast=t("toast.pick_transfer"))
+        elif name.startswith("transfer:"):
+            target = await s.get(Person, name.split(":", 1)[1])
+            if target is None:
+                raise Refused("transfer_who")
+            change = await svc.transfer(s, actor, ticket, target)
+        elif name == "escalate":
+            change = await svc.escalate(s, actor, ticket)
+        elif name == "ack":
+            change = await svc.acknowledge(s, actor, ticket)
+        elif name in st.STAGES:
+            change = await svc.stage(s, actor, ticket, name)
+        elif name.startswith("rate:"):
+            change = await svc.rate(s, actor, ticket, int(name.split(":", 1)[1]))
+        else:
+            raise Refused("stale_button")
+        await self._apply(s, change)
+        key = f"toast.{change.action}" if change.changed else "toast.already"
+        return _Reply([], toast=t(key, number=ticket.number, state=t(f"state.{ticket.state}")))

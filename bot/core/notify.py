@@ -1,0 +1,257 @@
+"""Who hears about a change, and what they see: texts and cards into the outbox."""
+from __future__ import annotations
+
+import secrets
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.config import Config
+from bot.core import states as st
+from bot.core.directory import Directory
+from bot.core.service import Change, TicketService
+from bot.events import Address, CardMessage, Text
+from bot.outbox import enqueue
+from bot.texts import t
+from cards import build
+from cards.model import Card
+from nlp import SopLibrary
+from storage.models import CardAction, OutboxMessage, Person, Ticket, TicketEvent
+
+CUSTOMER_TOLD = {
+    "claim": "notify.customer.claimed",
+    "transfer": "notify.customer.transferred",
+    "depart": "notify.customer.departed",
+    "arrive": "notify.customer.arrived",
+    "start_repair": "notify.customer.repairing",
+    "resolve": "notify.customer.resolved",
+    "reopen": "notify.customer.reopened",
+    "cancel": "notify.customer.cancelled",
+    "escalate": "notify.customer.escalated",
+}
+
+
+class Notifier:
+    def __init__(self, config: Config, directory: Directory, service: TicketService, sops: SopLibrary):
+        self.config = config
+        self.directory = directory
+        self.service = service
+        self.sops = sops
+
+    # ---- snapshots, tokens -------------------------------------------
+
+    async def view(self, s: AsyncSession, ticket: Ticket) -> build.TicketView:
+        reporter = await s.get(Person, ticket.reporter_id)
+        assignee = await s.get(Person, ticket.assignee_id) if ticket.assignee_id else None
+        events = (await s.exec(select(TicketEvent.action, TicketEvent.at)
+                               .where(TicketEvent.ticket_id == ticket.id).order_by(TicketEvent.id))).all()
+        times = {action: self.service.local(at) for action, at in events}
+        return build.TicketView(
+            id=ticket.id, number=ticket.number, state=ticket.state, priority=ticket.priority,
+            category_name=ticket.category_name, summary=ticket.summary,
+            reporter_name=reporter.name if reporter else ticket.reporter_id,
+            assignee_name=assignee.name if assignee else None, location=ticket.location,
+            serial=ticket.serial, error_code=ticket.error_code, phone=ticket.phone, impact=ticket.impact,
+            respond_by=self.service.local(ticket.respond_by), resolve_by=self.service.local(ticket.resolve_by),
+            rating=ticket.rating, resolution=ticket.resolution, evidence=tuple(ticket.evidence), times=times,
+        )
+
+    async def tokens(self, s: AsyncSession, ticket_id: int, actions: list[str]) -> dict[str, str]:
+        """One opaque callback id per ticket and action, stable across card updates."""
+        rows = (await s.exec(select(CardAction).where(CardAction.ticket_id == ticket_id,
+                                                      CardAction.action.in_(actions)))).all()
+        out = {r.action: r.token for r in rows}
+        for action in actions:
+            if action not in out:
+                token = secrets.token_urlsafe(12)
+                s.add(CardAction(token=token, ticket_id=ticket_id, action=action))
+                out[action] = token
+        return out
+
+    async def engineer_card(self, s: AsyncSession, ticket: Ticket, v: build.TicketView | None = None) -> Card:
+        v = v or await self.view(s, ticket)
+        actions = list(build.ENGINEER_ACTIONS.get(ticket.state, ()))
+        return build.engineer_card(v, await self.tokens(s, ticket.id, actions))
+
+    async def escalation_card(self, s: AsyncSession, ticket: Ticket, reason: str) -> Card:
+        v = await self.view(s, ticket)
+        return build.escalation_card(v, await self.tokens(s, ticket.id, ["ack", "transfer"]), reason)
+
+    async def rating_card(self, s: AsyncSession, ticket: Ticket, v: build.TicketView) -> Card:
+        return build.rating_card(v, await self.tokens(s, ticket.id, [f"rate:{n}" for n in range(1, 6)]))
+
+    async def transfer_card(self, s: AsyncSession, ticket: Ticket, exclude: str | None) -> Card:
+        v = await self.view(s, ticket)
+        q = select(Person).where(Person.role.in_(("engineer", "lead")), Person.active.is_(True))
+        if ticket.team:
+            q = q.where(Person.team == ticket.team)
+        people = [p for p in (await s.exec(q.order_by(Person.id))).all() if p.id != exclude]
+        tokens = await self.tokens(s, ticket.id, [f"transfer:{p.id}" for p in people])
+        return build.transfer_card(v, {p.id: (p.name, tokens[f"transfer:{p.id}"]) for p in people})
+
+    # ---- addresses -----------------------------------------------------
+
+    def customer_address(self, ticket: Ticket) -> Address:
+        return Address(ticket.reporter_channel, ticket.reporter_conv_kind, ticket.reporter_conv_id)  # type: ignore[arg-type]
+
+    async def _customer_mentions(self, s: AsyncSession, ticket: Ticket) -> tuple[str, ...]:
+        if ticket.reporter_conv_kind != "group":
+            return ()
+        ids = await self.directory.identities(s, ticket.reporter_id)
+        return (ids[ticket.reporter_channel],) if ticket.reporter_channel in ids else ()
+
+    async def _card_addresses(self, s: AsyncSession, ticket: Ticket, track_key: str) -> list[Address]:
+        rows = (await s.exec(select(OutboxMessage.channel, OutboxMessage.to_kind, OutboxMessage.to_id)
+                             .where(OutboxMessage.ticket_id == ticket.id, OutboxMessage.track_key == track_key)
+                             .distinct())).all()
+        return [Address(c, k, i) for c, k, i in rows]  # type: ignore[arg-type]
+
+    async def _mention_of(self, s: AsyncSession, person_id: str | None, channel: str) -> tuple[str, ...]:
+        if not person_id:
+            return ()
+        ids = await self.directory.identities(s, person_id)
+        return (ids[channel],) if channel in ids else ()
+
+    # ---- what each change sends -------------------------------------
+
+    async def after(self, s: AsyncSession, change: Change) -> None:
+        if not change.changed:
+            return
+        ticket = change.ticket
+        handler = getattr(self, f"_on_{change.action}", None)
+        if handler is not None:
+            await handler(s, change)
+        if change.action in CUSTOMER_TOLD:
+            await self._tell_customer(s, change)
+        if change.action not in ("report", "note", "photo", "ack"):
+            await self._update_cards(s, ticket, change)
+
+    async def _tell_customer(self, s: AsyncSession, change: Change) -> None:
+        ticket = change.ticket
+        v = await self.view(s, ticket)
+        assignee = await s.get(Person, ticket.assignee_id) if ticket.assignee_id else None
+        text = t(CUSTOMER_TOLD[change.action], number=ticket.number, name=v.assignee_name or "",
+                 phone=(assignee.phone if assignee and assignee.phone else "—"),
+                 resolution=ticket.resolution or t("notify.no_resolution"))
+        to = self.customer_address(ticket)
+        enqueue(s, to, Text(text, await self._customer_mentions(s, ticket)), ticket.id)
+
+    async def _update_cards(self, s: AsyncSession, ticket: Ticket, change: Change) -> None:
+        v = await self.view(s, ticket)
+        eng = await self.engineer_card(s, ticket, v)
+        for addr in await self._card_addresses(s, ticket, eng.track_key):
+            enqueue(s, addr, CardMessage(eng, update=True), ticket.id)
+        status = build.status_card(v)
+        for addr in await self._card_addresses(s, ticket, status.track_key):
+            enqueue(s, addr, CardMessage(status, update=True), ticket.id)
+        if change.action == "rate":
+            rating = await self.rating_card(s, ticket, v)
+            for addr in await self._card_addresses(s, ticket, rating.track_key):
+                enqueue(s, addr, CardMessage(rating, update=True), ticket.id)
+        esc_key = f"t{ticket.id}:esc"
+        esc_addrs = await self._card_addresses(s, ticket, esc_key)
+        if esc_addrs:
+            card = await self.escalation_card(s, ticket, t(f"escalation.reason.{change.action}",
+                                                            name=change.actor.person.name))
+            for addr in esc_addrs:
+                enqueue(s, addr, CardMessage(card, update=True), ticket.id)
+
+    async def _on_report(self, s: AsyncSession, change: Change) -> None:
+        ticket = change.ticket
+        v = await self.view(s, ticket)
+        to = self.customer_address(ticket)
+        mentions = await self._customer_mentions(s, ticket)
+        enqueue(s, to, Text(t("notify.customer.received", number=ticket.number, category=v.category_name,
+                              priority=t(f"priority.{ticket.priority}"), respond_by=v.respond_by),
+                            mentions), ticket.id)
+        enqueue(s, to, CardMessage(build.status_card(v)), ticket.id)
+        card = await self.engineer_card(s, ticket, v)
+        for group in self.directory.team_groups(ticket.team):
+            enqueue(s, group, CardMessage(card, mentions=await self._mention_of(s, ticket.assignee_id,
+                                                                               group.channel)), ticket.id)
+        if ticket.assignee_id:
+            dm = await self.directory.direct_address(s, ticket.assignee_id, prefer=ticket.reporter_channel)
+            if dm:
+                enqueue(s, dm, CardMessage(card), ticket.id)
+                await self._send_sop(s, ticket, v, dm)
+
+    async def _send_sop(self, s: AsyncSession, ticket: Ticket, v: build.TicketView, to: Address) -> None:
+        sop = self.sops.lookup_fields(ticket.category, ticket.error_code)
+        if sop is not None:
+            enqueue(s, to, CardMessage(build.sop_card(v, sop.title, sop.steps)), ticket.id)
+
+    async def _on_claim(self, s: AsyncSession, change: Change) -> None:
+        ticket = change.ticket
+        dm = await self.directory.direct_address(s, ticket.assignee_id, prefer=change.actor.channel)
+        sent_to = await self._card_addresses(s, ticket, f"t{ticket.id}:eng")
+        if dm and dm not in sent_to:
+            enqueue(s, dm, CardMessage(await self.engineer_card(s, ticket)), ticket.id)
+            await self._send_sop(s, ticket, await self.view(s, ticket), dm)
+
+    async def _on_transfer(self, s: AsyncSession, change: Change) -> None:
+        ticket = change.ticket
+        dm = await self.directory.direct_address(s, ticket.assignee_id, prefer=change.actor.channel)
+        if dm:
+            enqueue(s, dm, Text(t("notify.staff.transferred_to_you", number=ticket.number,
+                                  name=change.actor.person.name)), ticket.id)
+            enqueue(s, dm, CardMessage(await self.engineer_card(s, ticket), update=True), ticket.id)
+
+    async def _on_escalate(self, s: AsyncSession, change: Change) -> None:
+        await self.escalate_to(s, change.ticket, ["lead"], t("escalation.reason.manual",
+                                                             name=change.actor.person.name))
+
+    async def escalate_to(self, s: AsyncSession, ticket: Ticket, roles: list[str], reason: str) -> None:
+        """Escalation card to the team's lead/director directly, and an @ in the team group."""
+        team = self.config.team(ticket.team)
+        targets = [getattr(team, role) for role in roles if team and getattr(team, role, None)]
+        card = await self.escalation_card(s, ticket, reason)
+        for pid in targets:
+            dm = await self.directory.direct_address(s, pid, prefer=ticket.reporter_channel)
+            if dm:
+                enqueue(s, dm, CardMessage(card, update=True), ticket.id)
+        for group in self.directory.team_groups(ticket.team):
+            mentions: tuple[str, ...] = ()
+            for pid in targets:
+                mentions += await self._mention_of(s, pid, group.channel)
+            enqueue(s, group, Text(t("notify.group.escalated", number=ticket.number, reason=reason), mentions),
+                    ticket.id)
+
+    async def _on_resolve(self, s: AsyncSession, change: Change) -> None:
+        ticket = change.ticket
+        v = await self.view(s, ticket)
+        enqueue(s, self.customer_address(ticket), CardMessage(await self.rating_card(s, ticket, v),
+                                                              mentions=await self._customer_mentions(s, ticket)),
+                ticket.id)
+
+    async def _on_rate(self, s: AsyncSession, change: Change) -> None:
+        ticket = change.ticket
+        enqueue(s, self.customer_address(ticket), Text(t("notify.customer.rated", number=ticket.number)),
+                ticket.id)
+        if ticket.rating is not None and ticket.rating <= 2:
+            await self.escalate_to(s, ticket, ["lead"], t("escalation.reason.low_rating", stars=ticket.rating))
+
+    async def _on_reopen(self, s: AsyncSession, change: Change) -> None:
+        ticket = change.ticket
+        for group in self.directory.team_groups(ticket.team):
+            enqueue(s, group, Text(t("notify.group.reopened", number=ticket.number)), ticket.id)
+
+    async def _on_note(self, s: AsyncSession, change: Change) -> None:
+        ticket = change.ticket
+        if change.actor.person.id != ticket.reporter_id:
+            return
+        text = t("notify.staff.customer_added", number=ticket.number, text=change.detail.get("text", ""))
+        await self._tell_staff(s, ticket, text)
+
+    async def _on_photo(self, s: AsyncSession, change: Change) -> None:
+        ticket = change.ticket
+        if change.actor.person.id == ticket.reporter_id:
+            await self._tell_staff(s, ticket, t("notify.staff.customer_photo", number=ticket.number))
+
+    async def _tell_staff(self, s: AsyncSession, ticket: Ticket, text: str) -> None:
+        if ticket.assignee_id and ticket.state not in st.UNCLAIMED:
+            dm = await self.directory.direct_address(s, ticket.assignee_id)
+            if dm:
+                enqueue(s, dm, Text(text), ticket.id)
+                return
+        for group in self.directory.team_groups(ticket.team):
+            enqueue(s, group, Text(text), ticket.id)

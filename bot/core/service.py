@@ -1,0 +1,338 @@
+"""Ticket commands: each checks the actor's role, moves the state, logs the event.
+
+Every command runs inside the caller's transaction on a row-locked ticket and
+returns a Change; repeating a command that already took effect returns a Change
+with `changed=False` instead of failing (claiming your own ticket again, say).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.config import Config
+from bot.core import states as st
+from bot.core.directory import ENGINEER_ROLES, Directory, is_lead, is_staff
+from bot.core.numbers import format_number, parse_number
+from bot.events import Address
+from bot.texts import t
+from nlp import Classification, Classifier
+from storage.models import Attachment, Person, Ticket, TicketEvent
+from storage.queries import next_sequence
+from storage.types import utcnow
+
+
+class Refused(Exception):
+    """A command the actor may not perform now; the text says why, in the user's language."""
+
+    def __init__(self, key: str, **values):
+        self.key = key
+        self.values = values
+        super().__init__(t(f"refuse.{key}", **values))
+
+    @property
+    def text(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True)
+class Actor:
+    person: Person
+    channel: str
+    via: str = "text"  # text | card | phone | api
+
+
+@dataclass
+class Change:
+    ticket: Ticket
+    action: str
+    actor: Actor
+    from_state: str | None
+    to_state: str | None
+    changed: bool = True
+    detail: dict = field(default_factory=dict)
+
+
+class TicketService:
+    def __init__(self, config: Config, directory: Directory, classifier: Classifier,
+                 clock: Callable[[], datetime] = utcnow):
+        self.config = config
+        self.directory = directory
+        self.classifier = classifier
+        self.clock = clock
+        self.tz = ZoneInfo(config.tickets.timezone)
+
+    # ---- lookups -------------------------------------------------------
+
+    async def get(self, s: AsyncSession, ticket_id: int, *, lock: bool = True) -> Ticket | None:
+        stmt = select(Ticket).where(Ticket.id == ticket_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        return (await s.exec(stmt)).first()
+
+    async def by_number(self, s: AsyncSession, text: str, *, lock: bool = True) -> Ticket:
+        parsed = parse_number(text)
+        if parsed is None:
+            raise Refused("bad_number", number=text)
+        stmt = select(Ticket).where(Ticket.number == parsed.number)
+        if lock:
+            stmt = stmt.with_for_update()
+        ticket = (await s.exec(stmt)).first()
+        if ticket is None:
+            raise Refused("no_such_ticket", number=parsed.number)
+        return ticket
+
+    async def open_tickets_of(self, s: AsyncSession, person: Person) -> list[Ticket]:
+        """A customer's unfinished tickets, or the ones a staff member owns, newest first."""
+        if is_staff(person):
+            cond = (Ticket.assignee_id == person.id) & Ticket.state.in_(st.OPEN)
+        else:
+            cond = (Ticket.reporter_id == person.id) & Ticket.state.in_(st.OPEN | {st.RESOLVED})
+        stmt = select(Ticket).where(cond).order_by(Ticket.updated_at.desc(), Ticket.id.desc()).limit(20)
+        return list((await s.exec(stmt)).all())
+
+    async def unclaimed_for(self, s: AsyncSession, person: Person) -> list[Ticket]:
+        stmt = select(Ticket).where(Ticket.state.in_(st.UNCLAIMED))
+        if person.team and not is_lead(person):
+            stmt = stmt.where((Ticket.team == person.team) | (Ticket.team.is_(None)))
+        stmt = stmt.order_by(Ticket.created_at.desc(), Ticket.id.desc()).limit(20)
+        return list((await s.exec(stmt)).all())
+
+    def local(self, when: datetime | None, *, with_date: bool = False) -> str:
+        if when is None:
+            return ""
+        loc = when.astimezone(self.tz)
+        now = self.clock().astimezone(self.tz)
+        if with_date or loc.date() != now.date():
+            return loc.strftime("%m-%d %H:%M")
+        return loc.strftime("%H:%M")
+
+    # ---- commands ------------------------------------------------------
+
+    async def report(self, s: AsyncSession, actor: Actor, text: str, conversation: Address,
+                     classification: Classification | None = None) -> Change:
+        text = text.strip()
+        if not text:
+            raise Refused("empty_report")
+        c = classification or self.classifier.classify(text)
+        now = self.clock()
+        day = now.astimezone(self.tz).strftime("%Y%m%d")
+        seq = await next_sequence(s, day)
+        deadlines = self.config.tickets.deadlines[c.priority]
+        team_id, assignee = await self._assign(s, actor.person, c)
+        ticket = Ticket(
+            number=format_number(self.config.tickets.domain, day, seq),
+            state=st.NEW, category=c.category, category_name=c.category_name,
+            priority=c.priority, summary=text[:2000], impact=c.impact, serial=c.serial,
+            location=c.location, error_code=c.error_code, phone=c.phone,
+            evidence=list(c.evidence), reporter_id=actor.person.id,
+            reporter_channel=conversation.channel, reporter_conv_kind=conversation.kind,
+            reporter_conv_id=conversation.id, team=team_id,
+            assignee_id=assignee.id if assignee else None,
+            created_at=now, updated_at=now,
+            respond_by=now + deadlines.respond, resolve_by=now + deadlines.resolve,
+        )
+        s.add(ticket)
+        await s.flush()
+        detail = {"category": c.category, "priority": c.priority, "evidence": list(c.evidence)}
+        if assignee:
+            detail["suggested"] = assignee.id
+        return await self._log(s, ticket, "report", actor, None, st.NEW, detail)
+
+    async def claim(self, s: AsyncSession, actor: Actor, ticket: Ticket) -> Change:
+        p = actor.person
+        if p.role not in ENGINEER_ROLES and not is_lead(p):
+            raise Refused("customer_cannot_claim" if not is_staff(p) else "cannot_claim")
+        if ticket.state in st.UNCLAIMED:
+            if ticket.state == st.TRANSFERRED and ticket.assignee_id not in (None, p.id) and not is_lead(p):
+                raise Refused("transferred_to_other", name=await self._name(s, ticket.assignee_id),
+                              number=ticket.number)
+            before = ticket.state
+            ticket.assignee_id = p.id
+            ticket.state = st.CLAIMED
+            ticket.claimed_at = self.clock()
+            return await self._log(s, ticket, "claim", actor, before, st.CLAIMED)
+        if ticket.assignee_id == p.id and ticket.state in st.IN_WORK:
+            return Change(ticket, "claim", actor, ticket.state, ticket.state, changed=False)
+        if ticket.state in st.IN_WORK:
+            raise Refused("claimed_by_other", name=await self._name(s, ticket.assignee_id), number=ticket.number)
+        raise Refused("not_claimable", number=ticket.number, state=t(f"state.{ticket.state}"))
+
+    async def transfer(self, s: AsyncSession, actor: Actor, ticket: Ticket, target: Person) -> Change:
+        await self._require_owner_or_lead(s, actor, ticket, allow_unclaimed_staff=True)
+        if target.role not in ENGINEER_ROLES:
+            raise Refused("transfer_target", name=target.name)
+        if ticket.state not in st.OPEN:
+            raise Refused("closed_ticket", number=ticket.number, state=t(f"state.{ticket.state}"))
+        if ticket.assignee_id == target.id and ticket.state == st.TRANSFERRED:
+            return Change(ticket, "transfer", actor, ticket.state, ticket.state, changed=False)
+        if ticket.assignee_id == target.id and ticket.state in st.IN_WORK:
+            raise Refused("already_owner", name=target.name, number=ticket.number)
+        before, previous = ticket.state, ticket.assignee_id
+        ticket.assignee_id = target.id
+        ticket.state = st.TRANSFERRED
+        return await self._log(s, ticket, "transfer", actor, before, st.TRANSFERRED,
+                               {"from": previous, "to": target.id})
+
+    async def escalate(self, s: AsyncSession, actor: Actor, ticket: Ticket, reason: str | None = None) -> Change:
+        if not is_staff(actor.person) and actor.person.id != ticket.reporter_id:
+            raise Refused("not_your_ticket", number=ticket.number)
+        if ticket.state not in st.OPEN:
+            raise Refused("closed_ticket", number=ticket.number, state=t(f"state.{ticket.state}"))
+        ticket.escalation_level += 1
+        return await self._log(s, ticket, "escalate", actor, ticket.state, ticket.state,
+                               {"level": ticket.escalation_level, "reason": reason})
+
+    async def acknowledge(self, s: AsyncSession, actor: Actor, ticket: Ticket) -> Change:
+        if not is_lead(actor.person) and actor.person.id != ticket.assignee_id:
+            raise Refused("lead_only")
+        if ticket.state not in st.OPEN:
+            return Change(ticket, "ack", actor, ticket.state, ticket.state, changed=False)
+        return await self._log(s, ticket, "ack", actor, ticket.state, ticket.state)
+
+    async def stage(self, s: AsyncSession, actor: Actor, ticket: Ticket, action: str,
+                    note: str | None = None) -> Change:
+        allowed_from, target = st.STAGES[action]
+        if ticket.state == target and ticket.assignee_id == actor.person.id:
+            return Change(ticket, action, actor, target, target, changed=False)
+        await self._require_owner_or_lead(s, actor, ticket)
+        if ticket.state not in allowed_from:
+            if ticket.state in st.UNCLAIMED:
+                raise Refused("claim_first", number=ticket.number)
+            raise Refused("bad_transition", number=ticket.number, state=t(f"state.{ticket.state}"),
+                          action=t(f"button.{action}"))
+        before = ticket.state
+        ticket.state = target
+        if action == "resolve":
+            ticket.resolved_at = self.clock()
+            ticket.resolution = (note or "").strip()[:1000] or None
+        return await self._log(s, ticket, action, actor, before, target, {"note": note} if note else {})
+
+    async def note(self, s: AsyncSession, actor: Actor, ticket: Ticket, text: str) -> Change:
+        if not is_staff(actor.person) and actor.person.id != ticket.reporter_id:
+            raise Refused("not_your_ticket", number=ticket.number)
+        if ticket.state in st.TERMINAL:
+            raise Refused("closed_ticket", number=ticket.number, state=t(f"state.{ticket.state}"))
+        return await self._log(s, ticket, "note", actor, ticket.state, ticket.state, {"text": text[:2000]})
+
+    async def photo(self, s: AsyncSession, actor: Actor, ticket: Ticket, media_ref: str) -> Change:
+        if not is_staff(actor.person) and actor.person.id != ticket.reporter_id:
+            raise Refused("not_your_ticket", number=ticket.number)
+        s.add(Attachment(ticket_id=ticket.id, kind="image", channel=actor.channel,
+                         media_ref=media_ref, uploaded_by=actor.person.id))
+        return await self._log(s, ticket, "photo", actor, ticket.state, ticket.state, {"media_ref": media_ref})
+
+    async def rate(self, s: AsyncSession, actor: Actor, ticket: Ticket, stars: int,
+                   comment: str | None = None) -> Change:
+        if actor.person.id != ticket.reporter_id:
+            raise Refused("reporter_only_rate", number=ticket.number)
+        if not 1 <= stars <= 5:
+            raise Refused("bad_rating")
+        if ticket.state == st.CLOSED and ticket.rating == stars:
+            return Change(ticket, "rate", actor, st.CLOSED, st.CLOSED, changed=False)
+        if ticket.state != st.RESOLVED:
+            raise Refused("not_ratable", number=ticket.number, state=t(f"state.{ticket.state}"))
+        ticket.rating = stars
+        ticket.state = st.CLOSED
+        ticket.closed_at = self.clock()
+        return await self._log(s, ticket, "rate", actor, st.RESOLVED, st.CLOSED,
+                               {"stars": stars, "comment": comment} if comment else {"stars": stars})
+
+    async def reopen(self, s: AsyncSession, actor: Actor, ticket: Ticket, reason: str | None = None) -> Change:
+        if actor.person.id != ticket.reporter_id and not is_lead(actor.person):
+            raise Refused("reporter_or_lead", number=ticket.number)
+        if ticket.state == st.REOPENED:
+            return Change(ticket, "reopen", actor, ticket.state, ticket.state, changed=False)
+        if ticket.state not in (st.RESOLVED, st.CLOSED):
+            raise Refused("not_reopenable", number=ticket.number, state=t(f"state.{ticket.state}"))
+        before = ticket.state
+        ticket.state = st.REOPENED
+        ticket.rating = None
+        ticket.resolved_at = ticket.closed_at = None
+        now = self.clock()
+        deadlines = self.config.tickets.deadlines[ticket.priority]
+        ticket.respond_by, ticket.resolve_by = now + deadlines.respond, now + deadlines.resolve
+        return await self._log(s, ticket, "reopen", actor, before, st.REOPENED, {"reason": reason})
+
+    async def cancel(self, s: AsyncSession, actor: Actor, ticket: Ticket, reason: str | None = None) -> Change:
+        if actor.person.id != ticket.reporter_id and not is_lead(actor.person):
+            raise Refused("reporter_or_lead", number=ticket.number)
+        if ticket.state == st.CANCELLED:
+            return Change(ticket, "cancel", actor, ticket.state, ticket.state, changed=False)
+        if ticket.state in (st.RESOLVED, st.CLOSED):
+            raise Refused("not_cancellable", number=ticket.number, state=t(f"state.{ticket.state}"))
+        before = ticket.state
+        ticket.state = st.CANCELLED
+        return await self._log(s, ticket, "cancel", actor, before, st.CANCELLED, {"reason": reason})
+
+    # ---- helpers -------------------------------------------------------
+
+    async def _require_owner_or_lead(self, s: AsyncSession, actor: Actor, ticket: Ticket, *,
+                                     allow_unclaimed_staff: bool = False) -> None:
+        p = actor.person
+        if not is_staff(p):
+            raise Refused("staff_only")
+        if is_lead(p) or ticket.assignee_id == p.id:
+            return
+        if allow_unclaimed_staff and ticket.state in st.UNCLAIMED:
+            return
+        if ticket.state in st.UNCLAIMED:
+            raise Refused("claim_first", number=ticket.number)
+        raise Refused("owner_only", name=await self._name(s, ticket.assignee_id), number=ticket.number)
+
+    async def _name(self, s: AsyncSession, person_id: str | None) -> str:
+        if person_id is None:
+            return ""
+        p = await s.get(Person, person_id)
+        return p.name if p else person_id
+
+    async def _log(self, s: AsyncSession, ticket: Ticket, action: str, actor: Actor,
+                   before: str | None, after: str | None, detail: dict | None = None) -> Change:
+        now = self.clock()
+        ticket.updated_at = now
+        s.add(ticket)
+        detail = dict(detail or {})
+        if actor.via != "text":
+            detail["via"] = actor.via
+        s.add(TicketEvent(ticket_id=ticket.id, action=action, actor_id=actor.person.id,
+                          actor_name=actor.person.name, channel=actor.channel, at=now,
+                          from_state=before, to_state=after, detail=detail))
+        return Change(ticket, action, actor, before, after, True, detail)
+
+    async def _assign(self, s: AsyncSession, reporter: Person, c: Classification) -> tuple[str | None, Person | None]:
+        """Choose the team by region and skill, then its least-loaded engineer."""
+        teams = self.config.teams
+        if not teams:
+            return None, None
+        haystack = f"{c.category_name}{c.category}"
+
+        def team_score(team) -> tuple[int, int]:
+            region = 1 if reporter.region and team.region == reporter.region else 0
+            skill = sum(1 for sk in team.skills if sk and sk in haystack)
+            return (region, skill)
+
+        team = max(teams, key=team_score)
+        engineers = (await s.exec(
+            select(Person).where(Person.team == team.id, Person.role == "engineer", Person.active.is_(True))
+        )).all()
+        if not engineers:
+            return team.id, None
+        load_rows = (await s.exec(
+            select(Ticket.assignee_id, func.count()).where(
+                Ticket.assignee_id.in_([e.id for e in engineers]),
+                Ticket.state.in_(st.IN_WORK | {st.TRANSFERRED, st.NEW}),
+            ).group_by(Ticket.assignee_id)
+        )).all()
+        load = {pid: n for pid, n in load_rows}
+
+        def eng_key(e: Person):
+            skill = sum(1 for sk in e.skills if sk and sk in haystack)
+            region = 1 if reporter.region and e.region == reporter.region else 0
+            return (load.get(e.id, 0), -skill, -region, e.id)
+
+        return team.id, min(engineers, key=eng_key)

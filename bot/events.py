@@ -1,0 +1,81 @@
+"""Neutral inbound events and outbound messages, shared by the core and channels."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cards.model import Card
+
+ConvKind = Literal["user", "group"]
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a message goes: a person's 1:1 chat or a group, on one channel."""
+
+    channel: str
+    kind: ConvKind
+    id: str
+
+
+@dataclass(frozen=True)
+class InboundEvent:
+    """What a channel makes of one platform callback."""
+
+    platform: str
+    event_id: str  # the platform's id for de-duplicating its retries
+    sender_id: str  # the sender's user id on that platform
+    conversation: Address  # where replies to this event go
+    kind: Literal["text", "image", "action"]
+    sender_name: str | None = None
+    text: str = ""
+    mentions: tuple[str, ...] = ()  # platform user ids @-mentioned, the bot excluded
+    image_ref: str | None = None  # platform media id / key / URL
+    action_token: str | None = None  # the opaque callback id of a clicked button
+    # Channel-private context for answering (single-use card tokens, reply webhooks).
+    context: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    mentions: tuple[str, ...] = ()  # platform user ids to @ (groups)
+    type: Literal["text"] = "text"
+
+
+@dataclass(frozen=True)
+class CardMessage:
+    """A card; `update` asks to replace the earlier card with the same track key."""
+
+    card: Card
+    update: bool = False
+    mentions: tuple[str, ...] = ()
+    type: Literal["card"] = "card"
+
+
+@dataclass(frozen=True)
+class Image:
+    path: str  # local file
+    caption: str | None = None
+    type: Literal["image"] = "image"
+
+
+Outbound = Text | CardMessage | Image
+
+
+def message_to_dict(m: Outbound) -> dict:
+    if isinstance(m, CardMessage):
+        return {"type": "card", "card": m.card.to_dict(), "update": m.update, "mentions": list(m.mentions)}
+    if isinstance(m, Text):
+        return {"type": "text", "text": m.text, "mentions": list(m.mentions)}
+    return {"type": "image", "path": m.path, "caption": m.caption}
+
+
+def message_from_dict(d: dict) -> Outbound:
+    if d["type"] == "card":
+        return CardMessage(Card.from_dict(d["card"]), bool(d.get("update")), tuple(d.get("mentions", ())))
+    if d["type"] == "text":
+        return Text(d["text"], tuple(d.get("mentions", ())))
+    if d["type"] == "image":
+        return Image(d["path"], d.get("caption"))
+    raise ValueError(f"unknown outbound message type {d['type']!r}")

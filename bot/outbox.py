@@ -1,0 +1,201 @@
+"""The durable outbox: messages are rows written in the same transaction as the
+change that caused them, and a worker delivers them after commit.
+
+Delivery is at least once: a row is leased while it is being sent, and a lease
+that runs out (the process died mid-send) makes the row due again. Channels
+make a repeat harmless where the platform allows it (the playground keys its
+rows by outbox id). Rows to the same recipient go out in order.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict, deque
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, update
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from bot.channel import ChannelRegistry, DeliveryError, current_outbox_id
+from bot.config import OutboxConfig
+from bot.events import Address, CardMessage, Outbound, message_from_dict, message_to_dict
+from bot.metrics import Metrics
+from storage.db import Database
+from storage.models import CardRef, OutboxMessage
+from storage.types import utcnow
+
+log = logging.getLogger(__name__)
+
+PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
+
+
+def enqueue(s: AsyncSession, to: Address, message: Outbound, ticket_id: int | None = None) -> OutboxMessage:
+    track_key = message.card.track_key if isinstance(message, CardMessage) else None
+    row = OutboxMessage(channel=to.channel, to_kind=to.kind, to_id=to.id, message=message_to_dict(message),
+                        ticket_id=ticket_id, track_key=track_key, next_attempt_at=utcnow())
+    s.add(row)
+    return row
+
+
+class OutboxWorker:
+    def __init__(self, db: Database, channels: ChannelRegistry, config: OutboxConfig, metrics: Metrics):
+        self.db = db
+        self.channels = channels
+        self.config = config
+        self.metrics = metrics
+        self._wake = asyncio.Event()
+        self._sent_at: dict[tuple[str, str, str], deque[float]] = defaultdict(deque)
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until cancelled; wakes on `wake()` or every poll interval."""
+        while not self._stopping:
+            try:
+                busy = await self.deliver_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox sweep failed")
+                busy = 0
+            if busy:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval.total_seconds())
+            except asyncio.TimeoutError:
+                pass
+
+    async def drain(self, max_rounds: int = 50) -> None:
+        """Deliver everything that is due now (tests, CLI)."""
+        for _ in range(max_rounds):
+            if not await self.deliver_due():
+                return
+
+    async def deliver_due(self, limit: int = 100) -> int:
+        rows = await self._claim(limit)
+        if rows:
+            await asyncio.gather(*(self._deliver(r) for r in rows))
+        await self._update_gauges()
+        return len(rows)
+
+    async def _claim(self, limit: int) -> list[OutboxMessage]:
+        now = utcnow()
+        async with self.db.session() as s:
+            stmt = (select(OutboxMessage)
+                    .where(OutboxMessage.status.in_((PENDING, SENDING)))
+                    .order_by(OutboxMessage.id).limit(limit * 4))
+            if self.db.is_postgres:
+                stmt = stmt.with_for_update(skip_locked=True)
+            candidates = (await s.exec(stmt)).all()
+            chosen: list[OutboxMessage] = []
+            seen: set[tuple[str, str, str]] = set()
+            for row in candidates:
+                key = (row.channel, row.to_kind, row.to_id)
+                if key in seen:
+                    continue  # an earlier message to this recipient is not delivered yet
+                seen.add(key)
+                due = row.next_attempt_at <= now if row.status == PENDING else (
+                    row.lease_until is None or row.lease_until <= now)
+                if not due:
+                    continue
+                wait = self._rate_wait(key)
+                if wait:
+                    row.status, row.next_attempt_at = PENDING, now + timedelta(seconds=wait)
+                    s.add(row)
+                    continue
+                row.status = SENDING
+                row.lease_until = now + self.config.lease
+                s.add(row)
+                chosen.append(row)
+                if len(chosen) >= limit:
+                    break
+        return chosen
+
+    def _rate_wait(self, key: tuple[str, str, str]) -> float:
+        window = self._sent_at[key]
+        now = time.monotonic()
+        while window and window[0] <= now - 60:
+            window.popleft()
+        if len(window) >= self.config.per_recipient_per_minute:
+            return window[0] + 60 - now
+        return 0.0
+
+    async def _deliver(self, row: OutboxMessage) -> None:
+        channel = self.channels.get(row.channel)
+        to = Address(row.channel, row.to_kind, row.to_id)  # type: ignore[arg-type]
+        ref_key = (row.channel, row.to_kind, row.to_id, row.track_key) if row.track_key else None
+        error: DeliveryError | None = None
+        new_ref = None
+        try:
+            if channel is None:
+                raise DeliveryError(f"channel {row.channel!r} is not configured", retryable=False)
+            message = message_from_dict(row.message)
+            ref = None
+            if ref_key:
+                async with self.db.session() as s:
+                    stored = await s.get(CardRef, ref_key)
+                    ref = stored.ref if stored else None
+            token = current_outbox_id.set(row.id)
+            try:
+                new_ref = await channel.send(to, message, ref)
+            finally:
+                current_outbox_id.reset(token)
+        except DeliveryError as e:
+            error = e
+        except Exception as e:  # a bug or an unexpected transport error: retry, keep it visible
+            log.exception("outbox %s: sending to %s failed", row.id, to)
+            error = DeliveryError(f"{type(e).__name__}: {e}")
+        self._sent_at[(row.channel, row.to_kind, row.to_id)].append(time.monotonic())
+        await self._finish(row, ref_key, new_ref, error)
+
+    async def _finish(self, row: OutboxMessage, ref_key, new_ref, error: DeliveryError | None) -> None:
+        now = utcnow()
+        async with self.db.session() as s:
+            values: dict = {"attempts": row.attempts + 1, "lease_until": None}
+            if error is None:
+                values.update(status=SENT, sent_at=now, last_error=None)
+                if ref_key and new_ref is not None:
+                    stored = await s.get(CardRef, ref_key)
+                    if stored is None:
+                        s.add(CardRef(channel=ref_key[0], to_kind=ref_key[1], to_id=ref_key[2],
+                                      track_key=ref_key[3], ref=new_ref, updated_at=now))
+                    else:
+                        stored.ref, stored.updated_at = new_ref, now
+                        s.add(stored)
+                self.metrics.outbox_sent.labels(row.channel).inc()
+            elif not error.retryable or row.attempts + 1 >= self.config.max_attempts:
+                values.update(status=FAILED, last_error=str(error)[:1000])
+                self.metrics.outbox_failed.labels(row.channel).inc()
+                log.error("outbox %s to %s:%s:%s failed for good after %d attempt(s): %s",
+                          row.id, row.channel, row.to_kind, row.to_id, row.attempts + 1, error)
+            else:
+                delay = self.backoff(row.attempts + 1)
+                if error.retry_after:
+                    delay = max(delay, error.retry_after)
+                values.update(status=PENDING, last_error=str(error)[:1000],
+                              next_attempt_at=now + timedelta(seconds=delay))
+                self.metrics.outbox_retries.labels(row.channel).inc()
+                log.warning("outbox %s to %s:%s failed (attempt %d), retrying in %.1fs: %s",
+                            row.id, row.channel, row.to_id, row.attempts + 1, delay, error)
+            await s.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(**values))
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential back-off with jitter: half fixed, half random."""
+        cap = self.config.max_delay.total_seconds()
+        delay = min(cap, self.config.base_delay.total_seconds() * 2 ** (attempt - 1))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    async def _update_gauges(self) -> None:
+        async with self.db.session() as s:
+            rows = (await s.exec(
+                select(OutboxMessage.status, func.count()).where(OutboxMessage.status != SENT)
+                .group_by(OutboxMessage.status))).all()
+        counts = dict(rows)
+        self.metrics.outbox_pending.set(counts.get(PENDING, 0) + counts.get(SENDING, 0))
+        self.metrics.outbox_failed_rows.set(counts.get(FAILED, 0))

@@ -1,0 +1,112 @@
+"""The async database handle: engine, sessions, schema creation and version check."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import AsyncIterator
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel import SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from storage import models
+from storage.models import SCHEMA_VERSION, SchemaMeta
+
+
+class SchemaVersionError(RuntimeError):
+    pass
+
+
+_APPEND_ONLY_SQLITE = [
+    """CREATE TRIGGER IF NOT EXISTS ticket_event_no_update BEFORE UPDATE ON ticket_event
+       BEGIN SELECT RAISE(ABORT, 'ticket_event is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS ticket_event_no_delete BEFORE DELETE ON ticket_event
+       BEGIN SELECT RAISE(ABORT, 'ticket_event is append-only'); END""",
+]
+_APPEND_ONLY_PG = [
+    """CREATE OR REPLACE FUNCTION relaydesk_append_only() RETURNS trigger AS $$
+       BEGIN RAISE EXCEPTION 'ticket_event is append-only'; END $$ LANGUAGE plpgsql""",
+    "DROP TRIGGER IF EXISTS ticket_event_append_only ON ticket_event",
+    """CREATE TRIGGER ticket_event_append_only BEFORE UPDATE OR DELETE ON ticket_event
+       FOR EACH ROW EXECUTE FUNCTION relaydesk_append_only()""",
+]
+
+
+class Database:
+    """One engine per process.
+
+    SQLite runs in WAL mode and every transaction starts with BEGIN IMMEDIATE,
+    so read-modify-write sequences (ticket numbers, state changes) serialise
+    instead of failing on lock upgrade. PostgreSQL uses row locks instead.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False):
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: AsyncEngine = create_async_engine(
+                url, echo=echo, connect_args={"timeout": 30}
+            )
+            _sqlite_setup(self.engine)
+        else:
+            self.engine = create_async_engine(url, echo=echo, pool_size=10, max_overflow=10)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on error."""
+        async with AsyncSession(self.engine, expire_on_commit=False) as s:
+            async with s.begin():
+                yield s
+
+    async def init(self) -> None:
+        """Create missing tables; refuse a database written by a newer RelayDesk."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(SQLModel.metadata.create_all)
+            for stmt in _APPEND_ONLY_PG if self.is_postgres else _APPEND_ONLY_SQLITE:
+                await conn.execute(text(stmt))
+        async with self.session() as s:
+            meta = await s.get(SchemaMeta, "version")
+            if meta is None:
+                s.add(SchemaMeta(key="version", value=str(SCHEMA_VERSION)))
+            elif int(meta.value) > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"the database has schema version {meta.value}, this RelayDesk "
+                    f"understands up to {SCHEMA_VERSION}: upgrade RelayDesk"
+                )
+            elif int(meta.value) < SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"the database has schema version {meta.value}, this RelayDesk "
+                    f"needs {SCHEMA_VERSION}: run `python run_bot.py init-db --upgrade`"
+                )
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_setup(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Let BEGIN IMMEDIATE below control transactions instead of pysqlite.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+__all__ = ["Database", "SchemaVersionError", "models"]

@@ -1,0 +1,199 @@
+"""Database tables.
+
+Times are timezone-aware UTC. JSON columns hold small documents only
+(identities, event details, outbound messages).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from storage.types import UTCDateTime, utcnow
+
+SCHEMA_VERSION = 1
+
+
+def _ts(*, index: bool = False, nullable: bool = True, default=None) -> Any:
+    kw: dict[str, Any] = {"sa_type": UTCDateTime, "nullable": nullable, "index": index}
+    if default is not None:
+        kw["default_factory"] = default
+    else:
+        kw["default"] = None
+    return Field(**kw)
+
+
+class SchemaMeta(SQLModel, table=True):
+    __tablename__ = "schema_meta"
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class Person(SQLModel, table=True):
+    """Somebody the bot talks to: customer, engineer, lead, director, manager."""
+
+    __tablename__ = "person"
+    id: str = Field(primary_key=True)
+    name: str
+    role: str = Field(index=True)
+    team: Optional[str] = Field(default=None, index=True)
+    region: Optional[str] = None
+    skills: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    phone: Optional[str] = None
+    active: bool = True
+    created_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class Identity(SQLModel, table=True):
+    """A person's user id on one platform (WeCom userid, Feishu open_id, ...)."""
+
+    __tablename__ = "identity"
+    platform: str = Field(primary_key=True)
+    external_id: str = Field(primary_key=True)
+    person_id: str = Field(foreign_key="person.id", index=True)
+
+
+class DailyCounter(SQLModel, table=True):
+    """Last ticket sequence number handed out per day (YYYYMMDD)."""
+
+    __tablename__ = "daily_counter"
+    day: str = Field(primary_key=True)
+    last: int = 0
+
+
+class Ticket(SQLModel, table=True):
+    __tablename__ = "ticket"
+    __table_args__ = (
+        Index("ix_ticket_open_assignee", "assignee_id", "state"),
+        Index("ix_ticket_reporter_state", "reporter_id", "state"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    number: str = Field(unique=True)
+    state: str = Field(index=True)
+    category: str
+    category_name: str
+    priority: str
+    summary: str
+    impact: Optional[str] = None
+    serial: Optional[str] = None
+    location: Optional[str] = None
+    error_code: Optional[str] = None
+    phone: Optional[str] = None
+    evidence: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    reporter_id: str = Field(foreign_key="person.id")
+    # Where the customer reported, so every status change goes back there.
+    reporter_channel: str
+    reporter_conv_kind: str  # "user" | "group"
+    reporter_conv_id: str
+    team: Optional[str] = None
+    assignee_id: Optional[str] = Field(default=None, foreign_key="person.id")
+    resolution: Optional[str] = None
+    rating: Optional[int] = None
+    escalation_level: int = 0
+    created_at: datetime = _ts(nullable=False, default=utcnow)
+    updated_at: datetime = _ts(nullable=False, default=utcnow)
+    claimed_at: Optional[datetime] = _ts()
+    resolved_at: Optional[datetime] = _ts()
+    closed_at: Optional[datetime] = _ts()
+    respond_by: datetime = _ts(nullable=False)
+    resolve_by: datetime = _ts(nullable=False)
+    # Next escalation time; the escalation sweep reads this index.
+    next_escalation_at: Optional[datetime] = _ts(index=True)
+
+
+class TicketEvent(SQLModel, table=True):
+    """Append-only audit trail: database triggers refuse UPDATE and DELETE."""
+
+    __tablename__ = "ticket_event"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    action: str
+    actor_id: Optional[str] = None
+    actor_name: str
+    channel: str
+    at: datetime = _ts(nullable=False, default=utcnow)
+    from_state: Optional[str] = None
+    to_state: Optional[str] = None
+    detail: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Attachment(SQLModel, table=True):
+    __tablename__ = "attachment"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    kind: str  # "image"
+    channel: str
+    media_ref: str  # platform media id / key, or a local path
+    url: Optional[str] = None
+    uploaded_by: Optional[str] = None
+    created_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class ProcessedEvent(SQLModel, table=True):
+    """Inbound platform events already handled: the platforms' retries stop here."""
+
+    __tablename__ = "processed_event"
+    platform: str = Field(primary_key=True)
+    event_id: str = Field(primary_key=True)
+    received_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class CardAction(SQLModel, table=True):
+    """Opaque callback id carried by a card button, resolved server-side."""
+
+    __tablename__ = "card_action"
+    token: str = Field(primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    action: str
+    created_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A message to deliver through a channel; the worker sends it after commit."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    channel: str
+    to_kind: str  # "user" | "group"
+    to_id: str
+    message: dict = Field(sa_column=Column(JSON, nullable=False))
+    ticket_id: Optional[int] = Field(default=None, index=True)
+    # Cards only: later updates of this card go to every address it was sent to.
+    track_key: Optional[str] = Field(default=None, index=True)
+    status: str = Field(default="pending")  # pending | sending | sent | failed
+    attempts: int = 0
+    next_attempt_at: datetime = _ts(nullable=False, default=utcnow)
+    lease_until: Optional[datetime] = _ts()
+    last_error: Optional[str] = None
+    created_at: datetime = _ts(nullable=False, default=utcnow)
+    sent_at: Optional[datetime] = _ts()
+
+
+class CardRef(SQLModel, table=True):
+    """The platform's handle of a card already sent, so later changes update it."""
+
+    __tablename__ = "card_ref"
+    channel: str = Field(primary_key=True)
+    to_kind: str = Field(primary_key=True)
+    to_id: str = Field(primary_key=True)
+    track_key: str = Field(primary_key=True)
+    ref: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class PlaygroundMessage(SQLModel, table=True):
+    """What the playground page shows; written by the playground channel."""
+
+    __tablename__ = "playground_message"
+    __table_args__ = (UniqueConstraint("outbox_id", name="uq_playground_outbox"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    conversation: str = Field(index=True)
+    sender_id: Optional[str] = None  # None: the bot
+    sender_name: str
+    kind: str  # text | card | card_update | image
+    payload: dict = Field(sa_column=Column(JSON, nullable=False))
+    outbox_id: Optional[int] = None
+    created_at: datetime = _ts(nullable=False, default=utcnow)

@@ -1,0 +1,92 @@
+"""Shared fixtures: configs, databases (SQLite and the real PostgreSQL), the app."""
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from bot.config import load_config
+
+PG_ADMIN_URL = os.environ.get("RELAYDESK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _pg_available() -> bool:
+    import asyncpg
+
+    async def probe() -> bool:
+        try:
+            conn = await asyncpg.connect(PG_ADMIN_URL, timeout=3)
+        except Exception:
+            return False
+        await conn.close()
+        return True
+
+    return asyncio.run(probe())
+
+
+@pytest.fixture(scope="session")
+def pg_database_url():
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    import asyncpg
+
+    if not _pg_available():
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (required under CI)")
+        pytest.skip("PostgreSQL not reachable")
+    name = f"relaydesk_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def reset_postgres(url: str) -> None:
+    """Empty every table (TRUNCATE fires no row triggers, so the audit log can go too)."""
+    from storage.db import Database
+    from sqlmodel import SQLModel
+
+    db = Database(url)
+    await db.init()
+    tables = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
+    async with db.engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    await db.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request, tmp_path):
+    """Runs the test once on SQLite and once on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/relaydesk.db"
+    url = request.getfixturevalue("pg_database_url")
+    await reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite+aiosqlite:///{tmp_path}/relaydesk.db"
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """The embedded demo config pointed at a database URL, with optional overrides."""
+
+    def make(database_url: str | None = None, **env):
+        environ = {"RELAYDESK_DATABASE_URL": database_url or f"sqlite+aiosqlite:///{tmp_path}/relaydesk.db"}
+        environ.update({k: str(v) for k, v in env.items()})
+        return load_config(None, env=environ)
+
+    return make
