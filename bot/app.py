@@ -89,7 +89,7 @@ async def healthz(request: web.Request) -> web.Response:
         async with rt.db.session() as s:
             from sqlalchemy import text
 
-            await s.execute(text("SELECT 1"))
+            await s.exec(text("SELECT 1"))
     except Exception as e:  # the database is what a health check is for
         return web.json_response({"status": "error", "database": str(e)}, status=503)
     return web.json_response({"status": "ok", "channels": rt.channels.names()})

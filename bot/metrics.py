@@ -25,7 +25,7 @@ class Metrics:
                                      ["channel"], registry=r)
         self.outbox_pending = Gauge("relaydesk_outbox_pending", "Outbound messages not yet delivered",
                                     registry=r)
-        self.outbox_failed_rows = Gauge("relaydesk_outbox_failed", "Outbound messages in state failed",
+        self.outbox_failed_rows = Gauge("relaydesk_outbox_undeliverable", "Outbound messages given up on, still in the outbox",
                                         registry=r)
 
     def render(self) -> bytes:

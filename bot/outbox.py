@@ -183,7 +183,7 @@ class OutboxWorker:
                 self.metrics.outbox_retries.labels(row.channel).inc()
                 log.warning("outbox %s to %s:%s failed (attempt %d), retrying in %.1fs: %s",
                             row.id, row.channel, row.to_id, row.attempts + 1, delay, error)
-            await s.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(**values))
+            await s.exec(update(OutboxMessage).where(OutboxMessage.id == row.id).values(**values))
 
     def backoff(self, attempt: int) -> float:
         """Exponential back-off with jitter: half fixed, half random."""

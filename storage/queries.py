@@ -18,7 +18,7 @@ async def insert_ignore(session: AsyncSession, model, **values) -> bool:
     Atomic on both backends: of two concurrent callers exactly one wins.
     """
     stmt = _insert(session, model.__table__).values(**values).on_conflict_do_nothing()
-    result = await session.execute(stmt)
+    result = await session.exec(stmt)
     return result.rowcount == 1
 
 
@@ -29,4 +29,4 @@ async def next_sequence(session: AsyncSession, day: str) -> int:
     stmt = stmt.on_conflict_do_update(
         index_elements=[table.c.day], set_={"last": table.c.last + 1}
     ).returning(table.c.last)
-    return (await session.execute(stmt)).scalar_one()
+    return (await session.exec(stmt)).scalar_one()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 
@@ -12,6 +13,12 @@ from bot.config import load_config
 
 PG_ADMIN_URL = os.environ.get("RELAYDESK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def run_sync(coro):
+    """Run a coroutine to completion even when called from inside a running loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _pg_available() -> bool:
@@ -25,7 +32,7 @@ def _pg_available() -> bool:
         await conn.close()
         return True
 
-    return asyncio.run(probe())
+    return run_sync(probe())
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +53,10 @@ def pg_database_url():
         finally:
             await conn.close()
 
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    run_sync(admin(f'CREATE DATABASE "{name}"'))
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     yield f"{base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_sync(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def reset_postgres(url: str) -> None:

@@ -12,15 +12,15 @@ def build_channels(config: Config, sink: EventSink, db: Database) -> list[Channe
     if config.wecom is not None:
         from bot.channels.wecom import WeComChannel
 
-        channels.append(WeComChannel(config.wecom, sink))
+        channels.append(WeComChannel(config.wecom, sink, db))
     if config.feishu is not None:
         from bot.channels.feishu import FeishuChannel
 
-        channels.append(FeishuChannel(config.feishu, sink))
+        channels.append(FeishuChannel(config.feishu, sink, db))
     if config.dingtalk is not None:
         from bot.channels.dingtalk import DingTalkChannel
 
-        channels.append(DingTalkChannel(config.dingtalk, sink))
+        channels.append(DingTalkChannel(config.dingtalk, sink, db))
     if config.playground.enabled:
         from bot.channels.playground import PlaygroundChannel
 

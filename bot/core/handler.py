@@ -45,7 +45,7 @@ class TicketBot:
     """The sink channels hand their events to."""
 
     def __init__(self, config: Config, db: Database, directory: Directory, service: TicketService,
-                 notifier: Notifier, metrics: Metrics, on_commit=None):
+                 notifier: Notifier, metrics: Metrics, on_commit=None, escalation=None):
         self.config = config
         self.db = db
         self.directory = directory
@@ -53,6 +53,8 @@ class TicketBot:
         self.notifier = notifier
         self.metrics = metrics
         self.on_commit = on_commit or (lambda: None)
+        # The escalation engine: told of every change (start, jump or stop a chain).
+        self.escalation = escalation
 
     async def __call__(self, event: InboundEvent) -> HandleResult:
         return await self.handle(event)
@@ -116,6 +118,8 @@ class TicketBot:
 
     async def _apply(self, s: AsyncSession, change: Change) -> Change:
         await self.notifier.after(s, change)
+        if self.escalation is not None:
+            await self.escalation.after(s, change)
         if change.changed:
             self.metrics.ticket_actions.labels(change.action).inc()
             if change.action == "report":
@@ -167,7 +171,9 @@ class TicketBot:
             ticket = await self._progress_ticket(s, actor, cmd)
             return _Reply([await self._progress_text(s, ticket)])
         if name == "oncall":
-            return _Reply([t("reply.oncall_unavailable")])
+            if self.escalation is None:
+                return _Reply([t("reply.oncall_unavailable")])
+            return _Reply([await self.escalation.oncall_text(s, actor.person)])
         if name == "claim":
             ticket = await self._target_ticket(s, actor, cmd, unclaimed=True)
             change = await self._apply(s, await svc.claim(s, actor, ticket))
