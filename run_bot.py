@@ -59,6 +59,8 @@ def serve(args) -> int:
     from storage.db import SchemaVersionError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # APScheduler logs every run of the one-second sweep at INFO.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
     app = create_app(config)
     print(f"RelayDesk on http://{config.server.host}:{config.server.port}"
           + (f"  playground: http://{config.server.host}:{config.server.port}/playground"

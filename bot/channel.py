@@ -44,6 +44,9 @@ class DeliveryError(Exception):
 
 class Channel(ABC):
     name: ClassVar[str]
+    # Whether the outbox applies its per-recipient rate limit (the platforms
+    # drop what exceeds their caps; a local page has none).
+    rate_limited: ClassVar[bool] = True
 
     def __init__(self, sink: EventSink):
         self.sink = sink

@@ -104,7 +104,8 @@ class OutboxWorker:
                     row.lease_until is None or row.lease_until <= now)
                 if not due:
                     continue
-                wait = self._rate_wait(key)
+                channel = self.channels.get(row.channel)
+                wait = self._rate_wait(key) if channel is not None and channel.rate_limited else 0.0
                 if wait:
                     row.status, row.next_attempt_at = PENDING, now + timedelta(seconds=wait)
                     s.add(row)

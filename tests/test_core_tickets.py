@@ -171,11 +171,13 @@ async def test_only_assignee_or_lead_moves_a_claimed_ticket(h):
 
 async def test_stage_out_of_order_is_refused(h):
     await h.say("cust_wang", "2号车间空压机不启动了")
-    await h.say("eng_zhang", "完工")
-    assert "认领" in (await h.texts_to("user", "eng_zhang"))[-1]
+    await h.say("eng_zhang", f"完工 {(await h.ticket()).number}")
+    assert "请先认领" in (await h.texts_to("user", "eng_zhang"))[-1]
+    await h.say("lead_zhao", "出发")
+    assert "没有负责中" in (await h.texts_to("user", "lead_zhao"))[-1]
     await h.say("eng_zhang", "认领")
     await h.say("eng_zhang", "完工")
-    await h.say("eng_zhang", "出发")
+    await h.say("eng_zhang", f"出发 {(await h.ticket()).number}")
     assert "不能执行" in (await h.texts_to("user", "eng_zhang"))[-1]
     assert (await h.ticket()).state == "resolved"
 

@@ -24,5 +24,9 @@ def build_channels(config: Config, sink: EventSink, db: Database) -> list[Channe
     if config.playground.enabled:
         from bot.channels.playground import PlaygroundChannel
 
-        channels.append(PlaygroundChannel(sink, db, config.people))
+        channels.append(PlaygroundChannel(sink, db, config.people, teams=config.teams))
+    if config.twilio is not None:
+        from escalation.phone import TwilioChannel
+
+        channels.append(TwilioChannel(config.twilio, sink, db, config.server.public_url))
     return channels

@@ -147,7 +147,9 @@ class TicketBot:
             mine = [c for c in candidates if c.assignee_id == actor.person.id]
             candidates = mine or candidates
         if not candidates:
-            raise Refused("no_open_ticket")
+            if unclaimed:
+                raise Refused("nothing_to_claim")
+            raise Refused("no_owned_ticket" if is_staff(actor.person) else "no_open_ticket")
         if len(candidates) > 1 and not unclaimed:
             newest = candidates[0]
             if sum(1 for c in candidates if c.state != st.RESOLVED) > 1:

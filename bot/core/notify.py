@@ -118,11 +118,12 @@ class Notifier:
         if not change.changed:
             return
         ticket = change.ticket
+        # The customer's text first: it introduces what follows (the rating card after 完工).
+        if change.action in CUSTOMER_TOLD:
+            await self._tell_customer(s, change)
         handler = getattr(self, f"_on_{change.action}", None)
         if handler is not None:
             await handler(s, change)
-        if change.action in CUSTOMER_TOLD:
-            await self._tell_customer(s, change)
         if change.action not in ("report", "note", "photo", "ack"):
             await self._update_cards(s, ticket, change)
 
@@ -176,7 +177,7 @@ class Notifier:
                 await self._send_sop(s, ticket, v, dm)
 
     async def _send_sop(self, s: AsyncSession, ticket: Ticket, v: build.TicketView, to: Address) -> None:
-        sop = self.sops.lookup_fields(ticket.category, ticket.error_code)
+        sop = self.sops.lookup(ticket)
         if sop is not None:
             enqueue(s, to, CardMessage(build.sop_card(v, sop.title, sop.steps)), ticket.id)
 
@@ -195,10 +196,6 @@ class Notifier:
             enqueue(s, dm, Text(t("notify.staff.transferred_to_you", number=ticket.number,
                                   name=change.actor.person.name)), ticket.id)
             enqueue(s, dm, CardMessage(await self.engineer_card(s, ticket), update=True), ticket.id)
-
-    async def _on_escalate(self, s: AsyncSession, change: Change) -> None:
-        await self.escalate_to(s, change.ticket, ["lead"], t("escalation.reason.manual",
-                                                             name=change.actor.person.name))
 
     async def escalate_to(self, s: AsyncSession, ticket: Ticket, roles: list[str], reason: str) -> None:
         """Escalation card to the team's lead/director directly, and an @ in the team group."""
