@@ -1,0 +1,418 @@
+"""Finding the taxonomy's words in a normalised report.
+
+:class:`Lexicon` compiles every word list of a :class:`~nlp.taxonomy.Taxonomy`
+into one index and turns a report into :class:`Hit` objects:
+
+1. every occurrence of every word is found (overlaps included);
+2. an occurrence buried inside a longer ordinary word found by the segmenter
+   is dropped (响 in 影响, 锈 in 不锈钢, 流量 in 流量计);
+3. negations shortly before a word mark it negated (没有漏水, 没停机), and
+   words before 修好了 / 解决了 in the same clause count as fixed;
+4. "A*B" patterns are assembled from their parts;
+5. an occurrence strictly inside a longer matched word is dropped
+   (停了 in 停了两次, 漏电 in 漏电开关, 急 in 不急).
+
+Segmentation is done per clause (jieba splits at punctuation too) and only
+for clauses that contain a word.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Any
+
+from .segment import Segmenter
+from .taxonomy import Taxonomy
+
+__all__ = ["Lexicon", "Hit", "Layer"]
+
+
+class Layer:
+    """What a word means (the list it comes from)."""
+
+    KEYWORD = 0
+    WEAK = 1
+    HINT = 2
+    PREDICATE = 3
+    FALLBACK = 4
+    SAFETY = 5
+    IMPACT = 6
+    SCOPE = 7
+    STOP = 8
+    STOPPAGE = 9
+    DEGRADED = 10
+    NEUTRAL = 11
+    CAN_WAIT = 12
+    URGENT = 13
+    FAULT = 14
+    PIECE = 15
+    MEASURE = 16
+    RESOLVED = 17
+    GREETING = 18
+
+
+_CATEGORY_LAYERS = frozenset({Layer.KEYWORD, Layer.WEAK, Layer.HINT, Layer.MEASURE, Layer.FALLBACK})
+_PRIORITY_LAYERS = frozenset({Layer.SAFETY, Layer.IMPACT, Layer.STOPPAGE, Layer.DEGRADED,
+                              Layer.NEUTRAL, Layer.CAN_WAIT, Layer.URGENT, Layer.FAULT})
+_COMBO_LAYERS = frozenset({Layer.SCOPE, Layer.STOP})
+_SCOPE_SHADOWS = frozenset({Layer.IMPACT, Layer.DEGRADED, Layer.NEUTRAL}) | _COMBO_LAYERS
+_SHADOWING = _CATEGORY_LAYERS | _PRIORITY_LAYERS | _COMBO_LAYERS
+# one-character pattern parts and predicates count even inside a longer word (高 in 偏高)
+_SHORT_OK = frozenset({Layer.PIECE, Layer.PREDICATE})
+
+CLAUSE_BREAKS = ",.!?;:，。！？；：、\n\r~…()[]【】（）「」\"'"
+_CLAUSE_RE = re.compile("[" + re.escape(CLAUSE_BREAKS) + "]")
+_CLAUSE_RUN_RE = re.compile("[" + re.escape(CLAUSE_BREAKS) + "]+")
+_END = ""  # trie key marking the end of a word
+_MAX_WORDS = 200  # word occurrences looked at per report
+_CODE_RE = re.compile(r"(?<![a-z0-9])[a-z]{1,5}[-.]?\d{1,6}")
+
+
+@dataclass(slots=True)
+class Hit:
+    start: int
+    end: int
+    layer: int
+    category: str | None
+    negated: bool = False
+    neg_start: int = -1
+    suppressed: bool = False
+    # for pattern parts: (pattern index, part index); for predicates: None
+    ref: tuple[int, int] | None = None
+
+    def text(self, source: str) -> str:
+        return source[self.start:self.end]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    layer: int
+    category: str | None
+    parts: tuple[str, ...]
+
+
+class Lexicon:
+    def __init__(self, taxonomy: Taxonomy) -> None:
+        self.taxonomy = taxonomy
+        self.pattern_gap = taxonomy.settings.pattern_gap
+        self.hint_gap = taxonomy.settings.hint_gap
+        self.window = taxonomy.settings.negation_window
+        g = taxonomy.grammar
+        self.negations = frozenset(g.negations)
+        self._negations_longest = tuple(sorted(g.negations, key=len, reverse=True))
+        self._negation_firsts = frozenset(w[0] for w in g.negations)
+        self._negation_lasts = frozenset(w[-1] for w in g.negations)
+        self.negation_stops = frozenset(g.negation_stops)
+        self.hint_stops = tuple(g.hint_stops)
+        self._particles = frozenset(g.particles)
+        self._complements = frozenset(g.complements)
+
+        index: dict[str, list[tuple[int, str | None, tuple[int, int] | None]]] = {}
+        patterns: list[_Pattern] = []
+
+        def add(word: str, layer: int, category: str | None) -> None:
+            if "*" in word:
+                parts = tuple(word.split("*"))
+                pid = len(patterns)
+                patterns.append(_Pattern(layer, category, parts))
+                for k, part in enumerate(parts):
+                    index.setdefault(part, []).append((Layer.PIECE, category, (pid, k)))
+            else:
+                index.setdefault(word, []).append((layer, category, None))
+
+        for cat in taxonomy.categories.values():
+            main_layer = Layer.FALLBACK if cat.kind == "fallback" else Layer.KEYWORD
+            for w in cat.keywords:
+                add(w, main_layer, cat.id)
+            for w in cat.weak_keywords:
+                add(w, Layer.WEAK, cat.id)
+            for w in cat.hints:
+                add(w, Layer.HINT, cat.id)
+            for w in cat.hint_predicates:
+                add(w, Layer.PREDICATE, cat.id)
+            for w in cat.measures:
+                add(w, Layer.MEASURE, cat.id)
+        for w in g.fault_predicates:
+            add(w, Layer.PREDICATE, None)
+        for w in g.resolved:
+            add(w, Layer.RESOLVED, None)
+        for w in g.greetings:
+            add(w, Layer.GREETING, None)
+        p = taxonomy.priority
+        for words, layer in ((p.safety, Layer.SAFETY), (p.impact, Layer.IMPACT),
+                             (p.impact_scopes, Layer.SCOPE), (p.impact_stops, Layer.STOP),
+                             (p.stoppage, Layer.STOPPAGE), (p.degraded, Layer.DEGRADED),
+                             (p.neutral, Layer.NEUTRAL), (p.can_wait, Layer.CAN_WAIT),
+                             (p.urgent, Layer.URGENT), (p.fault_words, Layer.FAULT)):
+            for w in words:
+                add(w, layer, None)
+
+        self._request_words = frozenset(c.id for c in taxonomy.categories.values()
+                                        if c.kind in ("request", "fallback"))
+        self._index = {w: tuple(entries) for w, entries in index.items()}
+        self._layers = {w: frozenset(layer for layer, _, _ in entries) for w, entries in index.items()}
+        # words that are only predicates or pattern parts, and the patterns each word starts
+        self._auxiliary = frozenset(w for w, ls in self._layers.items() if ls <= _SHORT_OK)
+        pattern_heads: dict[str, list[int]] = {}
+        for pid, pattern in enumerate(patterns):
+            pattern_heads.setdefault(pattern.parts[0], []).append(pid)
+        self._pattern_heads = {w: tuple(pids) for w, pids in pattern_heads.items()}
+        self._patterns = tuple(patterns)
+        # character trie over all words: one walk per text position finds every word starting there
+        trie: dict[str, Any] = {}
+        for w in self._index:
+            node = trie
+            for ch in w:
+                node = node.setdefault(ch, {})
+            node[_END] = w
+        self._trie = trie
+        self.segmenter = Segmenter(taxonomy.all_words())
+
+    # ------------------------------------------------------------------
+
+    def hits(self, text: str) -> list[Hit]:
+        """All live (not suppressed) hits in the match form of a report, in text order."""
+        raw = self._scan(text)
+        if not raw:
+            return []
+        if len(raw) > _MAX_WORDS:
+            raw = raw[:_MAX_WORDS]  # a guard against pathological input (漏漏漏...): the start decides
+        index = self._index
+        layers = self._layers
+        # predicates matter only after a hint; pattern parts only when the pattern's first part occurs
+        has_hint = any(Layer.HINT in layers[w] or Layer.MEASURE in layers[w] for _, _, w in raw)
+        heads = self._pattern_heads
+        started = {pid for _, _, w in raw for pid in heads.get(w, ())}
+        raw = [r for r in raw if r[2] not in self._auxiliary or self._wanted(r[2], has_hint, started)]
+        if not raw:
+            return []
+        breaks = [m.start() for m in _CLAUSE_RE.finditer(text)]
+        clauses: dict[int, tuple[int, list[int], list[str]]] = {}
+        may_negate = not self._negation_firsts.isdisjoint(text)
+        hits: list[Hit] = []
+        for s, e, word in raw:
+            # segment the clause around the word (once per clause)
+            c = bisect_right(breaks, s)
+            seg = clauses.get(c)
+            if seg is None:
+                seg = clauses[c] = self._segment_clause(text, breaks, c)
+            cs, starts, tokens = seg
+            t = bisect_right(starts, s) - 1
+            ts, te = starts[t], starts[t + 1]
+            inside = e <= te and (ts != s or te != e) and tokens[t] not in index
+            if inside:
+                token = tokens[t]
+                if ts == s and token[e - s:] in self._particles:
+                    inside = False  # the word plus a particle (锈了)
+                elif te == e and (e - s > 1 or Layer.HINT in self._layers[word]):
+                    inside = False  # the head of a compound names the same thing (总开关, 补水阀)
+            neg_start = -1
+            if may_negate:
+                if ts < s and (e == te or not inside):
+                    # the token's head may end with a negation (不|漏水 in 不漏水; not 不锈钢)
+                    neg_start = self._negation_suffix(text[ts:s], s)
+                if neg_start < 0:
+                    neg_start = self._negation_before(t, tokens, starts)
+            for layer, category, ref in index[word]:
+                if inside and neg_start < ts and not (e - s == 1 and layer in _SHORT_OK):
+                    continue  # part of an ordinary longer word (响 in 影响, 锈 in 不锈钢)
+                if (layer == Layer.PREDICATE and not has_hint) or (
+                        layer == Layer.PIECE and ref is not None and ref[0] not in started):
+                    continue
+                hit = Hit(s, e, layer, category, ref=ref)
+                if neg_start >= 0:
+                    hit.negated, hit.neg_start = True, neg_start
+                hits.append(hit)
+
+        if self._patterns:
+            hits.extend(self._assemble(hits, text))
+        self._suppress_contained(hits)
+        self._apply_resolved(hits, text)
+        return [h for h in hits if not h.suppressed and h.layer not in (Layer.PIECE, Layer.RESOLVED)]
+
+    def _wanted(self, word: str, has_hint: bool, started: set[int]) -> bool:
+        for layer, _, ref in self._index[word]:
+            if layer == Layer.PREDICATE and has_hint:
+                return True
+            if layer == Layer.PIECE and ref is not None and ref[0] in started:
+                return True
+        return False
+
+    @staticmethod
+    def _apply_resolved(hits: list[Hit], text: str) -> None:
+        """Words before 修好了 / 解决了 in the same clause describe a fixed problem: they do not count."""
+        done = [h for h in hits if h.layer == Layer.RESOLVED and not h.negated]
+        for r in done:
+            for h in hits:
+                if h.end <= r.start and not h.negated and _CLAUSE_RE.search(text, h.end, r.start) is None:
+                    h.negated = True
+
+    def _scan(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, word) for every occurrence of every word, overlaps included."""
+        trie = self._trie
+        n = len(text)
+        raw: list[tuple[int, int, str]] = []
+        for i in range(n):
+            node = trie.get(text[i])
+            j = i + 1
+            while node is not None:
+                word = node.get(_END)
+                if word is not None:
+                    raw.append((i, j, word))
+                if j >= n:
+                    break
+                node = node.get(text[j])
+                j += 1
+        return raw
+
+    def _segment_clause(self, text: str, breaks: list[int], c: int) -> tuple[int, list[int], list[str]]:
+        """Tokens of clause c (between punctuation marks) with their start offsets (plus the end)."""
+        cs = breaks[c - 1] + 1 if c > 0 else 0
+        ce = breaks[c] if c < len(breaks) else len(text)
+        tokens = self.segmenter.cut(text[cs:ce]) if ce > cs else []
+        starts = [cs]
+        pos = cs
+        for tok in tokens:
+            pos += len(tok)
+            starts.append(pos)
+        if not tokens:  # a word on a punctuation mark itself: one token of its own
+            tokens = [text[cs:cs + 1]]
+            starts = [cs, cs + 1]
+        return cs, starts, tokens
+
+    # negation ---------------------------------------------------------
+
+    def _negation_suffix(self, prefix: str, s: int) -> int:
+        """Start of a negation ending right before s inside the same token (不|漏水)."""
+        if not prefix or prefix[-1] not in self._negation_lasts:
+            return -1
+        for neg in self._negations_longest:
+            if prefix.endswith(neg):
+                return s - len(neg)
+        return -1
+
+    def _negation_before(self, t: int, tokens: list[str], starts: list[int]) -> int:
+        """Start of a negation among the few tokens before token t in the same clause, else -1."""
+        count = 0
+        k = t - 1
+        while k >= 0 and count < self.window:
+            tok = tokens[k]
+            if tok.isspace():
+                k -= 1
+                continue
+            if tok in self.negations:
+                if tok == "不" and self._is_complement(tokens, k):
+                    return -1  # 排不出去: a verb complement, not a negation
+                return starts[k]
+            if tok in self.negation_stops or (len(tok) == 1 and tok in CLAUSE_BREAKS):
+                return -1
+            count += 1
+            k -= 1
+        return -1
+
+    def _is_complement(self, tokens: list[str], k: int) -> bool:
+        """True for 不 between a verb and a result complement (排|不|出去, 抽|不|上来)."""
+        if k == 0 or k + 1 >= len(tokens):
+            return False
+        before, after = tokens[k - 1], tokens[k + 1]
+        return bool(before) and "\u4e00" <= before[-1] <= "\u9fff" and after[:1] in self._complements
+
+    # patterns ---------------------------------------------------------
+
+    def _assemble(self, hits: list[Hit], text: str) -> list[Hit]:
+        parts: dict[tuple[int, int], list[Hit]] = {}
+        words = [h for h in hits if h.layer in _SHADOWING]
+        for h in hits:
+            if h.layer == Layer.PIECE and h.ref is not None:
+                if h.ref[1] == 0 and any(
+                        w.start <= h.start and h.end <= w.end and w.end - w.start > h.end - h.start
+                        for w in words):
+                    continue  # a pattern does not start inside a longer word (温度 in 温度传感器)
+                parts.setdefault(h.ref, []).append(h)
+        out: list[Hit] = []
+        gap = self.pattern_gap
+        for (pid, k), heads in parts.items():
+            if k != 0:
+                continue
+            pattern = self._patterns[pid]
+            for head in heads:
+                end = head.end
+                ok = True
+                for m in range(1, len(pattern.parts)):
+                    nxt = None
+                    for cand in parts.get((pid, m), ()):
+                        if end <= cand.start <= end + gap and not _CLAUSE_RE.search(text, end, cand.start):
+                            if nxt is None or cand.start < nxt.start:
+                                nxt = cand
+                    if nxt is None:
+                        ok = False
+                        break
+                    end = nxt.end
+                if ok:
+                    out.append(Hit(head.start, end, pattern.layer, pattern.category,
+                                   negated=head.negated, neg_start=head.neg_start))
+        return out
+
+    # containment --------------------------------------------------------
+
+    def _suppress_contained(self, hits: list[Hit]) -> None:
+        """Drop a word strictly inside a longer matched word of the same kind.
+
+        Category words shadow category words (漏电 in 漏电开关), priority words
+        shadow priority words (停了 in 停了两次, 急 in 不急); scope and stop
+        words are shadowed by priority words and each other (停 in 停产).
+        The two kinds never shadow each other: 氨气 stays a hazard inside 氨气泄漏.
+        """
+        live = [h for h in hits if h.layer in _SHADOWING]
+        if not live:
+            return
+        # a predicate inside a request or greeting word is not one (报 in 报价)
+        requests = self._request_words
+        for h in hits:
+            if h.layer == Layer.PREDICATE:
+                for g in live:
+                    if (g.category in requests and g.layer in _CATEGORY_LAYERS
+                            and g.start <= h.start and h.end <= g.end and g.end - g.start > h.end - h.start):
+                        h.suppressed = True
+                        break
+        for h in live:
+            combo = False
+            if h.layer in _CATEGORY_LAYERS:
+                shadows = _CATEGORY_LAYERS
+            elif h.layer in _PRIORITY_LAYERS:
+                shadows = _PRIORITY_LAYERS
+            else:
+                shadows = _SCOPE_SHADOWS
+                combo = True
+            for g in live:
+                if g is h or g.end - g.start <= h.end - h.start:
+                    continue
+                if g.start <= h.start and h.end <= g.end:
+                    if g.layer in shadows or (
+                            # a stop word in the middle of a symptom is not one (动不了 in 启动不了),
+                            # at its start it still is (没法 in 没法启动)
+                            combo and g.layer in _CATEGORY_LAYERS and g.start < h.start):
+                        h.suppressed = True
+                        break
+
+    # helpers for the classifier ----------------------------------------
+
+    @staticmethod
+    def same_clause(text: str, a: int, b: int) -> bool:
+        return a >= b or _CLAUSE_RE.search(text, a, b) is None
+
+    @staticmethod
+    def clause_breaks(text: str, a: int, b: int) -> int:
+        """How many clause boundaries (punctuation runs) lie between a and b."""
+        if a >= b:
+            return 0
+        return len(_CLAUSE_RUN_RE.findall(text, a, b))
+
+    def code_after(self, text: str, pos: int) -> int:
+        """End of an error-code-like token starting within hint_gap characters after pos, else -1."""
+        m = _CODE_RE.search(text, pos, min(len(text), pos + self.hint_gap + 12))
+        if m and m.start() - pos <= self.hint_gap and self.same_clause(text, pos, m.start()):
+            return m.end()
+        return -1

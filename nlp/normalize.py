@@ -1,0 +1,150 @@
+"""Text normalisation for chat and voice-input fault reports.
+
+Two forms of a report are produced:
+
+* ``display`` keeps the customer's letters and digits as typed (after NFKC,
+  traditional -> simplified and emoji removal); entities are read from it.
+* ``match`` is lower-cased, has English words mapped to Chinese, typos and
+  homophones corrected and whitespace next to Chinese characters removed;
+  keywords are matched against it.
+
+The vocabulary (typos, English words) comes from the taxonomy file; this
+module only holds the mechanics.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from pathlib import Path
+
+__all__ = ["Normalizer", "to_simplified", "basic_form"]
+
+# Emoji and pictographs, variation selectors, zero-width joiners and the
+# bracketed sticker names that chat clients insert ([捂脸], [图片]).
+_EMOJI_RE = re.compile(
+    "["
+    "\U0001F000-\U0001FAFF"
+    "\U00002600-\U000027BF"
+    "\U00002B00-\U00002BFF"
+    "\U00002300-\U000023FF"
+    "\U0000FE00-\U0000FE0F"
+    "\U0000200B-\U0000200F"
+    "\U00003030\U0000303D\U00003297\U00003299"
+    "\U000E0000-\U000E007F"
+    "]+"
+    r"|\[[\u4e00-\u9fff]{1,4}\]"
+)
+_SPACE_NEAR_HAN_RE = re.compile(r"\s+(?=[\u3400-\u9fff])|(?<=[\u3400-\u9fff])\s+")
+_ASCII_LETTER_RE = re.compile(r"[a-z]")
+
+
+@functools.cache
+def _traditional_chars() -> frozenset[str]:
+    """Characters that OpenCC's t2s table changes (read once from OpenCC's data)."""
+    import opencc
+
+    table = Path(opencc.__file__).parent / "dictionary" / "TSCharacters.txt"
+    chars = set()
+    with open(table, encoding="utf-8") as fh:
+        for line in fh:
+            key, _, values = line.rstrip("\n").partition("\t")
+            if len(key) == 1 and values and values.split(" ", 1)[0] != key:
+                chars.add(key)
+    return frozenset(chars)
+
+
+@functools.cache
+def _t2s():
+    import opencc
+
+    return opencc.OpenCC("t2s")
+
+
+def to_simplified(text: str) -> str:
+    """Traditional -> simplified; OpenCC runs only when a traditional character is present."""
+    if _traditional_chars().isdisjoint(text):
+        return text
+    return _t2s().convert(text)
+
+
+def basic_form(text: str) -> str:
+    """NFKC, simplified characters, lower case: the form taxonomy words are stored in."""
+    return to_simplified(unicodedata.normalize("NFKC", text)).lower().strip()
+
+
+class Normalizer:
+    """Turns raw report text into its display and match forms."""
+
+    def __init__(
+        self,
+        typos: tuple[tuple[str, str], ...],
+        english: tuple[tuple[str, str], ...],
+        max_chars: int,
+    ) -> None:
+        self._max_chars = max_chars
+        # typos indexed by first character, longest first: one left-to-right pass
+        by_first: dict[str, list[tuple[str, str]]] = {}
+        for wrong, right in sorted(typos, key=lambda kv: -len(kv[0])):
+            by_first.setdefault(wrong[0], []).append((wrong, right))
+        self._typos = {ch: tuple(items) for ch, items in by_first.items()}
+        self._typo_firsts = frozenset(self._typos)
+        self._english = dict(english)
+        if english:
+            words = sorted(self._english, key=len, reverse=True)
+            alternation = "|".join(re.escape(w) for w in words)
+            self._english_re: re.Pattern[str] | None = re.compile(
+                rf"(?<![a-z])(?:{alternation})(?![a-z])"
+            )
+        else:
+            self._english_re = None
+
+    def __call__(self, text: str) -> tuple[str, str]:
+        if len(text) > self._max_chars:
+            text = text[: self._max_chars]
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates
+            text = text.encode("utf-8", "replace").decode("utf-8")
+        if not text.isascii():
+            text = unicodedata.normalize("NFKC", text).replace("\u2019", "'")
+            text = to_simplified(text)
+            text = _EMOJI_RE.sub("", text)
+            text = _SPACE_NEAR_HAN_RE.sub("", text)
+        display = text.strip()
+
+        match = display.lower()
+        if self._english_re is not None and _ASCII_LETTER_RE.search(match):
+            english = self._english
+            match = self._english_re.sub(lambda m: english[m.group(0)], match)
+            match = _SPACE_NEAR_HAN_RE.sub("", match)
+        if not self._typo_firsts.isdisjoint(match):
+            match = self._fix_typos(match)
+        return display, match
+
+    def _fix_typos(self, text: str) -> str:
+        """Replace typo entries left to right, the longest entry at each position first."""
+        typos = self._typos
+        out: list[str] = []
+        last = 0
+        i = 0
+        n = len(text)
+        while i < n:
+            candidates = typos.get(text[i])
+            if candidates is not None:
+                for wrong, right in candidates:
+                    if text.startswith(wrong, i):
+                        out.append(text[last:i])
+                        out.append(right)
+                        i += len(wrong)
+                        last = i
+                        break
+                else:
+                    i += 1
+            else:
+                i += 1
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
