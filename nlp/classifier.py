@@ -11,7 +11,8 @@ Category
     then a lone hint -- and among equals the symptom mentioned first. An
     error code with no other symptom is a weak sign of ``settings.code_category``
     (报E03 -> inverter_alarm). A device named only in a non-fault errand
-    (说明书, 发票) is not a fault. Nothing found: the fallback category (other).
+    (说明书, 发票) is not a fault, nor is an errand the customer leads with
+    when only weak signs follow it (合同什么时候寄过来). Nothing found: the fallback category (other).
 
 Priority
     safety hazard -> P0 (whatever else is said); stoppage of a line / site /
@@ -243,8 +244,11 @@ class Classifier:
                 return fb.id, 0.5, f"{_LABEL_OTHER}:{greeting.text(text)}"
             return fb.id, 0.2, None
 
-        if fallback_hit is not None and all(c[0] == _TIER_HINT for c in best.values()):
-            # a device named in a greeting or an errand is not a fault report (说明书, 谢谢)
+        if fallback_hit is not None and (
+                all(c[0] == _TIER_HINT for c in best.values())
+                or all(c[0] <= _TIER_WEAK and c[4] > fallback_hit.start for c in best.values())):
+            # a device named in a greeting or an errand is not a fault report (说明书, 谢谢);
+            # nor is an errand the customer leads with that only has weak signs after it (合同寄过来)
             fb = self.taxonomy.fallback
             return fb.id, 0.5, f"{_LABEL_OTHER}:{fallback_hit.text(text)}"
 

@@ -94,7 +94,9 @@ class EntityExtractor:
         self._location_chars = frozenset(
             w[-1] for w in loc.units + loc.rooms + loc.floors + loc.named_sites + loc.sites
         ) | {"层"}
-        self._vague = tuple(sorted(loc.vague, key=len, reverse=True))
+        # one-character qualifiers (新, 老) make a site vague only as its whole name (老厂房, not 老港工业园)
+        self._vague = tuple(sorted((w for w in loc.vague if len(w) > 1), key=len, reverse=True))
+        self._vague_exact = frozenset(w for w in loc.vague if len(w) == 1)
         self._device_heads = tuple(loc.device_heads)
         self._determiners = tuple(loc.determiners)
         self._sites = tuple(sorted(loc.named_sites, key=len, reverse=True))
@@ -221,7 +223,7 @@ class EntityExtractor:
             if stem.endswith(site):
                 stem = stem[: -len(site)]
                 break
-        return not stem or stem.startswith(self._vague)
+        return not stem or stem in self._vague_exact or stem.startswith(self._vague)
 
 
 def _overlaps(start: int, end: int, spans: list[tuple[int, int]]) -> bool:

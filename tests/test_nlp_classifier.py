@@ -176,6 +176,38 @@ def test_chat_and_voice_input(clf, text, category, priority):
     assert (res.category, res.priority) == (category, priority)
 
 
+@pytest.mark.parametrize("text, category, priority", [
+    ("减速机漏由,油封那块一直往外渗", "oil_leak", "P1"),            # homophone of 油
+    ("潜水泵漏点了,漏保一直跳", "electric_leak", "P0"),              # homophone of 电
+    ("水泵震东很大,地脚螺丝都松了", "vibration", "P1"),
+    ("壓力變送器讀數不準,跟現場錶差很多", "sensor", "P1"),          # traditional characters
+    ("系統當機,無法登入", "software", "P1"),                         # regional wording
+    ("觸控螢幕沒反應,點不動", "control_plc", "P1"),
+    ("ＰＬＣ報警ＡＬ－０５,整線停了", "control_plc", "P0"),           # full-width forms
+    ("network断了,看不到数据", "comms", "P1"),                       # English mixed in
+    ("The chiller is overheating, 温度一直降不下来,还在运行", "overheat", "P1"),
+    ("没冒烟,就是电机烫得厉害,还在转", "overheat", "P1"),           # negation
+    ("没有漏水,就是声音很大,嗡嗡的", "noise", "P1"),
+    ("不是漏水,是泵那边有尖叫声", "noise", "P1"),                    # a sound word ending in 声
+    ("车间有液化气的味道,人都撤出来了", "gas_leak", "P0"),           # gas smell is a hazard
+    ("食堂有天然气的味道,比较浓", "gas_leak", "P0"),
+    ("电梯困人了", "other", "P0"),                                   # people trapped
+    ("空压机压力打不上去,车间气动设备都用不了,全停了", "pressure", "P0"),
+    ("螺杆泵不出料,流量为零", "flow", "P1"),
+    ("HMI一直卡在开机画面,进不去", "control_plc", "P1"),
+    ("冷库门封条破了,门关不严", "seal", "P1"),                       # a door gasket, not a valve
+    ("外壳有个凹坑,不影响用,不急", "damage", "P2"),                 # cosmetic damage
+    ("阀门关不严,明天来也行", "valve", "P2"),                        # "can wait" wording
+    ("轴承有点响,不是很着急", "bearing", "P2"),
+    ("收银系统登录不了,全公司没法营业", "software", "P0"),           # company-wide stoppage
+    ("空调不制冷", "other", "P1"),                                   # a fault without a category
+    ("合同什么时候寄过来", "other", "P2"),                           # an errand, not a parts order
+])
+def test_voice_regional_and_mixed_reports(clf, text, category, priority):
+    res = clf.classify(text)
+    assert (res.category, res.priority) == (category, priority)
+
+
 def test_domain_words_stay_whole(clf):
     seg = clf._lexicon.segmenter
     for word in ("变频器", "机封", "跳闸", "缺相", "抱轴"):
@@ -207,6 +239,7 @@ def test_ordinary_words_do_not_trigger_keywords(clf):
     ("空压机装好了,地址是滨海工业园5号厂房", "location", "滨海工业园5号厂房"),
     ("A栋楼顶冷却塔风机尖叫", "location", "A栋楼顶"),
     ("4#线空压机跳闸", "location", "4#线"),
+    ("原料车间地上一摊油", "location", "原料车间"),
     ("4号产线变频器报F0012,线停了", "error_code", "F0012"),
     ("驱动器报警AL-21,伺服不动了", "error_code", "AL-21"),
     ("变频器报Err07,电机停了", "error_code", "Err07"),
@@ -222,6 +255,7 @@ def test_entities(clf, text, field, value):
     "3号泵又不出水了",                # a device name, not a place
     "楼下的水泵漏水",
     "整个车间都没电了",
+    "设备要移机,从老厂房搬到新厂房",  # relative names
 ])
 def test_vague_places_are_not_locations(clf, text):
     assert clf.classify(text).location is None
