@@ -22,6 +22,7 @@ class HandleResult:
     """What the core made of an inbound event, for channels that answer inline."""
 
     duplicate: bool = False
+    refused: bool = False  # the command was refused; `toast` says why
     toast: str | None = None  # short feedback for the person who clicked
     card: Card | None = None  # the clicked card as it should look now
 

@@ -16,6 +16,8 @@ class Metrics:
                                        registry=r)
         self.ticket_actions = Counter("relaydesk_ticket_actions_total", "Ticket commands carried out",
                                       ["action"], registry=r)
+        self.inbox_failed = Counter("relaydesk_inbox_failed_total",
+                                    "Accepted inbound events that could not be applied", ["platform"], registry=r)
         self.refusals = Counter("relaydesk_refusals_total", "Commands refused", ["reason"], registry=r)
         self.outbox_sent = Counter("relaydesk_outbox_sent_total", "Outbound messages delivered", ["channel"],
                                    registry=r)

@@ -40,6 +40,10 @@ def enqueue(s: AsyncSession, to: Address, message: Outbound, ticket_id: int | No
     return row
 
 
+async def _no_wait() -> None:
+    return None
+
+
 class OutboxWorker:
     def __init__(self, db: Database, channels: ChannelRegistry, config: OutboxConfig, metrics: Metrics):
         self.db = db
@@ -49,6 +53,9 @@ class OutboxWorker:
         self._wake = asyncio.Event()
         self._sent_at: dict[tuple[str, str, str], deque[float]] = defaultdict(deque)
         self._stopping = False
+        self._gauges_at = 0.0
+        # Awaited before each sweep: lets callbacks being answered go first.
+        self.yield_to = _no_wait
 
     def wake(self) -> None:
         self._wake.set()
@@ -77,57 +84,76 @@ class OutboxWorker:
             if not await self.deliver_due():
                 return
 
-    async def deliver_due(self, limit: int = 100) -> int:
-        rows = await self._claim(limit)
-        if rows:
-            await asyncio.gather(*(self._deliver(r) for r in rows))
-        await self._update_gauges()
-        return len(rows)
+    async def deliver_due(self, limit: int = 200) -> int:
+        await self.yield_to()
+        chains = await self._claim(limit)
+        if chains:
+            await asyncio.gather(*(self._deliver_chain(rows) for rows in chains))
+        if time.monotonic() - self._gauges_at >= 1.0:
+            await self.update_gauges()
+        return sum(len(rows) for rows in chains)
 
-    async def _claim(self, limit: int) -> list[OutboxMessage]:
+    async def _claim(self, limit: int) -> list[list[OutboxMessage]]:
+        """Due rows, leased, grouped per recipient in the order they were written."""
         now = utcnow()
         async with self.db.session() as s:
             stmt = (select(OutboxMessage)
                     .where(OutboxMessage.status.in_((PENDING, SENDING)))
-                    .order_by(OutboxMessage.id).limit(limit * 4))
+                    .order_by(OutboxMessage.id).limit(limit * 2))
             if self.db.is_postgres:
                 stmt = stmt.with_for_update(skip_locked=True)
             candidates = (await s.exec(stmt)).all()
-            chosen: list[OutboxMessage] = []
-            seen: set[tuple[str, str, str]] = set()
+            chains: dict[tuple[str, str, str], list[OutboxMessage]] = {}
+            blocked: set[tuple[str, str, str]] = set()
+            taken = 0
             for row in candidates:
                 key = (row.channel, row.to_kind, row.to_id)
-                if key in seen:
-                    continue  # an earlier message to this recipient is not delivered yet
-                seen.add(key)
+                if key in blocked:
+                    continue
                 due = row.next_attempt_at <= now if row.status == PENDING else (
                     row.lease_until is None or row.lease_until <= now)
-                if not due:
+                if not due or taken >= limit:
+                    blocked.add(key)  # later rows to this recipient wait for this one
                     continue
                 channel = self.channels.get(row.channel)
-                wait = self._rate_wait(key) if channel is not None and channel.rate_limited else 0.0
-                if wait:
-                    row.status, row.next_attempt_at = PENDING, now + timedelta(seconds=wait)
-                    s.add(row)
-                    continue
+                if channel is not None and channel.rate_limited:
+                    wait = self._rate_wait(key, pending=len(chains.get(key, ())))
+                    if wait:
+                        row.status, row.next_attempt_at = PENDING, now + timedelta(seconds=wait)
+                        s.add(row)
+                        blocked.add(key)
+                        continue
                 row.status = SENDING
                 row.lease_until = now + self.config.lease
                 s.add(row)
-                chosen.append(row)
-                if len(chosen) >= limit:
-                    break
-        return chosen
+                chains.setdefault(key, []).append(row)
+                taken += 1
+        return list(chains.values())
 
-    def _rate_wait(self, key: tuple[str, str, str]) -> float:
+    async def _deliver_chain(self, rows: list[OutboxMessage]) -> None:
+        """One recipient's messages, strictly in order; a failure holds back the rest."""
+        for i, row in enumerate(rows):
+            if not await self._deliver(row):
+                rest = [r.id for r in rows[i + 1:]]
+                if rest:
+                    async with self.db.session() as s:
+                        await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(rest))
+                                     .values(status=PENDING, lease_until=None))
+                return
+
+    def _rate_wait(self, key: tuple[str, str, str], pending: int = 0) -> float:
+        """Seconds until `key` may receive one more message (0: now)."""
         window = self._sent_at[key]
         now = time.monotonic()
         while window and window[0] <= now - 60:
             window.popleft()
-        if len(window) >= self.config.per_recipient_per_minute:
-            return window[0] + 60 - now
+        cap = self.config.per_recipient_per_minute
+        if len(window) + pending >= cap:
+            index = len(window) + pending - cap
+            return (window[index] + 60 - now) if index < len(window) else 60.0
         return 0.0
 
-    async def _deliver(self, row: OutboxMessage) -> None:
+    async def _deliver(self, row: OutboxMessage) -> bool:
         channel = self.channels.get(row.channel)
         to = Address(row.channel, row.to_kind, row.to_id)  # type: ignore[arg-type]
         ref_key = (row.channel, row.to_kind, row.to_id, row.track_key) if row.track_key else None
@@ -154,6 +180,7 @@ class OutboxWorker:
             error = DeliveryError(f"{type(e).__name__}: {e}")
         self._sent_at[(row.channel, row.to_kind, row.to_id)].append(time.monotonic())
         await self._finish(row, ref_key, new_ref, error)
+        return error is None
 
     async def _finish(self, row: OutboxMessage, ref_key, new_ref, error: DeliveryError | None) -> None:
         now = utcnow()
@@ -192,7 +219,8 @@ class OutboxWorker:
         delay = min(cap, self.config.base_delay.total_seconds() * 2 ** (attempt - 1))
         return delay / 2 + random.uniform(0, delay / 2)
 
-    async def _update_gauges(self) -> None:
+    async def update_gauges(self) -> None:
+        self._gauges_at = time.monotonic()
         async with self.db.session() as s:
             rows = (await s.exec(
                 select(OutboxMessage.status, func.count()).where(OutboxMessage.status != SENT)

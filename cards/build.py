@@ -148,7 +148,8 @@ def escalation_card(v: TicketView, tokens: Mapping[str, str], reason: str) -> Ca
         CardField(t("card.field.reporter"), v.reporter_name),
     ]
     if v.assignee_name:
-        fields.append(CardField(t("card.field.assignee"), v.assignee_name))
+        label = "card.field.suggested" if v.state in st.UNCLAIMED else "card.field.assignee"
+        fields.append(CardField(t(label), v.assignee_name))
     actions = ("ack", "transfer") if v.state in st.OPEN else ()
     return Card(
         kind="escalation",

@@ -1,7 +1,9 @@
 """The async database handle: engine, sessions, schema creation and version check."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections import deque
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -53,19 +55,36 @@ class Database:
                 url, echo=echo, connect_args={"timeout": 30}
             )
             _sqlite_setup(self.engine)
+            self._gate: _TurnGate | None = _TurnGate()
         else:
             self.engine = create_async_engine(url, echo=echo, pool_size=10, max_overflow=10)
+            self._gate = None
 
     @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
     @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction: committed on success, rolled back on error."""
-        async with AsyncSession(self.engine, expire_on_commit=False) as s:
-            async with s.begin():
-                yield s
+    async def session(self, *, urgent: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on error.
+
+        On SQLite the process's transactions take turns through a gate instead of
+        SQLite's busy-wait (which sleeps up to 100 ms per retry); `urgent` ones
+        (answering a platform callback) go before the background workers' ones.
+        Sessions must not be nested.
+        """
+        if self._gate is None:
+            async with AsyncSession(self.engine, expire_on_commit=False) as s:
+                async with s.begin():
+                    yield s
+            return
+        await self._gate.acquire(urgent)
+        try:
+            async with AsyncSession(self.engine, expire_on_commit=False) as s:
+                async with s.begin():
+                    yield s
+        finally:
+            self._gate.release()
 
     async def init(self) -> None:
         """Create missing tables; refuse a database written by a newer RelayDesk."""
@@ -90,6 +109,40 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+class _TurnGate:
+    """A lock with two queues: urgent waiters are handed the lock first."""
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._urgent: deque[asyncio.Future] = deque()
+        self._normal: deque[asyncio.Future] = deque()
+
+    async def acquire(self, urgent: bool) -> None:
+        if not self._locked and not self._urgent and (urgent or not self._normal):
+            self._locked = True
+            return
+        fut = asyncio.get_running_loop().create_future()
+        queue = self._urgent if urgent else self._normal
+        queue.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the lock was handed to us as we were cancelled
+            elif fut in queue:
+                queue.remove(fut)
+            raise
+
+    def release(self) -> None:
+        for queue in (self._urgent, self._normal):
+            while queue:
+                fut = queue.popleft()
+                if not fut.done():
+                    fut.set_result(None)  # hand over: stays locked
+                    return
+        self._locked = False
 
 
 def _sqlite_setup(engine: AsyncEngine) -> None:

@@ -303,3 +303,18 @@ async def test_delivery_reaches_the_playground(h):
     convs = {r.conversation for r in rows}
     assert {"user:cust_wang", "group:engineers"} <= convs
     assert len(processed) == 1
+
+
+async def test_people_who_left_cannot_act_even_after_a_restart(h):
+    from bot.core.directory import Directory
+    from storage.models import Person
+
+    await h.say("cust_wang", "2号车间空压机不启动了")
+    async with h.rt.db.session() as s:
+        p = await s.get(Person, "eng_li")
+        p.active = False
+        s.add(p)
+    await Directory(h.rt.config, ["playground"]).sync(h.rt.db)  # a restart re-reads the config
+    result = await h.click("eng_li", await h.button("engineer", "认领"))
+    assert result.refused and "名单" in result.toast
+    assert (await h.ticket()).state == "new"

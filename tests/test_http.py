@@ -15,11 +15,13 @@ async def test_healthz_and_metrics(make_config, aiohttp_client):
 
 
 async def test_oversized_body_is_413_and_changes_nothing(make_config, aiohttp_client):
-    cfg = make_config(RELAYDESK_SERVER__MAX_BODY_BYTES="2048")
-    client = await aiohttp_client(create_app(cfg, workers=False))
-    r = await client.post("/playground/api/send", data=b"{" + b" " * 5000 + b"}",
-                          headers={"Content-Type": "application/json"})
+    client = await aiohttp_client(create_app(make_config(), workers=False))
+    body = b'{"conversation": "user:cust_wang", "sender_id": "cust_wang", "client_id": "c1", "text": "' + \
+        "漏水".encode() * 40000 + b'"}'
+    r = await client.post("/playground/api/send", data=body, headers={"Content-Type": "application/json"})
     assert r.status == 413
+    r = await client.get("/playground/api/messages?after=0&wait=0")
+    assert (await r.json())["messages"] == []
 
 
 async def test_unknown_path_is_404(make_config, aiohttp_client):

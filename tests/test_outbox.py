@@ -100,6 +100,7 @@ async def test_gives_up_after_max_attempts_and_counts_it(world):
     (row,) = await _rows(db)
     assert row.status == FAILED and row.attempts == 3
     assert worker.metrics.outbox_failed.labels("fake")._value.get() == 1
+    await worker.update_gauges()
     assert b"relaydesk_outbox_undeliverable 1.0" in worker.metrics.render()
 
 

@@ -38,8 +38,9 @@ class Directory:
                 p = await s.get(Person, pc.id)
                 if p is None:
                     p = Person(id=pc.id, name=pc.name, role=pc.role)
+                # `active` is left alone: a leave reported by a platform outlives restarts.
                 p.name, p.role, p.team, p.region = pc.name, pc.role, pc.team, pc.region
-                p.skills, p.phone, p.active = list(pc.skills), pc.phone, True
+                p.skills, p.phone = list(pc.skills), pc.phone
                 s.add(p)
             await s.flush()
             for pc in self.config.people:
@@ -56,7 +57,8 @@ class Directory:
         """The person behind a platform user id; unknown senders become customers if allowed."""
         ident = await s.get(Identity, (platform, external_id))
         if ident is not None:
-            return await s.get(Person, ident.person_id)
+            person = await s.get(Person, ident.person_id)
+            return person if person is not None and person.active else None
         if not self.config.allow_unknown_reporters:
             return None
         pid = f"{platform}:{external_id}"
@@ -68,9 +70,18 @@ class Directory:
         await insert_ignore(s, Identity, platform=platform, external_id=external_id, person_id=pid)
         return person
 
+    async def known(self, s: AsyncSession, platform: str, external_id: str) -> Person | None:
+        """The person behind a platform user id, without registering strangers."""
+        ident = await s.get(Identity, (platform, external_id))
+        return await s.get(Person, ident.person_id) if ident is not None else None
+
     async def identities(self, s: AsyncSession, person_id: str) -> dict[str, str]:
-        rows = (await s.exec(select(Identity).where(Identity.person_id == person_id))).all()
-        return {r.platform: r.external_id for r in rows}
+        # Cached for the transaction: one change looks the same people up many times.
+        cache = s.info.setdefault("identities", {})
+        if person_id not in cache:
+            rows = (await s.exec(select(Identity).where(Identity.person_id == person_id))).all()
+            cache[person_id] = {r.platform: r.external_id for r in rows}
+        return cache[person_id]
 
     async def direct_address(self, s: AsyncSession, person_id: str, prefer: str | None = None) -> Address | None:
         ids = await self.identities(s, person_id)

@@ -6,6 +6,7 @@ of an event that got a 200 finds it done, and nothing acknowledged is lost.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -19,14 +20,14 @@ from bot.core.commands import CUSTOMER_COMMANDS, Command, parse_command
 from bot.core.directory import Directory, is_staff
 from bot.core.notify import Notifier
 from bot.core.service import Actor, Change, Refused, TicketService
-from bot.events import Address, CardMessage, InboundEvent, Text
+from bot.events import Address, CardMessage, InboundEvent, Text, event_to_dict
 from bot.metrics import Metrics
 from bot.outbox import enqueue
 from bot.texts import t
 from cards import build
 from nlp import Classifier
 from storage.db import Database
-from storage.models import CardAction, Person, ProcessedEvent, Ticket
+from storage.models import CardAction, InboxEvent, Person, ProcessedEvent, Ticket
 from storage.queries import insert_ignore
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ _SMALL_TALK_MAX = 6  # an unclassifiable customer message this short is chat, no
 class _Reply:
     texts: list[str]
     toast: str | None = None
+    refused: bool = False
     card_ticket: int | None = None  # for card clicks: the ticket whose card was clicked
 
 
@@ -45,7 +47,8 @@ class TicketBot:
     """The sink channels hand their events to."""
 
     def __init__(self, config: Config, db: Database, directory: Directory, service: TicketService,
-                 notifier: Notifier, metrics: Metrics, on_commit=None, escalation=None):
+                 notifier: Notifier, metrics: Metrics, on_commit=None, escalation=None,
+                 on_accept=None, defer_inbound: bool = False):
         self.config = config
         self.db = db
         self.directory = directory
@@ -53,37 +56,82 @@ class TicketBot:
         self.notifier = notifier
         self.metrics = metrics
         self.on_commit = on_commit or (lambda: None)
+        self.on_accept = on_accept or (lambda: None)
+        self.defer_inbound = defer_inbound
+        self.answering = 0  # callbacks being accepted right now
         # The escalation engine: told of every change (start, jump or stop a chain).
         self.escalation = escalation
 
     async def __call__(self, event: InboundEvent) -> HandleResult:
+        """The sink: accept a message into the inbox, or handle a click at once.
+
+        Clicks are handled inline because some platforms show the updated card
+        from the callback's answer; messages are only recorded, so the platform
+        gets its answer in a millisecond or two whatever the load.
+        """
+        if self.defer_inbound and event.kind != "action":
+            return await self.accept(event)
         return await self.handle(event)
 
-    async def handle(self, event: InboundEvent) -> HandleResult:
-        async with self.db.session() as s:
-            fresh = await insert_ignore(s, ProcessedEvent, platform=event.platform, event_id=event.event_id)
-            if not fresh:
+    async def accept(self, event: InboundEvent) -> HandleResult:
+        self.answering += 1
+        try:
+            return await self._accept(event)
+        finally:
+            self.answering -= 1
+
+    async def yield_to_callbacks(self, limit: float = 0.25) -> None:
+        """Let callbacks being answered go first (background work calls this).
+
+        Answering fast is what keeps the platforms from retrying; the workers
+        wait while answers are in progress, at most `limit` seconds.
+        """
+        waited = 0.0
+        while self.answering and waited < limit:
+            await asyncio.sleep(0.002)
+            waited += 0.002
+
+    async def _accept(self, event: InboundEvent) -> HandleResult:
+        async with self.db.session(urgent=True) as s:
+            if not await insert_ignore(s, ProcessedEvent, platform=event.platform, event_id=event.event_id):
                 self.metrics.inbound.labels(event.platform, "duplicate").inc()
                 return HandleResult(duplicate=True)
-            person = await self.directory.resolve(s, event.platform, event.sender_id, event.sender_name)
-            if person is None:
-                reply = _Reply([t("reply.unknown_user")], toast=t("reply.unknown_user"))
-            else:
-                actor = Actor(person, event.platform, "card" if event.kind == "action" else "text")
-                try:
-                    reply = await self._dispatch(s, actor, event)
-                except Refused as r:
-                    self.metrics.refusals.labels(r.key).inc()
-                    reply = _Reply([r.text], toast=r.text)
-            card = None
-            if event.kind == "action":
-                card = await self._clicked_card(s, event)
-            else:
-                for text in reply.texts:
-                    enqueue(s, event.conversation, Text(text, self._mention_back(event)))
+            s.add(InboxEvent(platform=event.platform, event_id=event.event_id, payload=event_to_dict(event)))
+        self.metrics.inbound.labels(event.platform, "accepted").inc()
+        self.on_accept()
+        return HandleResult()
+
+    async def handle(self, event: InboundEvent) -> HandleResult:
+        """De-duplicate and apply one event in one transaction."""
+        async with self.db.session(urgent=True) as s:
+            if not await insert_ignore(s, ProcessedEvent, platform=event.platform, event_id=event.event_id):
+                self.metrics.inbound.labels(event.platform, "duplicate").inc()
+                return HandleResult(duplicate=True)
+            result = await self.process(s, event)
         self.metrics.inbound.labels(event.platform, "ok").inc()
         self.on_commit()
-        return HandleResult(toast=reply.toast, card=card)
+        return result
+
+    async def process(self, s: AsyncSession, event: InboundEvent) -> HandleResult:
+        """Apply an event already marked as seen, inside the caller's transaction."""
+        person = await self.directory.resolve(s, event.platform, event.sender_id, event.sender_name)
+        if person is None:
+            reply = _Reply([t("reply.unknown_user")], toast=t("reply.unknown_user"), refused=True)
+        else:
+            actor = Actor(person, event.platform, "card" if event.kind == "action" else "text")
+            try:
+                async with s.begin_nested():  # a refusal leaves nothing behind
+                    reply = await self._dispatch(s, actor, event)
+            except Refused as r:
+                self.metrics.refusals.labels(r.key).inc()
+                reply = _Reply([r.text], toast=r.text, refused=True)
+        card = None
+        if event.kind == "action":
+            card = await self._clicked_card(s, event)
+        else:
+            for text in reply.texts:
+                enqueue(s, event.conversation, Text(text, self._mention_back(event)))
+        return HandleResult(toast=reply.toast, card=card, refused=reply.refused)
 
     def _mention_back(self, event: InboundEvent) -> tuple[str, ...]:
         return (event.sender_id,) if event.conversation.kind == "group" else ()
@@ -98,8 +146,8 @@ class TicketBot:
             return None
         if action.action.startswith("rate:"):
             return await self.notifier.rating_card(s, ticket, await self.notifier.view(s, ticket))
-        if action.action in ("ack",) or action.action.startswith("transfer:"):
-            return await self.notifier.escalation_card(s, ticket, t("escalation.reason.manual", name=""))
+        if action.action == "ack":
+            return await self.notifier.escalation_card(s, ticket, t("escalation.reason.ack", name=event.sender_name or ""))
         return await self.notifier.engineer_card(s, ticket)
 
     # ---- dispatch --------------------------------------------------------
@@ -256,7 +304,7 @@ class TicketBot:
 
     async def _transfer_target(self, s: AsyncSession, event: InboundEvent, cmd: Command) -> Person:
         for ext in event.mentions:
-            p = await self.directory.resolve(s, event.platform, ext, None)
+            p = await self.directory.known(s, event.platform, ext)
             if p is not None and is_staff(p):
                 return p
         p = await self.directory.find_by_name(s, cmd.arg)

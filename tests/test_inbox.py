@@ -1,0 +1,107 @@
+"""The inbox: a message is answered once recorded, applied later exactly once,
+kept and retried when applying fails, and picked up again after a restart."""
+from __future__ import annotations
+
+import pytest
+from sqlmodel import select
+
+from bot.app import RUNTIME, create_app
+from bot.events import Address, InboundEvent
+from bot.inbox import MAX_ATTEMPTS
+from storage.models import InboxEvent, Ticket
+
+
+def report(event_id: str, text: str = "3号线水泵漏水停机了", sender: str = "cust_wang") -> InboundEvent:
+    return InboundEvent(platform="playground", event_id=event_id, sender_id=sender,
+                        conversation=Address("playground", "user", sender), kind="text", text=text)
+
+
+async def _start(make_config, url, aiohttp_client):
+    app = create_app(make_config(url), workers=False)
+    await aiohttp_client(app)
+    rt = app[RUNTIME]
+    rt.bot.defer_inbound = True
+    return rt
+
+
+async def _count(rt, model, *where):
+    async with rt.db.session() as s:
+        return len((await s.exec(select(model).where(*where))).all())
+
+
+async def test_accepted_then_applied_once(make_config, database_url, aiohttp_client):
+    rt = await _start(make_config, database_url, aiohttp_client)
+    results = [await rt.bot(report("m1")) for _ in range(4)]
+    assert [r.duplicate for r in results] == [False, True, True, True]
+    assert await _count(rt, Ticket) == 0  # answered before any ticket work
+    assert await _count(rt, InboxEvent, InboxEvent.status == "pending") == 1
+    assert await rt.inbox.drain() == 1
+    assert await _count(rt, Ticket) == 1
+    assert await rt.inbox.drain() == 0
+    assert await _count(rt, InboxEvent, InboxEvent.status == "done") == 1
+
+
+async def test_clicks_are_still_answered_inline(make_config, sqlite_url, aiohttp_client):
+    rt = await _start(make_config, sqlite_url, aiohttp_client)
+    result = await rt.bot(InboundEvent(platform="playground", event_id="c1", sender_id="eng_zhang",
+                                       conversation=Address("playground", "user", "eng_zhang"),
+                                       kind="action", action_token="nope"))
+    assert "失效" in result.toast
+
+
+async def test_messages_from_one_sender_apply_in_order(make_config, sqlite_url, aiohttp_client):
+    rt = await _start(make_config, sqlite_url, aiohttp_client)
+    await rt.bot(report("r1"))
+    await rt.bot(report("claim", "认领", sender="eng_zhang"))
+    await rt.bot(report("go", "出发", sender="eng_zhang"))
+    await rt.inbox.drain()
+    async with rt.db.session() as s:
+        t = (await s.exec(select(Ticket))).one()
+    assert (t.state, t.assignee_id) == ("on_the_way", "eng_zhang")
+
+
+async def test_failure_is_kept_retried_and_finally_visible(make_config, sqlite_url, aiohttp_client, monkeypatch):
+    rt = await _start(make_config, sqlite_url, aiohttp_client)
+    await rt.bot(report("m1"))
+
+    async def broken(s, event):
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr(rt.bot, "process", broken)
+    for _ in range(MAX_ATTEMPTS):
+        assert await rt.inbox.process_next()
+        async with rt.db.session() as s:
+            row = (await s.exec(select(InboxEvent))).one()
+            row.next_attempt_at = row.received_at  # make the retry due now
+            s.add(row)
+    async with rt.db.session() as s:
+        row = (await s.exec(select(InboxEvent))).one()
+    assert row.status == "failed" and row.attempts == MAX_ATTEMPTS and "hiccup" in row.last_error
+    assert rt.metrics.inbox_failed.labels("playground")._value.get() == 1
+    assert await _count(rt, Ticket) == 0
+
+
+async def test_accepted_events_survive_a_restart(make_config, sqlite_url, aiohttp_client):
+    rt = await _start(make_config, sqlite_url, aiohttp_client)
+    await rt.bot(report("m1"))
+    # A new process on the same database finds the accepted event and applies it.
+    rt2 = await _start(make_config, sqlite_url, aiohttp_client)
+    assert await rt2.inbox.drain() == 1
+    assert await _count(rt2, Ticket) == 1
+
+
+async def test_running_bot_applies_and_delivers(make_config, sqlite_url, aiohttp_client):
+    import asyncio
+
+    app = create_app(make_config(sqlite_url), workers=True)
+    client = await aiohttp_client(app)
+    r = await client.post("/playground/api/send", json={"conversation": "user:cust_wang", "sender_id": "cust_wang",
+                                                        "text": "3号线水泵漏水停机了", "client_id": "x1"})
+    assert r.status == 200
+    for _ in range(100):
+        r = await client.get("/playground/api/messages?after=0&wait=0")
+        kinds = [(m["conversation"], m["kind"]) for m in (await r.json())["messages"]]
+        if ("group:engineers", "card") in kinds:
+            break
+        await asyncio.sleep(0.05)
+    assert ("group:engineers", "card") in kinds
