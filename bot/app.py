@@ -16,7 +16,9 @@ from bot.core.handler import TicketBot
 from bot.core.notify import Notifier
 from bot.core.service import TicketService
 from bot.metrics import Metrics
+from bot.inbox import InboxWorker
 from bot.outbox import OutboxWorker
+from escalation.engine import EscalationEngine
 from nlp import Classifier, SopLibrary
 from storage.db import Database
 
@@ -38,12 +40,17 @@ class Runtime:
         self.directory = Directory(config, [])
         self.service = TicketService(config, self.directory, classifier)
         self.notifier = Notifier(config, self.directory, self.service, sops)
+        self.escalation = EscalationEngine(config, self.db, self.directory, self.service, self.notifier,
+                                           self.metrics, on_commit=self._wake_outbox)
         self.bot = TicketBot(config, self.db, self.directory, self.service, self.notifier, self.metrics,
-                             on_commit=self._wake_outbox)
+                             on_commit=self._wake_outbox, escalation=self.escalation)
         for channel in build_channels(config, self.bot, self.db):
             self.channels.add(channel)
         self.directory.channels = self.channels.names()
         self.outbox = OutboxWorker(self.db, self.channels, config.outbox, self.metrics)
+        self.inbox = InboxWorker(self.db, self.bot, self.metrics)
+        self.bot.on_accept = self.inbox.wake
+        self.outbox.yield_to = self.bot.yield_to_callbacks
         self._tasks: list[asyncio.Task] = []
 
     def _wake_outbox(self) -> None:
@@ -54,10 +61,16 @@ class Runtime:
         await self.directory.sync(self.db)
         for channel in self.channels:
             await channel.start()
+        # With workers, messages are answered once recorded and applied by the
+        # inbox worker; without (tests), the sink applies them before answering.
+        self.bot.defer_inbound = workers
         if workers:
+            self._tasks.append(asyncio.create_task(self.inbox.run(), name="inbox"))
             self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+            await self.escalation.start()
 
     async def stop(self) -> None:
+        await self.escalation.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -97,6 +110,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
+    await rt.outbox.update_gauges()
     return web.Response(body=rt.metrics.render(), content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
@@ -110,6 +124,7 @@ def create_app(config: Config, *, db: Database | None = None, workers: bool = Tr
     app.router.add_get("/metrics", metrics)
     for channel in runtime.channels:
         app.router.add_routes(channel.routes())
+    app.router.add_routes(runtime.escalation.routes())
 
     async def on_startup(_app: web.Application) -> None:
         await runtime.start(workers=workers)

@@ -140,7 +140,17 @@ class WeComConfig(_Section):
     api_base: str = "https://qyapi.weixin.qq.com"
     engineers_chat: Optional[str] = None  # appchat chatid of the engineers' group
     robot_webhook_key: Optional[str] = None  # group robot, for @mentions
+    # Callbacks whose timestamp is further than this from now are refused (403);
+    # "0s" turns the check off (only for replaying recorded callbacks).
     replay_window: Duration = timedelta(minutes=5)
+    # More groups with a robot: chatid -> robot webhook key. `robot_webhook_key`
+    # serves `engineers_chat` (or every group when engineers_chat is unset).
+    robot_webhooks: dict[str, str] = Field(default_factory=dict)
+    # Where pictures users send are stored (default <data dir>/wecom-media).
+    media_dir: Optional[Path] = None
+    # WeCom silently drops app messages beyond 30 a minute per member; sends
+    # above this are handed back to the outbox to retry later. 0 = no limit.
+    member_per_minute: int = Field(default=30, ge=0)
 
 
 class FeishuConfig(_Section):
@@ -152,6 +162,9 @@ class FeishuConfig(_Section):
     encrypt_key: Optional[str] = None
     api_base: str = "https://open.feishu.cn"
     engineers_chat: Optional[str] = None  # chat_id (oc_...)
+    # The bot's own open_id, to tell "@bot" from "@someone" in group messages;
+    # looked up with GET /open-apis/bot/v3/info when not set.
+    bot_open_id: Optional[str] = None
 
 
 class DingTalkConfig(_Section):
@@ -162,16 +175,41 @@ class DingTalkConfig(_Section):
     robot_code: Optional[str] = None  # defaults to app_key
     # Event subscription (address-book events), encrypted like WeCom's.
     event_token: Optional[str] = None
-    event_aes_key: Optional[str] = None
+    event_aes_key: Optional[str] = Field(default=None, min_length=43, max_length=43)
     corp_id: Optional[str] = None
+    # The key the event envelope is encrypted for ("OWNER_KEY"): the app_key for a
+    # subscription set in the developer console (the default), the corp_id for
+    # callbacks registered through the API, the suiteKey for third-party apps.
+    event_owner_key: Optional[str] = None
     # Interactive cards: a template built in DingTalk's card platform.
     card_template_id: Optional[str] = None
     card_callback_route_key: Optional[str] = None
     card_api_secret: Optional[str] = None
+    # How the person who clicked a card button hears the result ("认领成功" or
+    # why not): "message" = a 1:1 robot message, "card" = only the template's
+    # private `toast` variable (the template must show it).
+    click_feedback: Literal["message", "card"] = "message"
     api_base: str = "https://api.dingtalk.com"
     oapi_base: str = "https://oapi.dingtalk.com"
     engineers_chat: Optional[str] = None  # openConversationId
     sign_window: Duration = timedelta(hours=1)
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if bool(self.event_token) != bool(self.event_aes_key):
+            raise ValueError("event subscription needs both event_token and event_aes_key")
+        if self.card_template_id and not (self.card_callback_route_key and self.card_api_secret):
+            raise ValueError("card_template_id needs card_callback_route_key and card_api_secret "
+                             "(the route key and apiSecret registered with /v1.0/card/callbacks/register)")
+        return self
+
+    @property
+    def owner_key(self) -> str:
+        return self.event_owner_key or self.app_key
+
+
+# Escalation, on-call and phone sections live with the escalation engine.
+from escalation.config import EscalationConfig, OnCallConfig, TwilioConfig, check_references  # noqa: E402
 
 
 class Config(_Section):
@@ -188,6 +226,9 @@ class Config(_Section):
     dingtalk: Optional[DingTalkConfig] = None
     teams: list[TeamConfig] = Field(default_factory=list)
     people: list[PersonConfig] = Field(default_factory=list)
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
+    oncall: dict[str, OnCallConfig] = Field(default_factory=dict)  # team id -> schedule
+    twilio: Optional[TwilioConfig] = None
 
     @model_validator(mode="after")
     def _cross_refs(self):
@@ -205,6 +246,7 @@ class Config(_Section):
                 ref = getattr(t, key)
                 if ref is not None and ref not in known:
                     raise ValueError(f"teams[{i}].{key}: unknown person {ref!r}")
+        check_references(self)
         return self
 
     def team(self, team_id: str | None) -> TeamConfig | None:

@@ -1,7 +1,7 @@
 """Neutral inbound events and outbound messages, shared by the core and channels."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from cards.model import Card
@@ -60,7 +60,30 @@ class Image:
     type: Literal["image"] = "image"
 
 
-Outbound = Text | CardMessage | Image
+@dataclass(frozen=True)
+class Call:
+    """A voice call read out to a phone (escalation); `to` is an E.164 number."""
+
+    to: str
+    text: str
+    person_id: str | None = None
+    ticket_id: int | None = None
+    chain: str | None = None  # the escalation chain, position and fence that placed it
+    step: int | None = None
+    fence: int | None = None
+    type: Literal["call"] = "call"
+
+
+@dataclass(frozen=True)
+class Sms:
+    to: str
+    text: str
+    person_id: str | None = None
+    ticket_id: int | None = None
+    type: Literal["sms"] = "sms"
+
+
+Outbound = Text | CardMessage | Image | Call | Sms
 
 
 def message_to_dict(m: Outbound) -> dict:
@@ -68,6 +91,11 @@ def message_to_dict(m: Outbound) -> dict:
         return {"type": "card", "card": m.card.to_dict(), "update": m.update, "mentions": list(m.mentions)}
     if isinstance(m, Text):
         return {"type": "text", "text": m.text, "mentions": list(m.mentions)}
+    if isinstance(m, Call):
+        return {"type": "call", "to": m.to, "text": m.text, "person_id": m.person_id,
+                "ticket_id": m.ticket_id, "chain": m.chain, "step": m.step, "fence": m.fence}
+    if isinstance(m, Sms):
+        return {"type": "sms", "to": m.to, "text": m.text, "person_id": m.person_id, "ticket_id": m.ticket_id}
     return {"type": "image", "path": m.path, "caption": m.caption}
 
 
@@ -78,4 +106,20 @@ def message_from_dict(d: dict) -> Outbound:
         return Text(d["text"], tuple(d.get("mentions", ())))
     if d["type"] == "image":
         return Image(d["path"], d.get("caption"))
+    if d["type"] == "call":
+        return Call(d["to"], d["text"], d.get("person_id"), d.get("ticket_id"), d.get("chain"), d.get("step"),
+                    d.get("fence"))
+    if d["type"] == "sms":
+        return Sms(d["to"], d["text"], d.get("person_id"), d.get("ticket_id"))
     raise ValueError(f"unknown outbound message type {d['type']!r}")
+
+
+def event_to_dict(e: InboundEvent) -> dict:
+    return asdict(e)
+
+
+def event_from_dict(d: dict) -> InboundEvent:
+    d = dict(d)
+    d["conversation"] = Address(**d["conversation"])
+    d["mentions"] = tuple(d.get("mentions", ()))
+    return InboundEvent(**d)

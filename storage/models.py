@@ -140,6 +140,28 @@ class ProcessedEvent(SQLModel, table=True):
     received_at: datetime = _ts(nullable=False, default=utcnow)
 
 
+class InboxEvent(SQLModel, table=True):
+    """An accepted inbound event waiting to be processed.
+
+    A callback is answered once its event is a row here (written together with
+    its ProcessedEvent mark); the inbox worker then applies it and marks it done
+    in the same transaction as the change, so it is processed exactly once.
+    """
+
+    __tablename__ = "inbox_event"
+    __table_args__ = (Index("ix_inbox_due", "status", "next_attempt_at"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    platform: str
+    event_id: str
+    payload: dict = Field(sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="pending")  # pending | done | failed
+    attempts: int = 0
+    next_attempt_at: datetime = _ts(nullable=False, default=utcnow)
+    last_error: Optional[str] = None
+    received_at: datetime = _ts(nullable=False, default=utcnow)
+    processed_at: Optional[datetime] = _ts()
+
+
 class CardAction(SQLModel, table=True):
     """Opaque callback id carried by a card button, resolved server-side."""
 
@@ -197,3 +219,131 @@ class PlaygroundMessage(SQLModel, table=True):
     payload: dict = Field(sa_column=Column(JSON, nullable=False))
     outbox_id: Optional[int] = None
     created_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+# ---- DingTalk channel (bot/channels/dingtalk.py) ------------------------------
+
+
+class DingTalkSession(SQLModel, table=True):
+    """The latest sessionWebhook of a DingTalk conversation and when it expires.
+
+    Replies go through it while it is valid (the only way to @ people there);
+    after that, and for conversations without one, the robot OpenAPI is used.
+    """
+
+    __tablename__ = "dingtalk_session"
+    to_kind: str = Field(primary_key=True)  # "user" (staffId) | "group" (openConversationId)
+    to_id: str = Field(primary_key=True)
+    webhook: str
+    expires_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class DingTalkUserSync(SQLModel, table=True):
+    """An address-book event (user joined / changed) waiting for the member's
+    details from DingTalk's API, fetched after the callback was answered."""
+
+    __tablename__ = "dingtalk_user_sync"
+    user_id: str = Field(primary_key=True)
+    event_type: str
+    received_at: datetime = _ts(nullable=False, default=utcnow)
+    next_attempt_at: datetime = _ts(nullable=False, default=utcnow, index=True)
+    attempts: int = 0
+    last_error: Optional[str] = None
+
+
+# ---- WeCom channel (bot/channels/wecom.py) -------------------------------------
+
+
+class WeComCardCode(SQLModel, table=True):
+    """The newest click's unused response_code of a WeCom template card, per task_id.
+
+    WeCom hands out a single-use code with each card sent (kept in the card's
+    CardRef) and with each click; `update_template_card` consumes one. Clicks'
+    codes are kept here, not in CardRef (which the outbox rewrites after each
+    send), so a click's code is not lost to a concurrent delivery.
+    """
+
+    __tablename__ = "wecom_card_code"
+    task_id: str = Field(primary_key=True)
+    userid: str = Field(index=True)
+    response_code: Optional[str] = None
+    issued_at: datetime = _ts(nullable=False, default=utcnow)
+    # The newest click (None: the code came with the send answer): a re-delivered
+    # or older click must not bring back a code already used.
+    clicked_at: Optional[datetime] = _ts()
+    click_code: Optional[str] = None
+
+
+# ---- Escalation (escalation/) ----------------------------------------------
+
+
+class EscalationTimer(SQLModel, table=True):
+    """One escalation chain of one ticket: the policy snapshot, where the chain
+    is, and when its next step is due.
+
+    The sweep reads the `due_at` index. Every writer holds the ticket's row lock
+    (commands lock the ticket, the sweep locks ticket and timer together), and
+    `fence` changes with every write: an update made from a stale read matches
+    no row and fires nothing.
+    """
+
+    __tablename__ = "escalation_timer"
+    ticket_id: int = Field(foreign_key="ticket.id", primary_key=True)
+    chain: str = Field(primary_key=True)  # "unclaimed" | "no_progress" | an open ticket state
+    priority: str
+    # The chain's steps as configured when it started (later edits don't apply).
+    steps: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    repeat: int = 0
+    cycle_s: float = 0.0  # time between runs when repeating
+    anchor_at: datetime = _ts(nullable=False)  # when the ticket entered the chain's state
+    pos: int = 0  # next step to fire, counted over the runs: run * len(steps) + index
+    run_fired: int = 0  # steps fired since the chain (re)started
+    fired: int = 0
+    due_at: Optional[datetime] = _ts(index=True)  # None: stopped or finished
+    fence: int = 0
+    status: str = "active"  # active | stopped | done
+    stop_reason: Optional[str] = None
+    last_fired_at: Optional[datetime] = _ts()
+    last_jump_at: Optional[datetime] = _ts()
+    # Deadline steps already fired ("<index>:<run>@<deadline>"): once per deadline.
+    done_keys: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class PhoneCall(SQLModel, table=True):
+    """A voice call or SMS to a person: the throttle counts these, the voice
+    webhook finds the ticket and chain of a call here."""
+
+    __tablename__ = "phone_call"
+    __table_args__ = (
+        UniqueConstraint("outbox_id", "kind", name="uq_phone_call_outbox"),
+        Index("ix_phone_call_person", "person_id", "kind", "created_at"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    kind: str  # call | sms
+    person_id: str
+    to_number: str
+    ticket_id: Optional[int] = Field(default=None, index=True)
+    chain: Optional[str] = None
+    step: Optional[int] = None  # the chain position that placed the call
+    fence: Optional[int] = None  # the chain's fence after that step: a later change makes the call stale
+    outbox_id: Optional[int] = None
+    # placing | sent | throttled | failed, then Twilio's final call status
+    # (completed, no-answer, busy, ...) or what the keypad did (acknowledged, escalated).
+    status: str = "placing"
+    sid: Optional[str] = Field(default=None, index=True)
+    digits: Optional[str] = None
+    error: Optional[str] = None
+    created_at: datetime = _ts(nullable=False, default=utcnow)
+    updated_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class PeriodicJob(SQLModel, table=True):
+    """Last run of each periodic job (auditor, reports), shared by all processes."""
+
+    __tablename__ = "periodic_job"
+    name: str = Field(primary_key=True)
+    last_started_at: Optional[datetime] = _ts()
+    last_finished_at: Optional[datetime] = _ts()
+    owner: Optional[str] = None  # host:pid of the process that ran it

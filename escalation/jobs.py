@@ -1,0 +1,150 @@
+"""APScheduler in every process: the escalation sweep and the periodic jobs.
+
+Per-ticket timers are rows (escalation_timer.due_at), never APScheduler jobs:
+the scheduler only runs, in memory, the sweep every `sweep_interval` and the
+periodic jobs. Every process sweeps (PostgreSQL row locks share the work); a
+periodic job runs in one process per period: on PostgreSQL under an advisory
+lock, and everywhere only when its `periodic_job` row says the period is due.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import text
+
+from storage.models import PeriodicJob
+
+if TYPE_CHECKING:  # pragma: no cover
+    from escalation.engine import EscalationEngine
+
+log = logging.getLogger(__name__)
+
+
+def advisory_key(name: str) -> int:
+    """A stable 32-bit key for pg_try_advisory_lock (fits its bigint argument)."""
+    return zlib.crc32(f"relaydesk:{name}".encode())
+
+
+class Jobs:
+    def __init__(self, engine: "EscalationEngine"):
+        self.engine = engine
+        self.scheduler = AsyncIOScheduler(timezone=timezone.utc)
+        self._running: set[asyncio.Task] = set()
+        self._busy: set[str] = set()
+
+    def start(self) -> None:
+        ec = self.engine.ec
+        now = datetime.now(timezone.utc)
+        if ec.enabled:
+            # First run at once: steps that fell due while the bot was down fire now.
+            self.scheduler.add_job(self._sweep, "interval", seconds=ec.sweep_interval.total_seconds(),
+                                   id="escalation-sweep", next_run_time=now, max_instances=2,
+                                   coalesce=True, misfire_grace_time=None)
+        from escalation.auditor import audit
+
+        self.add_periodic("auditor", ec.auditor.interval, lambda: audit(self.engine),
+                          first=now + timedelta(seconds=5))
+        self.scheduler.start()
+
+    def add_periodic(self, name: str, interval: timedelta, fn: Callable[[], Awaitable[None]],
+                     first: datetime | None = None) -> None:
+        """Run `fn` every `interval`, in one process of all those sharing the database."""
+        self.scheduler.add_job(self._periodic, "interval", args=[name, interval, fn],
+                               seconds=interval.total_seconds(), id=f"periodic-{name}",
+                               next_run_time=first or datetime.now(timezone.utc), max_instances=2,
+                               coalesce=True, misfire_grace_time=None)
+
+    async def stop(self) -> None:
+        """Stop scheduling; let a sweep or job in progress finish its transaction."""
+        self.engine.stopping = True
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)  # cancels the job wrappers, not the shielded work
+        if self._running:
+            done, pending = await asyncio.wait(list(self._running), timeout=10)
+            for task in pending:
+                task.cancel()
+        self.engine.stopping = False
+
+    async def _shielded(self, name: str, work: Callable[[], Awaitable[object]]) -> None:
+        """Run `work` once at a time per name, in a task of its own: shutting the
+        scheduler down cancels the job, never a transaction half done."""
+        if name in self._busy:
+            return  # the previous run is still working (a sweep through a backlog)
+        self._busy.add(name)
+
+        async def run() -> None:
+            try:
+                await work()
+            except Exception:
+                log.exception("%s failed", name)
+            finally:
+                self._busy.discard(name)
+
+        task = asyncio.create_task(run(), name=f"relaydesk-{name}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            pass  # the scheduler is shutting down; stop() waits for the task itself
+
+    async def _sweep(self) -> None:
+        await self._shielded("escalation sweep", self.engine.sweep)
+
+    async def _periodic(self, name: str, interval: timedelta, fn: Callable[[], Awaitable[None]]) -> None:
+        await self._shielded(f"periodic job {name}",
+                             lambda: run_once_per_period(self.engine, name, interval, fn))
+
+
+async def run_once_per_period(engine: "EscalationEngine", name: str, interval: timedelta,
+                              fn: Callable[[], Awaitable[None]]) -> bool:
+    """Run `fn` unless another process ran it within this period; True when it ran."""
+    db = engine.db
+    if not db.is_postgres:
+        if not await _claim_period(engine, name, interval):
+            return False
+        await fn()
+        await _finish(engine, name)
+        return True
+    async with db.engine.connect() as conn:
+        key = advisory_key(name)
+        got = (await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar()
+        await conn.commit()
+        if not got:
+            return False
+        try:
+            if not await _claim_period(engine, name, interval):
+                return False
+            await fn()
+            await _finish(engine, name)
+            return True
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            await conn.commit()
+
+
+async def _claim_period(engine: "EscalationEngine", name: str, interval: timedelta) -> bool:
+    now = engine.clock()
+    async with engine.db.session() as s:
+        row = await s.get(PeriodicJob, name, with_for_update=engine.db.is_postgres)
+        # A little slack so a process whose timer fires a moment early still runs.
+        if row is not None and row.last_started_at is not None and now - row.last_started_at < interval * 0.9:
+            return False
+        if row is None:
+            row = PeriodicJob(name=name)
+        row.last_started_at, row.owner = now, engine.owner
+        s.add(row)
+    return True
+
+
+async def _finish(engine: "EscalationEngine", name: str) -> None:
+    async with engine.db.session() as s:
+        row = await s.get(PeriodicJob, name)
+        if row is not None:
+            row.last_finished_at = engine.clock()
+            s.add(row)
