@@ -1,0 +1,723 @@
+"""The DingTalk (钉钉) channel: an enterprise app's robot in HTTP mode.
+
+Routes (docs/channels/dingtalk.md has the console set-up):
+
+* `POST /callbacks/dingtalk` - robot messages, 1:1 and @robot in groups.
+  Headers `timestamp` + `sign` (HMAC-SHA256 with the app secret), one-hour
+  window. De-duplicated by `msgId` in the ticket core (DingTalk redelivers
+  about a minute later when a handler is slow).
+* `POST /callbacks/dingtalk/card` - interactive-card button clicks (only with
+  `card_template_id`). Headers `x-ddpaas-signature-timestamp` +
+  `x-ddpaas-signature` (HMAC-SHA256 with the registered apiSecret).
+* `POST /callbacks/dingtalk/events` - the encrypted event subscription (only
+  with `event_token`): the `check_url` handshake and address-book events, each
+  answered with the encrypted "success".
+
+Sending: a conversation's latest sessionWebhook while it is valid (texts and
+markdown there can @ people), otherwise the robot OpenAPI
+(`oToMessages/batchSend` for a person, `groupMessages/send` for a group).
+Cards are interactive cards from the configured template
+(`createAndDeliver`, updated in place with `PUT /v1.0/card/instances`), or
+markdown with the buttons spelled out as text commands when no template is
+configured.
+
+Where things are kept:
+
+* sessionWebhooks: in memory for this process and in the `dingtalk_session`
+  table (written in small batches after the callback was answered, so the
+  answer does not wait for an extra write; another process falls back to the
+  OpenAPI until its own copy is written).
+* address-book events: a user who leaves is deactivated at once (one row
+  update); a user who joins or changes is queued in `dingtalk_user_sync` and
+  their name is fetched from `/topapi/v2/user/get` after the answer, by a
+  background task of this channel.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import secrets
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from aiohttp import web
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import select
+
+from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id
+from bot.channels.dingtalk_api import (
+    BadPayload,
+    BadSignature,
+    DingTalkAPI,
+    EventCrypto,
+    SessionGone,
+    card_signature,
+    fresh,
+    robot_sign,
+    same,
+    timestamp_ms,
+)
+from bot.config import DingTalkConfig
+from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
+from bot.outbox import enqueue
+from cards.dingtalk import action_value, card_markdown, card_params
+from storage.db import Database
+from storage.models import DingTalkSession, DingTalkUserSync, Identity, OutboxMessage, Person
+from storage.queries import insert_ignore
+from storage.types import utcnow
+
+log = logging.getLogger(__name__)
+
+# Don't use a sessionWebhook this close to its expiry.
+SESSION_MARGIN_SECONDS = 60
+# How long a conversation found without a sessionWebhook is not looked up again.
+SESSION_MISS_SECONDS = 10.0
+# Display names for a card's @ list are looked up at most this often.
+NAME_CACHE_SECONDS = 60.0
+# Pending sessionWebhooks are written at most this often (one transaction each time).
+SESSION_FLUSH_SECONDS = 0.5
+# Address-book events: wait this long for a burst to finish before fetching details.
+SYNC_DELAY_SECONDS = 1.0
+SYNC_MAX_ATTEMPTS = 10
+HANDSHAKE_EVENTS = frozenset({"check_url", "check_create_suite_url", "check_update_suite_url"})
+USER_EVENTS = frozenset({"user_add_org", "user_modify_org", "user_leave_org", "user_active_org"})
+_OUT_TRACK_RE = re.compile(r"^rd(\d+)-[0-9a-f]+$")
+
+
+class _Refuse(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _refusal(e: _Refuse) -> web.Response:
+    return web.json_response({"error": e.reason}, status=e.status)
+
+
+class DingTalkChannel(Channel):
+    name = "dingtalk"
+
+    def __init__(self, config: DingTalkConfig, sink: EventSink, db: Database):
+        super().__init__(sink)
+        self.config = config
+        self.db = db
+        self.api = DingTalkAPI(config)
+        self.window = config.sign_window.total_seconds()
+        self.events_crypto = (EventCrypto(config.event_token, config.event_aes_key, config.owner_key)
+                              if config.event_token and config.event_aes_key else None)
+        self.interactive = bool(config.card_template_id)
+        # Seconds since the epoch; tests pin it to check fixed vectors.
+        self.clock = time.time
+        # (to_kind, to_id) -> (webhook, expires at, epoch seconds)
+        self._sessions: dict[tuple[str, str], tuple[str, float]] = {}
+        self._unsaved: dict[tuple[str, str], tuple[str, float]] = {}
+        # Conversations found without a session in the database, until when (epoch s):
+        # spares the outbox a read per message to a group nobody wrote in lately.
+        self._misses: dict[tuple[str, str], float] = {}
+        self._session_wake: asyncio.Event | None = None
+        self._sync_wake: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._groups_seen: set[str] = set()
+        self._name_cache: dict[str, tuple[str, float]] = {}
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        routes = [web.post("/callbacks/dingtalk", self.on_robot)]
+        if self.interactive:
+            routes.append(web.post("/callbacks/dingtalk/card", self.on_card))
+        if self.events_crypto is not None:
+            routes.append(web.post("/callbacks/dingtalk/events", self.on_event))
+        return routes
+
+    async def start(self) -> None:
+        await self.api.start()
+        self._session_wake = asyncio.Event()
+        self._tasks.append(asyncio.create_task(self._session_loop(), name="dingtalk-sessions"))
+        if self.events_crypto is not None:
+            self._sync_wake = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._sync_loop(), name="dingtalk-directory"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.flush_sessions()
+        await self.api.close()
+
+    def _now_ms(self) -> float:
+        return self.clock() * 1000
+
+    # ---- robot messages --------------------------------------------------
+
+    async def on_robot(self, request: web.Request) -> web.Response:
+        body = await request.read()  # over [server] max_body_bytes: 413 from aiohttp
+        try:
+            self._check_robot_sign(request)
+            msg = _json_object(body)
+            event = self.parse_robot(msg)
+        except _Refuse as e:
+            return _refusal(e)
+        if event is None:
+            return web.Response(status=200)  # acknowledged, nothing for the core
+        self._remember_session(event.conversation, msg)
+        await self.sink(event)
+        return web.Response(status=200)
+
+    def _check_robot_sign(self, request: web.Request) -> None:
+        ts, sign = request.headers.get("timestamp", ""), request.headers.get("sign", "")
+        ts_ms = timestamp_ms(ts)
+        if ts_ms is None or not sign or not same(robot_sign(ts, self.config.app_secret), sign):
+            log.warning("dingtalk: robot message with a bad sign refused (timestamp %r)", ts[:20])
+            raise _Refuse(403, "bad signature")
+        if not fresh(ts_ms, self._now_ms(), self.window):
+            log.warning("dingtalk: robot message with a stale timestamp refused (%s)", ts)
+            raise _Refuse(403, "stale timestamp")
+
+    def parse_robot(self, msg: dict) -> InboundEvent | None:
+        """The robot message as a neutral event; None when there is nothing to hand over."""
+        msg_id = msg.get("msgId")
+        conv_type = str(msg.get("conversationType") or "")
+        conv_id = msg.get("conversationId")
+        if not isinstance(msg_id, str) or not msg_id or conv_type not in ("1", "2"):
+            raise _Refuse(400, "not a DingTalk robot message (msgId, conversationType)")
+        if conv_type == "2" and not (isinstance(conv_id, str) and conv_id):
+            raise _Refuse(400, "group message without conversationId")
+        staff = msg.get("senderStaffId")
+        if not isinstance(staff, str) or not staff:
+            self.api.log_once("staffid", "dingtalk: robot messages arrive without senderStaffId, so nobody can be "
+                              "identified: publish the robot (机器人 → 发布) in the developer console")
+            return None
+        if conv_type == "1":
+            conversation = Address(self.name, "user", staff)
+        else:
+            conversation = Address(self.name, "group", conv_id)
+            if conv_id not in self._groups_seen and len(self._groups_seen) < 1000:
+                # How an admin learns a group's id for `groups = { dingtalk = "..." }`.
+                self._groups_seen.add(conv_id)
+                log.info("dingtalk: group %r has conversationId %s", _str(msg.get("conversationTitle")), conv_id)
+        bot_id = msg.get("chatbotUserId")
+        mentions = tuple(
+            u["staffId"] for u in (msg.get("atUsers") or [])
+            if isinstance(u, dict) and isinstance(u.get("staffId"), str) and u.get("staffId")
+            and u.get("dingtalkId") != bot_id
+        )
+        common = dict(platform=self.name, event_id=msg_id, sender_id=staff, conversation=conversation,
+                      sender_name=_str(msg.get("senderNick")) or None, mentions=mentions)
+        msgtype = msg.get("msgtype")
+        content = msg.get("content") if isinstance(msg.get("content"), dict) else {}
+        if msgtype == "text":
+            text = msg.get("text")
+            if not isinstance(text, dict) or not isinstance(text.get("content"), str):
+                raise _Refuse(400, "text message without text.content")
+            return InboundEvent(kind="text", text=text["content"].strip(), **common)
+        if msgtype == "picture":
+            code = _str(content.get("downloadCode")) or _str(content.get("pictureDownloadCode"))
+            if not code:
+                raise _Refuse(400, "picture message without downloadCode")
+            return InboundEvent(kind="image", image_ref=code, **common)
+        if msgtype == "richText":
+            parts = content.get("richText") if isinstance(content.get("richText"), list) else []
+            text = "".join(_str(p.get("text")) for p in parts if isinstance(p, dict)).strip()
+            if text:
+                return InboundEvent(kind="text", text=text, **common)
+            codes = [_str(p.get("downloadCode")) for p in parts if isinstance(p, dict) and p.get("downloadCode")]
+            if codes:
+                return InboundEvent(kind="image", image_ref=codes[0], **common)
+            return None
+        if msgtype == "audio" and _str(content.get("recognition")).strip():
+            # DingTalk's speech-to-text of a voice message (1:1 chats only).
+            return InboundEvent(kind="text", text=_str(content.get("recognition")).strip(), **common)
+        return None  # video, file, audio without text: acknowledged and ignored
+
+    # ---- sessionWebhooks -------------------------------------------------
+
+    def _remember_session(self, to: Address, msg: dict) -> None:
+        url = msg.get("sessionWebhook")
+        expires = msg.get("sessionWebhookExpiredTime")
+        if not isinstance(url, str) or not url or not isinstance(expires, (int, float)) or isinstance(expires, bool):
+            return
+        if not self.api.session_allowed(url):
+            self.api.log_once("session_host", "dingtalk: ignoring sessionWebhooks on an unexpected host (%s): "
+                              "replies go through the OpenAPI; set [dingtalk] oapi_base if DingTalk moved", url[:60])
+            return
+        key = (to.kind, to.id)
+        value = (url, float(expires) / 1000)
+        if self._sessions.get(key) == value:
+            return
+        self._sessions[key] = value
+        self._unsaved[key] = value
+        self._misses.pop(key, None)
+        if self._session_wake is not None:
+            self._session_wake.set()
+
+    async def _session_loop(self) -> None:
+        assert self._session_wake is not None
+        while True:
+            await self._session_wake.wait()
+            await asyncio.sleep(SESSION_FLUSH_SECONDS)
+            self._session_wake.clear()
+            try:
+                await self.flush_sessions()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dingtalk: saving sessionWebhooks failed")
+
+    async def flush_sessions(self) -> None:
+        """Write the sessionWebhooks received since the last flush."""
+        if not self._unsaved:
+            return
+        batch, self._unsaved = self._unsaved, {}
+        now = utcnow()
+        dialect = postgresql if self.db.is_postgres else sqlite
+        try:
+            async with self.db.session() as s:
+                for (kind, ident), (url, expires) in batch.items():
+                    values = dict(webhook=url, expires_at=datetime.fromtimestamp(expires, timezone.utc),
+                                  updated_at=now)
+                    stmt = dialect.insert(DingTalkSession).values(to_kind=kind, to_id=ident, **values)
+                    stmt = stmt.on_conflict_do_update(index_elements=["to_kind", "to_id"], set_=values)
+                    await s.exec(stmt)
+        except Exception:
+            for key, value in batch.items():
+                self._unsaved.setdefault(key, value)
+            raise
+        # Forget expired sessions kept in memory.
+        limit = self.clock()
+        for key in [k for k, (_, exp) in self._sessions.items() if exp < limit]:
+            self._sessions.pop(key, None)
+        for key in [k for k, until in self._misses.items() if until < limit]:
+            self._misses.pop(key, None)
+
+    async def session_for(self, to: Address) -> str | None:
+        """The conversation's sessionWebhook if it is still valid."""
+        key = (to.kind, to.id)
+        hit = self._sessions.get(key)
+        if hit is None and self._misses.get(key, 0) < self.clock():
+            async with self.db.session() as s:
+                row = await s.get(DingTalkSession, key)
+            if row is not None:
+                hit = (row.webhook, row.expires_at.timestamp())
+                self._sessions[key] = hit
+            else:
+                self._misses[key] = self.clock() + SESSION_MISS_SECONDS
+        if hit and hit[1] - SESSION_MARGIN_SECONDS > self.clock():
+            return hit[0]
+        return None
+
+    async def _forget_session(self, to: Address, url: str) -> None:
+        key = (to.kind, to.id)
+        if self._sessions.get(key, ("",))[0] == url:
+            self._sessions.pop(key, None)
+        self._unsaved.pop(key, None)
+        async with self.db.session() as s:
+            row = await s.get(DingTalkSession, key)
+            if row is not None and row.webhook == url:
+                await s.delete(row)
+
+    # ---- card clicks -----------------------------------------------------
+
+    async def on_card(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            ts = self._check_card_signature(request)
+            data = _json_object(body)
+            if data.get("type", "actionCallback") != "actionCallback":
+                return web.json_response({})  # not a button click: nothing to do
+            user_id, out_track_id = _str(data.get("userId")), _str(data.get("outTrackId"))
+            content = data.get("content")
+            if isinstance(content, str):
+                try:
+                    content = json.loads(content)
+                except ValueError:
+                    raise _Refuse(400, "content is not JSON") from None
+            if not user_id or not out_track_id or not isinstance(content, dict):
+                raise _Refuse(400, "not a card callback (userId, outTrackId, content)")
+            private = content.get("cardPrivateData") if isinstance(content.get("cardPrivateData"), dict) else {}
+            value = action_value(private.get("params"))
+            if value is None:
+                self.api.log_once("card_params", "dingtalk: a card button sent no `value` parameter: in the card "
+                                  "template, set the button's 回传请求 parameters to {\"value\": <the button's "
+                                  "value>} (docs/channels/dingtalk.md)")
+                raise _Refuse(400, "button without a value parameter")
+        except _Refuse as e:
+            return _refusal(e)
+        conversation, track_key = await self._card_origin(out_track_id, user_id)
+        digest = hashlib.sha256(f"{out_track_id}\n{user_id}\n{value}\n{ts}".encode()).hexdigest()[:32]
+        event = InboundEvent(platform=self.name, event_id=f"card:{digest}", sender_id=user_id,
+                             conversation=conversation, kind="action", action_token=value,
+                             context={"outTrackId": out_track_id})
+        result = await self.sink(event)
+        if result.duplicate:
+            return web.json_response({})
+        if result.toast and self.config.click_feedback == "message":
+            await self._tell_clicker(user_id, result.toast)
+        answer: dict = {}
+        options: dict = {}
+        if result.card is not None and track_key and result.card.track_key == track_key:
+            answer["cardData"] = {"cardParamMap": card_params(result.card)}
+            options["updateCardDataByKey"] = True
+        if result.toast:
+            answer["userPrivateData"] = {"cardParamMap": {"toast": result.toast}}
+            options["updatePrivateDataByKey"] = True
+        if options:
+            answer["cardUpdateOptions"] = options
+        return web.json_response(answer)
+
+    def _check_card_signature(self, request: web.Request) -> str:
+        ts = request.headers.get("x-ddpaas-signature-timestamp", "")
+        sig = request.headers.get("x-ddpaas-signature", "")
+        ts_ms = timestamp_ms(ts)
+        secret = self.config.card_api_secret or ""
+        if ts_ms is None or not sig or not secret or not same(card_signature(ts, secret), sig):
+            log.warning("dingtalk: card callback with a bad signature refused (timestamp %r)", ts[:20])
+            raise _Refuse(403, "bad signature")
+        if not fresh(ts_ms, self._now_ms(), self.window):
+            raise _Refuse(403, "stale timestamp")
+        return ts
+
+    async def _card_origin(self, out_track_id: str, user_id: str) -> tuple[Address, str | None]:
+        """Where the clicked card was sent, and its track key (from the outbox row that sent it)."""
+        m = _OUT_TRACK_RE.match(out_track_id)
+        if m:
+            async with self.db.session() as s:
+                row = await s.get(OutboxMessage, int(m.group(1)))
+            if row is not None and row.channel == self.name:
+                return Address(self.name, row.to_kind, row.to_id), row.track_key  # type: ignore[arg-type]
+        return Address(self.name, "user", user_id), None
+
+    async def _tell_clicker(self, user_id: str, text: str) -> None:
+        """The click's result as a 1:1 message to whoever clicked (cards have no toast)."""
+        async with self.db.session() as s:
+            enqueue(s, Address(self.name, "user", user_id), Text(text))
+        wake = getattr(self.sink, "on_commit", None)
+        if callable(wake):
+            wake()
+
+    # ---- event subscription ------------------------------------------------
+
+    async def on_event(self, request: web.Request) -> web.Response:
+        assert self.events_crypto is not None
+        body = await request.read()
+        q = request.query
+        signature = q.get("msg_signature") or q.get("signature") or ""
+        ts = q.get("timestamp") or q.get("timeStamp") or ""
+        nonce = q.get("nonce") or ""
+        try:
+            envelope = _json_object(body)
+            encrypt = envelope.get("encrypt")
+            if not isinstance(encrypt, str) or not encrypt:
+                raise _Refuse(400, "no encrypt field")
+            if not signature or not ts or not nonce:
+                raise _Refuse(403, "missing msg_signature/timestamp/nonce")
+            try:
+                plain = self.events_crypto.decrypt(signature, ts, nonce, encrypt)
+            except BadSignature as e:
+                log.warning("dingtalk: event refused (%s); query %s", e, request.query_string[:200])
+                raise _Refuse(403, "bad signature") from None
+            except BadPayload as e:
+                raise _Refuse(400, f"cannot decrypt: {e}") from None
+            ts_ms = timestamp_ms(ts)
+            if ts_ms is None or not fresh(ts_ms, self._now_ms(), self.window):
+                raise _Refuse(403, "stale timestamp")
+            try:
+                event = json.loads(plain)
+            except ValueError:
+                raise _Refuse(400, "the decrypted event is not JSON") from None
+            if not isinstance(event, dict) or not isinstance(event.get("EventType"), str):
+                raise _Refuse(400, "the decrypted event has no EventType")
+        except _Refuse as e:
+            return _refusal(e)
+        etype = event["EventType"]
+        if etype in USER_EVENTS:
+            ids = event.get("UserId") or event.get("UserIds") or []
+            if isinstance(ids, str):
+                ids = [ids]
+            await self.record_user_event(etype, [str(u) for u in ids if isinstance(u, (str, int)) and u != ""])
+        elif etype not in HANDSHAKE_EVENTS:
+            log.debug("dingtalk: event %s acknowledged, not used", etype)
+        return web.json_response(self.events_crypto.encrypt_reply(
+            "success", nonce=secrets.token_hex(4), timestamp=str(int(self._now_ms()))))
+
+    async def record_user_event(self, etype: str, user_ids: list[str]) -> None:
+        """Apply a leave now; queue a join/change to fetch the member's name after the answer."""
+        if not user_ids:
+            return
+        now = utcnow()
+        dialect = postgresql if self.db.is_postgres else sqlite
+        async with self.db.session() as s:
+            for uid in user_ids[:1000]:
+                if etype == "user_leave_org":
+                    await self._deactivate(s, uid)
+                    row = await s.get(DingTalkUserSync, uid)
+                    if row is not None:
+                        await s.delete(row)
+                    continue
+                values = dict(event_type=etype, received_at=now, next_attempt_at=now, attempts=0, last_error=None)
+                stmt = dialect.insert(DingTalkUserSync).values(user_id=uid, **values)
+                await s.exec(stmt.on_conflict_do_update(index_elements=["user_id"], set_=values))
+        if self._sync_wake is not None and etype != "user_leave_org":
+            self._sync_wake.set()
+
+    async def _deactivate(self, s, uid: str) -> None:
+        ident = await s.get(Identity, (self.name, uid))
+        person = await s.get(Person, ident.person_id) if ident else None
+        if person is not None and person.active:
+            person.active = False
+            s.add(person)
+            log.info("dingtalk: %s (%s) left the organisation: deactivated", person.id, uid)
+
+    async def _sync_loop(self) -> None:
+        assert self._sync_wake is not None
+        self._sync_wake.set()  # rows left over from before a restart
+        while True:
+            await self._sync_wake.wait()
+            await asyncio.sleep(SYNC_DELAY_SECONDS)
+            self._sync_wake.clear()
+            try:
+                while await self.sync_directory():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dingtalk: address-book sync failed")
+            # Rows waiting for a retry: look again when the next one is due.
+            due = await self._next_sync_due()
+            if due is not None:
+                delay = max(1.0, (due - utcnow()).total_seconds())
+                asyncio.get_running_loop().call_later(delay, self._sync_wake.set)
+
+    async def _next_sync_due(self) -> datetime | None:
+        async with self.db.session() as s:
+            row = (await s.exec(select(DingTalkUserSync).order_by(DingTalkUserSync.next_attempt_at).limit(1))).first()
+        return row.next_attempt_at if row else None
+
+    async def sync_directory(self, limit: int = 50) -> int:
+        """Fetch the details of members queued by address-book events; the number handled."""
+        async with self.db.session() as s:
+            rows = (await s.exec(select(DingTalkUserSync)
+                                 .where(DingTalkUserSync.next_attempt_at <= utcnow())
+                                 .order_by(DingTalkUserSync.next_attempt_at).limit(limit))).all()
+        handled = 0
+        for row in rows:
+            try:
+                info = await self.api.get_user(row.user_id)
+            except DeliveryError as e:
+                await self._sync_failed(row, e)
+                continue
+            async with self.db.session() as s:
+                current = await s.get(DingTalkUserSync, row.user_id)
+                if current is None:
+                    continue  # they left meanwhile
+                if info is None:
+                    await self._deactivate(s, row.user_id)
+                else:
+                    await self._apply_user(s, row.user_id, info)
+                if current.received_at == row.received_at:
+                    await s.delete(current)
+            handled += 1
+        return handled
+
+    async def _sync_failed(self, row: DingTalkUserSync, error: DeliveryError) -> None:
+        attempts = row.attempts + 1
+        async with self.db.session() as s:
+            current = await s.get(DingTalkUserSync, row.user_id)
+            if current is None:
+                return
+            if attempts >= SYNC_MAX_ATTEMPTS or not error.retryable:
+                log.error("dingtalk: giving up fetching member %s after %d attempt(s): %s",
+                          row.user_id, attempts, error)
+                await s.delete(current)
+                return
+            delay = min(3600.0, 30.0 * 2 ** (attempts - 1))
+            if error.retry_after:
+                delay = max(delay, error.retry_after)
+            current.attempts = attempts
+            current.last_error = str(error)[:500]
+            current.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            s.add(current)
+
+    async def _apply_user(self, s, uid: str, info: dict) -> None:
+        name = _str(info.get("name")).strip()[:64]
+        mobile = _str(info.get("mobile")).strip() or None
+        ident = await s.get(Identity, (self.name, uid))
+        if ident is not None:
+            person = await s.get(Person, ident.person_id)
+            if person is None:
+                return
+            if name:
+                person.name = name
+            if mobile and not person.phone:
+                person.phone = mobile
+            person.active = True
+            s.add(person)
+            return
+        if not name:
+            return  # without a name, wait for their first message (the core creates them then)
+        pid = f"{self.name}:{uid}"
+        await insert_ignore(s, Person, id=pid, name=name, role="customer", skills=[], phone=mobile, active=True,
+                            created_at=utcnow())
+        person = await s.get(Person, pid)
+        if person is not None:
+            person.name, person.active = name, True
+            s.add(person)
+        await insert_ignore(s, Identity, platform=self.name, external_id=uid, person_id=pid)
+
+    # ---- sending -----------------------------------------------------------
+
+    async def send(self, to: Address, message: Outbound, ref: dict | None) -> dict | None:
+        if to.channel != self.name or to.kind not in ("user", "group") or not to.id:
+            raise DeliveryError(f"not a DingTalk address: {to}", retryable=False)
+        if isinstance(message, Text):
+            await self._send_text(to, message.text, message.mentions)
+            return None
+        if isinstance(message, CardMessage):
+            return await self._send_card(to, message, ref)
+        if isinstance(message, Image):
+            await self._send_image(to, message)
+            return None
+        raise DeliveryError(f"DingTalk cannot send {type(message).__name__}", retryable=False)  # pragma: no cover
+
+    async def _via_session(self, to: Address, payload: dict) -> bool:
+        url = await self.session_for(to)
+        if url is None:
+            return False
+        try:
+            await self.api.session_send(url, payload)
+        except SessionGone as e:
+            log.info("dingtalk: sessionWebhook of %s:%s gone (%s); using the OpenAPI", to.kind, to.id, e)
+            await self._forget_session(to, url)
+            return False
+        return True
+
+    async def _openapi(self, to: Address, msg_key: str, msg_param: dict) -> None:
+        if to.kind == "user":
+            await self.api.send_to_user(to.id, msg_key, msg_param)
+        else:
+            await self.api.send_to_group(to.id, msg_key, msg_param)
+
+    async def _send_text(self, to: Address, text: str, mentions: tuple[str, ...]) -> None:
+        payload = {"msgtype": "text", "text": {"content": _with_mentions(text, mentions)},
+                   "at": {"atUserIds": list(mentions), "isAtAll": False}}
+        if await self._via_session(to, payload):
+            return
+        await self._openapi(to, "sampleText", {"content": text})
+
+    async def _send_card(self, to: Address, message: CardMessage, ref: dict | None) -> dict:
+        card = message.card
+        if not self.interactive:
+            title, text = card_markdown(card)
+            payload = {"msgtype": "markdown",
+                       "markdown": {"title": title, "text": _with_mentions(text, message.mentions, sep="\n\n")},
+                       "at": {"atUserIds": list(message.mentions), "isAtAll": False}}
+            if not await self._via_session(to, payload):
+                await self._openapi(to, "sampleMarkdown", {"title": title, "text": text})
+            return {"mode": "markdown"}
+        params = card_params(card)
+        if message.update and ref and ref.get("outTrackId"):
+            try:
+                await self.api.update_card(ref["outTrackId"], params)
+                return ref
+            except DeliveryError as e:
+                if e.retryable:
+                    raise
+                log.warning("dingtalk: updating card %s failed (%s); sending a new one", ref["outTrackId"], e)
+        out_track_id = self._out_track_id(to, card.to_dict())
+        await self.api.create_and_deliver(await self._deliver_body(to, out_track_id, params, card.title,
+                                                                   message.mentions))
+        return {"outTrackId": out_track_id}
+
+    def _out_track_id(self, to: Address, card: dict) -> str:
+        """The card instance id: the same for a repeated delivery of one outbox row
+        (DingTalk ignores a second createAndDeliver with it), new otherwise."""
+        outbox_id = current_outbox_id.get()
+        if outbox_id is None:
+            return f"rdx-{uuid.uuid4().hex}"
+        digest = hashlib.sha256(json.dumps([to.kind, to.id, card], sort_keys=True, ensure_ascii=False)
+                                .encode()).hexdigest()[:16]
+        return f"rd{outbox_id}-{digest}"
+
+    async def _deliver_body(self, to: Address, out_track_id: str, params: dict[str, str], title: str,
+                            mentions: tuple[str, ...]) -> dict:
+        robot_code = self.api.robot_code
+        space = {"supportForward": True, "lastMessageI18n": {"ZH_CN": title[:200]},
+                 "notification": {"alertContent": title[:200], "notificationOff": False}}
+        body: dict = {
+            "cardTemplateId": self.config.card_template_id,
+            "outTrackId": out_track_id,
+            "callbackType": "HTTP",
+            "callbackRouteKey": self.config.card_callback_route_key,
+            "cardData": {"cardParamMap": params},
+            "userIdType": 1,
+        }
+        if to.kind == "group":
+            body["openSpaceId"] = f"dtv1.card//IM_GROUP.{to.id}"
+            body["imGroupOpenSpaceModel"] = space
+            deliver: dict = {"robotCode": robot_code}
+            if mentions:
+                deliver["atUserIds"] = await self._names(mentions)
+            body["imGroupOpenDeliverModel"] = deliver
+        else:
+            body["openSpaceId"] = f"dtv1.card//IM_ROBOT.{to.id}"
+            body["imRobotOpenSpaceModel"] = space
+            body["imRobotOpenDeliverModel"] = {"spaceType": "IM_ROBOT", "robotCode": robot_code}
+        return body
+
+    async def _names(self, user_ids: tuple[str, ...]) -> dict[str, str]:
+        """userId -> display name, for a card's @ list (cached for a minute)."""
+        now = self.clock()
+        out = {uid: hit[0] for uid in user_ids if (hit := self._name_cache.get(uid)) and hit[1] > now}
+        missing = [uid for uid in user_ids if uid not in out]
+        if missing:
+            async with self.db.session() as s:
+                rows = (await s.exec(select(Identity.external_id, Person.name)
+                                     .join(Person, Person.id == Identity.person_id)
+                                     .where(Identity.platform == self.name,
+                                            Identity.external_id.in_(missing)))).all()
+            found = dict(rows)
+            if len(self._name_cache) > 10_000:
+                self._name_cache.clear()
+            for uid in missing:
+                out[uid] = found.get(uid, uid)
+                self._name_cache[uid] = (out[uid], now + NAME_CACHE_SECONDS)
+        return out
+
+    async def _send_image(self, to: Address, message: Image) -> None:
+        media_id = await self.api.upload_image(message.path)
+        await self._openapi(to, "sampleImageMsg", {"photoURL": media_id})
+        if message.caption:
+            await self._send_text(to, message.caption, ())
+
+
+# ---- helpers ---------------------------------------------------------------
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _Refuse(400, "body is not JSON") from None
+    if not isinstance(data, dict):
+        raise _Refuse(400, "body is not a JSON object")
+    return data
+
+
+def _str(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _with_mentions(text: str, mentions: tuple[str, ...], sep: str = " ") -> str:
+    """DingTalk only @s a user whose "@userId" is also written in the content."""
+    missing = [f"@{m}" for m in mentions if f"@{m}" not in text]
+    return (" ".join(missing) + sep + text) if missing else text
