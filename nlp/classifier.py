@@ -329,14 +329,15 @@ class Classifier:
                 has_scope = True
             elif h.category in safety_categories and h.layer in (Layer.KEYWORD, Layer.WEAK):
                 safety.append(h)
+        gaps: dict[tuple[int, int], tuple[int, int]] = {}
         if has_scope:
-            impact.extend(self._scoped_stops(hits, text))
+            impact.extend(self._scoped_stops(hits, text, gaps))
             impact.sort(key=lambda h: h.start)
 
         for h in safety:
             evidence.append(f"{_LABEL_SAFETY}:{h.text(text)}")
         for h in impact:
-            evidence.append(f"{_LABEL_IMPACT}:{h.text(text)}")
+            evidence.append(f"{_LABEL_IMPACT}:{_impact_text(h, text, gaps)}")
         counts_stoppage = bool(stoppage) and not degraded and cat.kind != "request"
         if counts_stoppage:
             for h in stoppage:
@@ -350,7 +351,8 @@ class Classifier:
                 evidence.append(f"{_LABEL_URGENT}:{h.text(text)}")
 
         if safety or impact or counts_stoppage:
-            phrase = impact[0].text(text) if impact else (stoppage[0].text(text) if counts_stoppage else None)
+            phrase = _impact_text(impact[0], text, gaps) if impact else (
+                stoppage[0].text(text) if counts_stoppage else None)
             return "P0", phrase
 
         priority = cat.priority
@@ -364,8 +366,12 @@ class Classifier:
             priority = "P2"
         return priority, None
 
-    def _scoped_stops(self, hits: list[Hit], text: str) -> list[Hit]:
-        """A scope word followed closely by a stop word in the same clause: 整条线都停了."""
+    def _scoped_stops(self, hits: list[Hit], text: str,
+                      gaps: dict[tuple[int, int], tuple[int, int]]) -> list[Hit]:
+        """A scope word followed closely by a stop word in the same clause: 整条线都停了.
+
+        `gaps` receives, per hit, where its scope ends and its stop word starts.
+        """
         scopes = [h for h in hits if h.layer == Layer.SCOPE and not h.negated]
         stops = [h for h in hits if h.layer == Layer.STOP and not h.negated]
         if not stops:
@@ -376,6 +382,8 @@ class Classifier:
             for st in stops:
                 if sc.end <= st.start <= sc.end + gap and self._lexicon.same_clause(text, sc.end, st.start):
                     found.append(Hit(sc.start, st.end, Layer.IMPACT, None))
+                    # where the scope ends and the stop word starts, so the phrase can read "线…停"
+                    gaps[(sc.start, st.end)] = (sc.end, st.start)
                     break
         # keep the widest reading of overlapping matches (整条线都停了, not 线都停了)
         found.sort(key=lambda h: (h.start, -(h.end - h.start)))
@@ -385,6 +393,17 @@ class Classifier:
                 continue
             merged.append(h)
         return merged
+
+
+_IMPACT_GAP_SHOWN = 2  # 整条线都停了 reads whole; a longer gap is elided
+
+
+def _impact_text(h: Hit, text: str, gaps: dict[tuple[int, int], tuple[int, int]]) -> str:
+    """A scope-and-stop impact as people would say it: 整条线都停了, or 线…停 across other words."""
+    gap = gaps.get((h.start, h.end))
+    if gap is not None and gap[1] - gap[0] > _IMPACT_GAP_SHOWN:
+        return f"{text[h.start:gap[0]]}…{text[gap[1]:h.end]}"
+    return h.text(text)
 
 
 def _higher(a: str, b: str) -> str:
