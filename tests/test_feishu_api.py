@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -61,7 +62,7 @@ async def test_token_request_body_and_expiry(api, respx_mock):
     respx_mock.post(f"{BASE}{MESSAGES}").mock(return_value=_sent_ok())
     await api.send_message("chat_id", "oc_1", "text", "{}")
     assert json.loads(token.calls[0].request.content) == {"app_id": "cli_test", "app_secret": "secret"}
-    api._token_expires = 0  # pretend the minute passed
+    api._access_token.clock = lambda: time.monotonic() + 61  # the minute passed
     await api.send_message("chat_id", "oc_1", "text", "{}")
     assert token.call_count == 2
 

@@ -22,9 +22,7 @@ import hmac
 import json
 import logging
 import mimetypes
-import time
 from pathlib import Path
-from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,6 +31,7 @@ from dingtalk.core.utils import DingTalkSigner
 from dingtalk.crypto import DingTalkCrypto
 
 from bot.channel import DeliveryError
+from bot.channels.access_token import AccessToken
 from bot.config import DingTalkConfig
 
 log = logging.getLogger(__name__)
@@ -132,34 +131,6 @@ class EventCrypto:
 # ---- REST client -------------------------------------------------------------
 
 
-class _Token:
-    """One cached access token; concurrent callers share a single refresh."""
-
-    def __init__(self, fetch: Callable[[], Awaitable[tuple[str, float]]]):
-        self._fetch = fetch
-        self._value: str | None = None
-        self._expires = 0.0
-        self._lock = asyncio.Lock()
-        self.fetches = 0
-
-    async def get(self) -> str:
-        if self._value and time.monotonic() < self._expires:
-            return self._value
-        async with self._lock:
-            if self._value and time.monotonic() < self._expires:
-                return self._value
-            value, ttl = await self._fetch()
-            self.fetches += 1
-            self._value = value
-            self._expires = time.monotonic() + max(60.0, ttl - TOKEN_MARGIN_SECONDS)
-            return value
-
-    def invalidate(self, value: str) -> None:
-        """Forget `value` (rejected by the platform) unless it was replaced already."""
-        if self._value == value:
-            self._value = None
-
-
 class SessionGone(Exception):
     """The conversation's sessionWebhook expired; send through the OpenAPI instead."""
 
@@ -173,8 +144,8 @@ class DingTalkAPI:
         self.robot_code = config.robot_code or config.app_key
         self.api: httpx.AsyncClient | None = None
         self.oapi: httpx.AsyncClient | None = None
-        self.api_token = _Token(self._fetch_api_token)
-        self.oapi_token = _Token(self._fetch_oapi_token)
+        self.api_token = AccessToken(self._fetch_api_token, margin=TOKEN_MARGIN_SECONDS)
+        self.oapi_token = AccessToken(self._fetch_oapi_token, margin=TOKEN_MARGIN_SECONDS)
         self._logged: set[str] = set()
 
     async def start(self) -> None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import mimetypes
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bot.channel import DeliveryError
+from bot.channels.access_token import AccessToken
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,8 @@ class FeishuAPI:
         self.api_base = api_base.rstrip("/")
         self.timeout = timeout
         self._client: httpx.AsyncClient | None = None
-        self._token: str | None = None
-        self._token_expires = 0.0  # monotonic
-        self._lock = asyncio.Lock()
+        self._access_token = AccessToken(self._fetch_tenant_token, margin=TOKEN_MARGIN_SECONDS)
         self._logged: set[int] = set()
-        self.token_fetches = 0  # for tests and metrics
 
     # ---- lifecycle -----------------------------------------------------
 
@@ -106,24 +103,24 @@ class FeishuAPI:
 
     # ---- token -----------------------------------------------------------
 
+    @property
+    def token_fetches(self) -> int:
+        """Successful token fetches, for tests and metrics."""
+        return self._access_token.fetches
+
     async def tenant_token(self, *, stale: str | None = None) -> str:
         """The cached tenant_access_token; `stale` is one the API just refused."""
-        if self._token and self._token != stale and time.monotonic() < self._token_expires:
-            return self._token
-        async with self._lock:
-            if self._token and self._token != stale and time.monotonic() < self._token_expires:
-                return self._token
-            self._token = None
-            resp = await self._request("POST", TOKEN_PATH, json={"app_id": self.app_id, "app_secret": self.app_secret})
-            data = self._check(resp, "tenant_access_token")
-            token = data.get("tenant_access_token")
-            if not isinstance(token, str) or not token:
-                raise FeishuAPIError("tenant_access_token missing from Feishu's answer")
-            expire = float(data.get("expire") or 7200)
-            self._token = token
-            self._token_expires = time.monotonic() + max(60.0, expire - TOKEN_MARGIN_SECONDS)
-            self.token_fetches += 1
-            return token
+        if stale:
+            self._access_token.invalidate(stale)
+        return await self._access_token.get()
+
+    async def _fetch_tenant_token(self) -> tuple[str, float]:
+        resp = await self._request("POST", TOKEN_PATH, json={"app_id": self.app_id, "app_secret": self.app_secret})
+        data = self._check(resp, "tenant_access_token")
+        token = data.get("tenant_access_token")
+        if not isinstance(token, str) or not token:
+            raise FeishuAPIError("tenant_access_token missing from Feishu's answer")
+        return token, float(data.get("expire") or 7200)
 
     # ---- transport -------------------------------------------------------
 

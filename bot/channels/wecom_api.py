@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from bot.channel import DeliveryError
+from bot.channels.access_token import AccessToken
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +83,11 @@ class WeComAPI:
         self.app_name = app_name
         self.clock = clock
         self._client: httpx.AsyncClient | None = None
-        self._token: str | None = None
-        self._expires_at = 0.0
-        self._lock = asyncio.Lock()
+        # Trusted until TOKEN_MARGIN before WeCom's expiry, but at least half its lifetime;
+        # `self.clock` is looked up on each use so it can be replaced after construction.
+        self._access_token = AccessToken(self._fetch_token, margin=TOKEN_MARGIN,
+                                         min_lifetime=lambda ttl: ttl / 2, clock=lambda: self.clock())
         self._warned: set[int] = set()
-        self.token_fetches = 0
 
     async def start(self) -> None:
         if self._client is None:
@@ -106,30 +107,25 @@ class WeComAPI:
 
     # ---- access token ------------------------------------------------------
 
+    @property
+    def token_fetches(self) -> int:
+        return self._access_token.fetches
+
     async def token(self) -> str:
-        tok = self._token
-        if tok and self.clock() < self._expires_at:
-            return tok
-        async with self._lock:
-            if self._token and self.clock() < self._expires_at:
-                return self._token
-            data = await self._request("GET", "/cgi-bin/gettoken",
-                                       params={"corpid": self.corp_id, "corpsecret": self.secret})
-            self._check(data, "/cgi-bin/gettoken")
-            tok = data.get("access_token")
-            if not tok:
-                raise DeliveryError("WeCom gettoken answered without an access_token")
-            expires_in = float(data.get("expires_in") or 7200)
-            self._token = tok
-            self._expires_at = self.clock() + max(expires_in - TOKEN_MARGIN, expires_in / 2)
-            self.token_fetches += 1
-            return tok
+        return await self._access_token.get()
+
+    async def _fetch_token(self) -> tuple[str, float]:
+        data = await self._request("GET", "/cgi-bin/gettoken",
+                                   params={"corpid": self.corp_id, "corpsecret": self.secret})
+        self._check(data, "/cgi-bin/gettoken")
+        tok = data.get("access_token")
+        if not tok:
+            raise DeliveryError("WeCom gettoken answered without an access_token")
+        return tok, float(data.get("expires_in") or 7200)
 
     def invalidate(self, used: str) -> None:
         """Forget the token `used`, unless somebody already replaced it."""
-        if self._token == used:
-            self._token = None
-            self._expires_at = 0.0
+        self._access_token.invalidate(used)
 
     # ---- plumbing --------------------------------------------------------
 
