@@ -133,6 +133,7 @@ class OutboxWorker:
     async def _deliver_chain(self, rows: list[OutboxMessage]) -> None:
         """One recipient's messages, strictly in order; a failure holds back the rest."""
         for i, row in enumerate(rows):
+            await self.yield_to()
             if not await self._deliver(row):
                 rest = [r.id for r in rows[i + 1:]]
                 if rest:
