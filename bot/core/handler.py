@@ -332,7 +332,7 @@ class TicketBot:
         elif name == "transfer":
             if not is_staff(actor.person):
                 raise Refused("staff_only")
-            await svc._require_owner_or_lead(s, actor, ticket, allow_unclaimed_staff=True)
+            await svc.require_owner_or_lead(s, actor, ticket, allow_unclaimed_staff=True)
             card = await self.notifier.transfer_card(s, ticket, exclude=ticket.assignee_id)
             dm = await self.directory.direct_address(s, actor.person.id, prefer=event.platform)
             enqueue(s, dm or event.conversation, CardMessage(card), ticket.id)

@@ -164,7 +164,7 @@ class TicketService:
         raise Refused("not_claimable", number=ticket.number, state=t(f"state.{ticket.state}"))
 
     async def transfer(self, s: AsyncSession, actor: Actor, ticket: Ticket, target: Person) -> Change:
-        await self._require_owner_or_lead(s, actor, ticket, allow_unclaimed_staff=True)
+        await self.require_owner_or_lead(s, actor, ticket, allow_unclaimed_staff=True)
         if target.role not in ENGINEER_ROLES:
             raise Refused("transfer_target", name=target.name)
         if ticket.state not in st.OPEN:
@@ -200,7 +200,7 @@ class TicketService:
         allowed_from, target = st.STAGES[action]
         if ticket.state == target and ticket.assignee_id == actor.person.id:
             return Change(ticket, action, actor, target, target, changed=False)
-        await self._require_owner_or_lead(s, actor, ticket)
+        await self.require_owner_or_lead(s, actor, ticket)
         if ticket.state not in allowed_from:
             if ticket.state in st.UNCLAIMED:
                 raise Refused("claim_first", number=ticket.number)
@@ -272,7 +272,7 @@ class TicketService:
 
     # ---- helpers -------------------------------------------------------
 
-    async def _require_owner_or_lead(self, s: AsyncSession, actor: Actor, ticket: Ticket, *,
+    async def require_owner_or_lead(self, s: AsyncSession, actor: Actor, ticket: Ticket, *,
                                      allow_unclaimed_staff: bool = False) -> None:
         p = actor.person
         if not is_staff(p):
