@@ -21,7 +21,7 @@ from sqlmodel import select
 from bot.app import RUNTIME, create_app
 from bot.channel import current_outbox_id
 from bot.channels.dingtalk_api import EventCrypto, card_signature, robot_sign
-from bot.config import ConfigError, load_config
+from bot.config import ConfigError
 from bot.events import Address, CardMessage
 from bot.texts import t
 from cards.model import Button, Card
@@ -36,6 +36,7 @@ from storage.models import (
     ProcessedEvent,
     Ticket,
 )
+from support import config_toml, directory_toml, load_toml
 
 API = "https://api.dt.test"
 OAPI = "https://oapi.dt.test"
@@ -50,52 +51,9 @@ REPORT = "3号泵又不出水了,整条线停着"
 _seq = itertools.count(1)
 VECTORS = json.loads((Path(__file__).parent / "data" / "vectors.json").read_text(encoding="utf-8"))
 
-PEOPLE = """
-[[teams]]
-id = "maint"
-name = "维修一组"
-skills = ["泵", "电气"]
-lead = "lead_zhao"
-director = "director_sun"
-groups = {{ dingtalk = "{group}" }}
-
-[[people]]
-id = "cust_wang"
-name = "王经理"
-role = "customer"
-identities = {{ dingtalk = "u_wang" }}
-
-[[people]]
-id = "eng_zhang"
-name = "张工"
-role = "engineer"
-team = "maint"
-skills = ["泵", "电气"]
-phone = "13800000002"
-identities = {{ dingtalk = "u_zhang" }}
-
-[[people]]
-id = "eng_li"
-name = "李工"
-role = "engineer"
-team = "maint"
-skills = ["变频器"]
-identities = {{ dingtalk = "u_li" }}
-
-[[people]]
-id = "lead_zhao"
-name = "赵组长"
-role = "lead"
-team = "maint"
-identities = {{ dingtalk = "u_zhao" }}
-
-[[people]]
-id = "director_sun"
-name = "孙总监"
-role = "director"
-team = "maint"
-identities = {{ dingtalk = "u_sun" }}
-"""
+PEOPLE = directory_toml("dingtalk", {"cust_wang": "u_wang", "eng_zhang": "u_zhang", "eng_li": "u_li",
+                                     "lead_zhao": "u_zhao", "director_sun": "u_sun"}, ENG_GROUP, region=None,
+                        skills={"eng_zhang": ("泵", "电气"), "eng_li": ("变频器",)}, phones=("eng_zhang",))
 
 
 def write_config(tmp_path, db_url: str | None = None, *, cards: bool = True, events: bool = True,
@@ -107,12 +65,8 @@ def write_config(tmp_path, db_url: str | None = None, *, cards: bool = True, eve
     if events:
         lines += [f'event_token = "{EVENT_TOKEN}"', f'event_aes_key = "{EVENT_AES_KEY}"']
     lines += [f'{k} = "{v}"' for k, v in dingtalk.items()]
-    text = (f'database_url = "{db_url or f"sqlite+aiosqlite:///{tmp_path}/t.db"}"\n'
-            "[playground]\nenabled = false\n[dingtalk]\n" + "\n".join(lines) + "\n" + extra
-            + PEOPLE.format(group=ENG_GROUP))
-    path = tmp_path / "relaydesk.toml"
-    path.write_text(text, encoding="utf-8")
-    return load_config(path, env={})
+    text = config_toml(db_url or f"sqlite+aiosqlite:///{tmp_path}/t.db", "[dingtalk]", *lines, extra, PEOPLE)
+    return load_toml(tmp_path, text)
 
 
 class FakeDingTalk:

@@ -11,73 +11,22 @@ import asyncio
 import dataclasses
 import itertools
 import re
-import textwrap
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlmodel import select
 
 from bot.app import RUNTIME, create_app
-from bot.config import load_config
 from bot.events import Address, InboundEvent
 from escalation import timers as tm
 from escalation.seed import seed_due_tickets
 from storage.models import EscalationTimer, OutboxMessage, Ticket, TicketEvent
+from support import DEMO_PEOPLE, config_toml, directory_toml, load_toml
 
 T0 = datetime(2026, 1, 26, 2, 0, tzinfo=timezone.utc)  # 10:00 in Shanghai, a Monday
 
-PEOPLE = """
-[[teams]]
-id = "maint"
-name = "维修一组"
-region = "华东"
-skills = ["泵", "电气"]
-lead = "lead_zhao"
-director = "director_sun"
-groups = { playground = "engineers" }
-
-[[people]]
-id = "cust_wang"
-name = "王经理"
-role = "customer"
-region = "华东"
-identities = { playground = "cust_wang" }
-
-[[people]]
-id = "eng_zhang"
-name = "张工"
-role = "engineer"
-team = "maint"
-region = "华东"
-skills = ["泵", "电气"]
-phone = "13800000002"
-identities = { playground = "eng_zhang" }
-
-[[people]]
-id = "eng_li"
-name = "李工"
-role = "engineer"
-team = "maint"
-region = "华东"
-phone = "13800000003"
-identities = { playground = "eng_li" }
-
-[[people]]
-id = "lead_zhao"
-name = "赵组长"
-role = "lead"
-team = "maint"
-phone = "13800000004"
-identities = { playground = "lead_zhao" }
-
-[[people]]
-id = "director_sun"
-name = "孙总监"
-role = "director"
-team = "maint"
-phone = "13800000005"
-identities = { playground = "director_sun" }
-"""
+PEOPLE = directory_toml("playground", {pid: pid for pid, _, _ in DEMO_PEOPLE}, "engineers",
+                        skills={"eng_zhang": ("泵", "电气")}, phones=("eng_zhang", "eng_li", "lead_zhao", "director_sun"))
 
 POLICIES = """
 [escalation]
@@ -110,16 +59,8 @@ means = ["card"]
 
 
 def write_config(tmp_path, database_url: str, extra: str = "", policies: str = POLICIES):
-    body = textwrap.dedent(f"""
-        database_url = "{database_url}"
-        [server]
-        public_url = "https://relay.example.com"
-        [playground]
-        enabled = true
-        """) + extra + policies + PEOPLE
-    path = tmp_path / "relaydesk.toml"
-    path.write_text(body, encoding="utf-8")
-    return load_config(path, env={})
+    return load_toml(tmp_path, config_toml(database_url, extra + policies + PEOPLE,
+                                           server='public_url = "https://relay.example.com"', playground=True))
 
 
 class Clock:
@@ -222,13 +163,9 @@ async def make_esc(config, aiohttp_client) -> Esc:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def any_db(request, tmp_path):
     """A database URL: a fresh SQLite file, or the emptied test PostgreSQL (marked postgres)."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/relaydesk.db"
-    from conftest import reset_postgres
+    from conftest import fresh_database_url
 
-    url = request.getfixturevalue("pg_database_url")
-    await reset_postgres(url)
-    return url
+    return await fresh_database_url(request, tmp_path)
 
 
 @pytest.fixture

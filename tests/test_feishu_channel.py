@@ -22,10 +22,10 @@ from sqlmodel import func, select
 
 from bot.app import RUNTIME, create_app
 from bot.channels import feishu_crypto as fc
-from bot.config import load_config
 from bot.events import Address, CardMessage
 from cards.model import Button, Card
 from storage.models import Attachment, CardAction, ProcessedEvent, Ticket
+from support import config_toml, directory_toml, load_toml
 
 API = "https://feishu.test"
 TOKEN = "vtoken-123"
@@ -39,77 +39,18 @@ V12_SIGNATURE = "4dca085198cb3216defc5b65b0668c1328b038a22dbadf2bc6c4fdc3d32bbc4
 _seq = itertools.count(1)
 
 
-def config_toml(db_url: str, *, encrypt_key: str | None = KEY, token: str = TOKEN, max_body: int = 1_048_576,
-                bot_open_id: str | None = BOT) -> str:
+def feishu_config(db_url: str, *, encrypt_key: str | None = KEY, token: str = TOKEN, max_body: int = 1_048_576,
+                  bot_open_id: str | None = BOT) -> str:
     key_line = f'encrypt_key = "{encrypt_key}"' if encrypt_key else ""
     bot_line = f'bot_open_id = "{bot_open_id}"' if bot_open_id else ""
-    return f"""
-database_url = "{db_url}"
-[server]
-max_body_bytes = {max_body}
-[playground]
-enabled = false
-[feishu]
-app_id = "cli_test"
-app_secret = "secret"
-verification_token = "{token}"
-{key_line}
-api_base = "{API}"
-{bot_line}
-
-[[teams]]
-id = "maint"
-name = "维修一组"
-region = "华东"
-skills = ["泵", "电气", "变频器"]
-lead = "lead_zhao"
-director = "director_sun"
-groups = {{ feishu = "{ENGINEERS}" }}
-
-[[people]]
-id = "cust_wang"
-name = "王经理"
-role = "customer"
-region = "华东"
-phone = "13800000001"
-identities = {{ feishu = "{CUSTOMER}" }}
-
-[[people]]
-id = "eng_zhang"
-name = "张工"
-role = "engineer"
-team = "maint"
-region = "华东"
-skills = ["泵", "电气"]
-phone = "13800000002"
-identities = {{ feishu = "{ZHANG}" }}
-
-[[people]]
-id = "eng_li"
-name = "李工"
-role = "engineer"
-team = "maint"
-region = "华东"
-skills = ["变频器", "PLC"]
-phone = "13800000003"
-identities = {{ feishu = "{LI}" }}
-
-[[people]]
-id = "lead_zhao"
-name = "赵组长"
-role = "lead"
-team = "maint"
-phone = "13800000004"
-identities = {{ feishu = "{LEAD}" }}
-
-[[people]]
-id = "director_sun"
-name = "孙总监"
-role = "director"
-team = "maint"
-phone = "13800000005"
-identities = {{ feishu = "ou_sun" }}
-"""
+    people = directory_toml("feishu", {"cust_wang": CUSTOMER, "eng_zhang": ZHANG, "eng_li": LI, "lead_zhao": LEAD,
+                                       "director_sun": "ou_sun"}, ENGINEERS,
+                            team_skills=("泵", "电气", "变频器"),
+                            skills={"eng_zhang": ("泵", "电气"), "eng_li": ("变频器", "PLC")},
+                            phones=("cust_wang", "eng_zhang", "eng_li", "lead_zhao", "director_sun"))
+    return config_toml(db_url, "[feishu]", 'app_id = "cli_test"', 'app_secret = "secret"',
+                       f'verification_token = "{token}"', key_line, f'api_base = "{API}"', bot_line, people,
+                       server=f"max_body_bytes = {max_body}")
 
 
 # ---- the fake Feishu Open API -------------------------------------------------
@@ -304,9 +245,8 @@ class Feishu:
 
 
 async def _make(tmp_path, aiohttp_client, **cfg) -> Feishu:
-    path = tmp_path / "relaydesk.toml"
-    path.write_text(config_toml(f"sqlite+aiosqlite:///{tmp_path}/t.db", **cfg), encoding="utf-8")
-    app = create_app(load_config(path, env={}), workers=False)
+    app = create_app(load_toml(tmp_path, feishu_config(f"sqlite+aiosqlite:///{tmp_path}/t.db", **cfg)),
+                     workers=False)
     client = await aiohttp_client(app)
     return client
 

@@ -13,12 +13,12 @@ from sqlmodel import select
 
 from bot.app import RUNTIME, create_app
 from bot.channels.wecom_crypto import WeComCrypto
-from bot.config import load_config
 from bot.channel import DeliveryError
 from bot.events import Address, CardMessage, Image
 from cards.model import Button, Card
 from storage.models import (Attachment, CardAction, CardRef, OutboxMessage, ProcessedEvent, Ticket,
                             TicketEvent)
+from support import config_toml, directory_toml, load_toml
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "vectors.json").read_text(encoding="utf-8"))
 API = "https://qyapi.test"
@@ -36,65 +36,11 @@ def config_text(tmp_path: Path, *, wecom: dict | None = None, server: str = "", 
          "api_base": API, "media_dir": str(tmp_path / "media")}
     w.update(wecom or {})
     lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in w.items())
-    return f"""
-database_url = "sqlite+aiosqlite:///{tmp_path}/t.db"
-allow_unknown_reporters = true
-[server]
-{server}
-[playground]
-enabled = false
-[wecom]
-{lines}
-{extra}
-[[teams]]
-id = "maint"
-name = "维修一组"
-region = "华东"
-skills = ["泵", "电气"]
-lead = "lead_zhao"
-director = "director_sun"
-groups = {{ wecom = "{CHAT}" }}
-
-[[people]]
-id = "cust_wang"
-name = "王经理"
-role = "customer"
-region = "华东"
-identities = {{ wecom = "{CUSTOMER}" }}
-
-[[people]]
-id = "eng_zhang"
-name = "张工"
-role = "engineer"
-team = "maint"
-region = "华东"
-skills = ["泵"]
-phone = "13800000002"
-identities = {{ wecom = "{ZHANG}" }}
-
-[[people]]
-id = "eng_li"
-name = "李工"
-role = "engineer"
-team = "maint"
-region = "华东"
-skills = ["电气"]
-identities = {{ wecom = "{LI}" }}
-
-[[people]]
-id = "lead_zhao"
-name = "赵组长"
-role = "lead"
-team = "maint"
-identities = {{ wecom = "{LEAD}" }}
-
-[[people]]
-id = "director_sun"
-name = "孙总监"
-role = "director"
-team = "maint"
-identities = {{ wecom = "sunzj" }}
-"""
+    people = directory_toml("wecom", {"cust_wang": CUSTOMER, "eng_zhang": ZHANG, "eng_li": LI, "lead_zhao": LEAD,
+                                      "director_sun": "sunzj"}, CHAT,
+                            skills={"eng_zhang": ("泵",), "eng_li": ("电气",)}, phones=("eng_zhang",))
+    return config_toml(f"sqlite+aiosqlite:///{tmp_path}/t.db", "[wecom]", lines, extra, people,
+                       top="allow_unknown_reporters = true", server=server)
 
 
 class FakeWeCom:
@@ -150,9 +96,7 @@ def fake(respx_mock):
 @pytest.fixture
 def make_client(aiohttp_client, tmp_path):
     async def make(**kw):
-        path = tmp_path / "relaydesk.toml"
-        path.write_text(config_text(tmp_path, **kw), encoding="utf-8")
-        app = create_app(load_config(path, env={}), workers=False)
+        app = create_app(load_toml(tmp_path, config_text(tmp_path, **kw)), workers=False)
         return await aiohttp_client(app)
 
     return make

@@ -13,7 +13,8 @@ import time
 
 from aiohttp import web
 
-from bench.platforms import find_report_key, report_key
+from bench.platforms import (KEYED_REPORT_SKILLS, KEYED_REPORTS, directory_toml, find_report_key, head_toml,
+                             report_key)
 from bot.channels.dingtalk_api import robot_sign
 
 APP_KEY = "dingbenchapp0001"
@@ -21,37 +22,16 @@ APP_SECRET = "bench-app-secret-2026"
 CARD_SECRET = "bench-card-secret"
 ENGINEERS_CHAT = "cidBENCHengineers=="
 BOT_ID = "$:LWCP_v1:$benchbot"
-REPORTS = (
-    "3号线水泵不出水了，整条线停着，设备编号 {key}",
-    "空压机压力上不去，报警E203，设备 {key}，车间二楼",
-    "配电柜跳闸了，整个车间没电，编号 {key}",
-    "变频器报过流故障，电机停了，设备号 {key}",
-)
+REPORTS = KEYED_REPORTS
+# The people (id -> staff id); the customers are unknown reporters.
+PEOPLE = {"eng_zhang": "u_zhang", "eng_li": "u_li", "lead_zhao": "u_zhao", "director_sun": "u_sun"}
 # The fake API's address, known once config_toml ran (make_report needs it for sessionWebhooks).
 _fake = {"base": "http://127.0.0.1:9"}
 
 
 def config_toml(fake_api_base: str, db_url: str) -> str:
     _fake["base"] = fake_api_base
-    people = [
-        ("eng_zhang", "张工", "engineer", "u_zhang"),
-        ("eng_li", "李工", "engineer", "u_li"),
-        ("lead_zhao", "赵组长", "lead", "u_zhao"),
-        ("director_sun", "孙总监", "director", "u_sun"),
-    ]
-    parts = [f'''database_url = "{db_url}"
-allow_unknown_reporters = true
-
-[server]
-host = "127.0.0.1"
-
-[playground]
-enabled = false
-
-[outbox]
-per_recipient_per_minute = 1000000
-poll_interval = "200ms"
-
+    return head_toml(db_url, server='host = "127.0.0.1"') + f'''
 [dingtalk]
 app_key = "{APP_KEY}"
 app_secret = "{APP_SECRET}"
@@ -62,26 +42,7 @@ card_callback_route_key = "relaydesk-bench"
 card_api_secret = "{CARD_SECRET}"
 engineers_chat = "{ENGINEERS_CHAT}"
 
-[[teams]]
-id = "maint"
-name = "维修一组"
-region = "华东"
-skills = ["泵", "电气", "变频器", "空压机"]
-lead = "lead_zhao"
-director = "director_sun"
-groups = {{ dingtalk = "{ENGINEERS_CHAT}" }}
-''']
-    for pid, name, role, staff_id in people:
-        parts.append(f'''
-[[people]]
-id = "{pid}"
-name = "{name}"
-role = "{role}"
-team = "maint"
-region = "华东"
-identities = {{ dingtalk = "{staff_id}" }}
-''')
-    return "".join(parts)
+''' + directory_toml("dingtalk", PEOPLE, ENGINEERS_CHAT, team_skills=KEYED_REPORT_SKILLS)
 
 
 def make_report(i: int) -> tuple[str, dict[str, str], bytes]:

@@ -14,7 +14,7 @@ import uuid
 
 from aiohttp import web
 
-from bench.platforms import find_report_key, report_key
+from bench.platforms import directory_toml, find_report_key, head_toml, report_key
 from bot.channels import feishu_crypto as fc
 
 PATH = "/callbacks/feishu"
@@ -24,6 +24,9 @@ VERIFICATION_TOKEN = "bench-verification-token"
 ENCRYPT_KEY = "bench-encrypt-key"
 BOT_OPEN_ID = "ou_bench_bot"
 ENGINEERS_CHAT = "oc_bench_engineers"
+# The people (id -> open_id); the customers are unknown reporters.
+PEOPLE = {"eng_zhang": "ou_bench_zhang", "eng_li": "ou_bench_li", "lead_zhao": "ou_bench_lead",
+          "director_sun": "ou_bench_sun"}
 
 # Realistic reports; each carries report_key(i) as a device serial, which the engineer card repeats.
 REPORTS = (
@@ -37,21 +40,7 @@ REPORTS = (
 
 
 def config_toml(fake_api_base: str, db_url: str) -> str:
-    return f"""
-database_url = "{db_url}"
-allow_unknown_reporters = true
-
-[server]
-max_body_bytes = 1048576
-
-[playground]
-enabled = false
-
-[outbox]
-# The fake API has no per-chat limit; measure the bot, not the throttle.
-per_recipient_per_minute = 1000000
-poll_interval = "1s"
-
+    return head_toml(db_url, server="max_body_bytes = 1048576", poll_interval="1s") + f"""
 [feishu]
 app_id = "{APP_ID}"
 app_secret = "{APP_SECRET}"
@@ -60,47 +49,8 @@ encrypt_key = "{ENCRYPT_KEY}"
 api_base = "{fake_api_base}"
 bot_open_id = "{BOT_OPEN_ID}"
 
-[[teams]]
-id = "maint"
-name = "维修一组"
-region = "华东"
-skills = ["泵", "电气", "变频器"]
-lead = "lead_zhao"
-director = "director_sun"
-groups = {{ feishu = "{ENGINEERS_CHAT}" }}
-
-[[people]]
-id = "eng_zhang"
-name = "张工"
-role = "engineer"
-team = "maint"
-region = "华东"
-skills = ["泵", "电气"]
-identities = {{ feishu = "ou_bench_zhang" }}
-
-[[people]]
-id = "eng_li"
-name = "李工"
-role = "engineer"
-team = "maint"
-region = "华东"
-skills = ["变频器", "PLC"]
-identities = {{ feishu = "ou_bench_li" }}
-
-[[people]]
-id = "lead_zhao"
-name = "赵组长"
-role = "lead"
-team = "maint"
-identities = {{ feishu = "ou_bench_lead" }}
-
-[[people]]
-id = "director_sun"
-name = "孙总监"
-role = "director"
-team = "maint"
-identities = {{ feishu = "ou_bench_sun" }}
-"""
+""" + directory_toml("feishu", PEOPLE, ENGINEERS_CHAT, team_skills=("泵", "电气", "变频器"),
+                     skills={"eng_zhang": ("泵", "电气"), "eng_li": ("变频器", "PLC")})
 
 
 def report_text(i: int) -> str:

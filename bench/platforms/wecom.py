@@ -8,7 +8,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from bench.platforms import find_report_key, report_key
+from bench.platforms import (KEYED_REPORT_SKILLS, KEYED_REPORTS, directory_toml, find_report_key, head_toml,
+                             report_key)
 from bot.channels.wecom_crypto import WeComCrypto
 
 CORP_ID = "wwbench0000000001"
@@ -16,36 +17,16 @@ AGENT_ID = 1000002
 TOKEN = "benchToken2026"
 AES_KEY = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"  # a valid 43-character EncodingAESKey
 ENGINEERS_CHAT = "wrbenchengineers"
-REPORTS = (
-    "3号线水泵不出水了，整条线停着，设备编号 {key}",
-    "空压机压力上不去，报警E203，设备 {key}，车间二楼",
-    "配电柜跳闸了，整个车间没电，编号 {key}",
-    "变频器报过流故障，电机停了，设备号 {key}",
-)
+REPORTS = KEYED_REPORTS
+
+# The people (id -> WeCom userid); the customers are unknown reporters.
+PEOPLE = {"eng_zhang": "zhangsan", "eng_li": "lisi", "lead_zhao": "zhaozz", "director_sun": "sunzj"}
 
 _crypto = WeComCrypto(TOKEN, AES_KEY, CORP_ID)
 
 
 def config_toml(fake_api_base: str, db_url: str) -> str:
-    people = [
-        ("eng_zhang", "张工", "engineer", "zhangsan"),
-        ("eng_li", "李工", "engineer", "lisi"),
-        ("lead_zhao", "赵组长", "lead", "zhaozz"),
-        ("director_sun", "孙总监", "director", "sunzj"),
-    ]
-    parts = [f'''database_url = "{db_url}"
-allow_unknown_reporters = true
-
-[server]
-host = "127.0.0.1"
-
-[playground]
-enabled = false
-
-[outbox]
-per_recipient_per_minute = 1000000
-poll_interval = "200ms"
-
+    return head_toml(db_url, server='host = "127.0.0.1"') + f'''
 [wecom]
 corp_id = "{CORP_ID}"
 agent_id = {AGENT_ID}
@@ -56,26 +37,7 @@ api_base = "{fake_api_base}"
 engineers_chat = "{ENGINEERS_CHAT}"
 member_per_minute = 0
 
-[[teams]]
-id = "maint"
-name = "维修一组"
-region = "华东"
-skills = ["泵", "电气", "变频器", "空压机"]
-lead = "lead_zhao"
-director = "director_sun"
-groups = {{ wecom = "{ENGINEERS_CHAT}" }}
-''']
-    for pid, name, role, userid in people:
-        parts.append(f'''
-[[people]]
-id = "{pid}"
-name = "{name}"
-role = "{role}"
-team = "maint"
-region = "华东"
-identities = {{ wecom = "{userid}" }}
-''')
-    return "".join(parts)
+''' + directory_toml("wecom", PEOPLE, ENGINEERS_CHAT, team_skills=KEYED_REPORT_SKILLS)
 
 
 def make_report(i: int) -> tuple[str, dict[str, str], bytes]:

@@ -207,8 +207,9 @@ class DingTalkChannel(Channel):
                 self._groups_seen.add(conv_id)
                 log.info("dingtalk: group %r has conversationId %s", _str(msg.get("conversationTitle")), conv_id)
         bot_id = msg.get("chatbotUserId")
+        at_users = msg.get("atUsers")
         mentions = tuple(
-            u["staffId"] for u in (msg.get("atUsers") or [])
+            u["staffId"] for u in (at_users if isinstance(at_users, list) else ())
             if isinstance(u, dict) and isinstance(u.get("staffId"), str) and u.get("staffId")
             and u.get("dingtalkId") != bot_id
         )
