@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Awaitable, Callable, ClassVar, Iterator
+from typing import Awaitable, Callable, ClassVar, Iterator, Literal
 
 from aiohttp import web
 
@@ -22,9 +22,16 @@ class HandleResult:
     """What the core made of an inbound event, for channels that answer inline."""
 
     duplicate: bool = False
-    refused: bool = False  # the command was refused; `toast` says why
     toast: str | None = None  # short feedback for the person who clicked
     card: Card | None = None  # the clicked card as it should look now
+    # done: it happened (the updated card shows it); unchanged: it had already
+    # happened; refused: it may not happen, `toast` says why. Channels without
+    # toasts tell the person in the last two cases.
+    outcome: Literal["done", "unchanged", "refused"] = "done"
+
+    @property
+    def refused(self) -> bool:
+        return self.outcome == "refused"
 
 
 EventSink = Callable[[InboundEvent], Awaitable[HandleResult]]

@@ -33,8 +33,3 @@ def t(key: str, lang: str = DEFAULT_LANG, **values) -> str:
 
 def has(key: str, lang: str = DEFAULT_LANG) -> bool:
     return key in _table(lang)
-
-
-def table(lang: str = DEFAULT_LANG) -> dict[str, str]:
-    """Every key and its template, for channels that recognise texts (e.g. which toasts to keep quiet)."""
-    return dict(_table(lang))

@@ -36,8 +36,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import re
-import string
 import time
 from collections import defaultdict, deque
 from datetime import datetime, timedelta, timezone
@@ -54,7 +52,7 @@ from bot.channels.wecom_crypto import DecryptError, MalformedRequest, SignatureE
 from bot.config import WeComConfig
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
 from bot.outbox import enqueue
-from bot.texts import t, table as text_table
+from bot.texts import t
 from cards import wecom as render
 from cards.model import Card
 from storage.db import Database
@@ -74,20 +72,8 @@ SWEEP_INTERVAL = 600  # seconds between looks for pictures not fetched yet
 # Seconds between looks for a picture message's attachment while the core has not applied it yet.
 PICTURE_POLL = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 SIGNATURE_LOG_INTERVAL = 60.0  # public endpoints get scanned; don't log every refusal
-# Toasts that only confirm what the updated card shows anyway: not sent as text.
-_SILENT_TOASTS = ("claim", "transfer", "escalate", "ack", "depart", "arrive", "start_repair", "resolve",
-                  "rate", "pick_transfer")
 _IMAGE_EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp",
               "image/bmp": ".bmp"}
-
-
-def _template_regex(template: str) -> re.Pattern:
-    parts = []
-    for literal, field, _spec, _conv in string.Formatter().parse(template):
-        parts.append(re.escape(literal))
-        if field is not None:
-            parts.append(".*?")
-    return re.compile("".join(parts) + r"\Z", re.S)
 
 
 class WeComChannel(Channel):
@@ -107,8 +93,6 @@ class WeComChannel(Channel):
         self._last_signature_log = 0.0
         self._sweeper: asyncio.Task | None = None
         self._stopping = asyncio.Event()
-        table = text_table()
-        self._silent = [_template_regex(table[f"toast.{k}"]) for k in _SILENT_TOASTS if f"toast.{k}" in table]
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -274,8 +258,9 @@ class WeComChannel(Channel):
                              conversation=conv, kind="action", action_token=key,
                              context={"task_id": task_id, "response_code": code})
         result = await self.sink(event)
-        if not result.duplicate and result.toast and not any(r.match(result.toast) for r in self._silent):
-            # No toasts in WeCom: a refusal (or "already done") reaches the clicker as a text.
+        if not result.duplicate and result.toast and result.outcome != "done":
+            # No toasts in WeCom: a refusal (or "already done") reaches the clicker as a text;
+            # success shows in the updated card.
             async with self.db.session(urgent=True) as s:
                 enqueue(s, conv, Text(result.toast))
             self._wake_outbox()

@@ -39,7 +39,7 @@ _SMALL_TALK_MAX = 6  # an unclassifiable customer message this short is chat, no
 class _Reply:
     texts: list[str]
     toast: str | None = None
-    refused: bool = False
+    outcome: str = "done"  # done | unchanged | refused
     card_ticket: int | None = None  # for card clicks: the ticket whose card was clicked
 
 
@@ -116,7 +116,7 @@ class TicketBot:
         """Apply an event already marked as seen, inside the caller's transaction."""
         person = await self.directory.resolve(s, event.platform, event.sender_id, event.sender_name)
         if person is None:
-            reply = _Reply([t("reply.unknown_user")], toast=t("reply.unknown_user"), refused=True)
+            reply = _Reply([t("reply.unknown_user")], toast=t("reply.unknown_user"), outcome="refused")
         else:
             actor = Actor(person, event.platform, "card" if event.kind == "action" else "text")
             try:
@@ -124,14 +124,14 @@ class TicketBot:
                     reply = await self._dispatch(s, actor, event)
             except Refused as r:
                 self.metrics.refusals.labels(r.key).inc()
-                reply = _Reply([r.text], toast=r.text, refused=True)
+                reply = _Reply([r.text], toast=r.text, outcome="refused")
         card = None
         if event.kind == "action":
             card = await self._clicked_card(s, event)
         else:
             for text in reply.texts:
                 enqueue(s, event.conversation, Text(text, self._mention_back(event)))
-        return HandleResult(toast=reply.toast, card=card, refused=reply.refused)
+        return HandleResult(toast=reply.toast, card=card, outcome=reply.outcome)
 
     def _mention_back(self, event: InboundEvent) -> tuple[str, ...]:
         return (event.sender_id,) if event.conversation.kind == "group" else ()
@@ -354,4 +354,5 @@ class TicketBot:
             raise Refused("stale_button")
         await self._apply(s, change)
         key = f"toast.{change.action}" if change.changed else "toast.already"
-        return _Reply([], toast=t(key, number=ticket.number, state=t(f"state.{ticket.state}")))
+        return _Reply([], toast=t(key, number=ticket.number, state=t(f"state.{ticket.state}")),
+                      outcome="done" if change.changed else "unchanged")
