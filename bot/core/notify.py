@@ -41,6 +41,14 @@ class Notifier:
     # ---- snapshots, tokens -------------------------------------------
 
     async def view(self, s: AsyncSession, ticket: Ticket) -> build.TicketView:
+        """The ticket as the cards show it; built once per change within a transaction."""
+        key = (ticket.id, ticket.updated_at, ticket.state, ticket.assignee_id, ticket.rating)
+        cache = s.info.setdefault("ticket_views", {})
+        if key not in cache:
+            cache[key] = await self._build_view(s, ticket)
+        return cache[key]
+
+    async def _build_view(self, s: AsyncSession, ticket: Ticket) -> build.TicketView:
         reporter = await s.get(Person, ticket.reporter_id)
         assignee = await s.get(Person, ticket.assignee_id) if ticket.assignee_id else None
         events = (await s.exec(select(TicketEvent.action, TicketEvent.at)
