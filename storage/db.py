@@ -96,15 +96,10 @@ class Database:
             meta = await s.get(SchemaMeta, "version")
             if meta is None:
                 s.add(SchemaMeta(key="version", value=str(SCHEMA_VERSION)))
-            elif int(meta.value) > SCHEMA_VERSION:
+            elif int(meta.value) != SCHEMA_VERSION:
                 raise SchemaVersionError(
-                    f"the database has schema version {meta.value}, this RelayDesk "
-                    f"understands up to {SCHEMA_VERSION}: upgrade RelayDesk"
-                )
-            elif int(meta.value) < SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"the database has schema version {meta.value}, this RelayDesk "
-                    f"needs {SCHEMA_VERSION}: run `python run_bot.py init-db --upgrade`"
+                    f"the database has schema version {meta.value}, this RelayDesk uses "
+                    f"{SCHEMA_VERSION}: run the RelayDesk release that wrote it"
                 )
 
     async def dispose(self) -> None:

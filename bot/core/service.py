@@ -146,8 +146,8 @@ class TicketService:
 
     async def claim(self, s: AsyncSession, actor: Actor, ticket: Ticket) -> Change:
         p = actor.person
-        if p.role not in ENGINEER_ROLES and not is_lead(p):
-            raise Refused("customer_cannot_claim" if not is_staff(p) else "cannot_claim")
+        if not is_staff(p):
+            raise Refused("customer_cannot_claim")
         if ticket.state in st.UNCLAIMED:
             if ticket.state == st.TRANSFERRED and ticket.assignee_id not in (None, p.id) and not is_lead(p):
                 raise Refused("transferred_to_other", name=await self._name(s, ticket.assignee_id),
