@@ -6,9 +6,13 @@ neutral messages into the platform's API calls when the outbox delivers them.
 """
 from __future__ import annotations
 
+import asyncio
+import mimetypes
+import os
 from abc import ABC, abstractmethod
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Awaitable, Callable, ClassVar, Iterator, Literal
 
 from aiohttp import web
@@ -48,6 +52,19 @@ class DeliveryError(Exception):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+async def read_upload(path: str | os.PathLike) -> tuple[str, bytes, str]:
+    """A local file a channel uploads to its platform: (file name, content, MIME type).
+
+    A missing file is a DeliveryError that retrying cannot fix.
+    """
+    p = Path(path)
+    try:
+        content = await asyncio.to_thread(p.read_bytes)
+    except FileNotFoundError:
+        raise DeliveryError(f"file not found: {p}", retryable=False) from None
+    return p.name, content, mimetypes.guess_type(p.name)[0] or "application/octet-stream"
 
 
 class Channel(ABC):

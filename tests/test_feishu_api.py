@@ -9,6 +9,7 @@ import httpx
 import pytest
 import respx
 
+from bot.channel import DeliveryError
 from bot.channels.feishu_api import FeishuAPI, FeishuAPIError
 
 BASE = "https://feishu.test"
@@ -163,6 +164,6 @@ async def test_patch_reply_upload_and_bot_info(api, respx_mock, tmp_path):
     form = upload.calls[0].request.content
     assert b'name="image_type"' in form and b"message" in form and b'filename="p.png"' in form
     assert await api.bot_open_id() == "ou_bot"
-    with pytest.raises(FeishuAPIError) as e:
+    with pytest.raises(DeliveryError, match="file not found") as e:
         await api.upload_image(tmp_path / "missing.png")
     assert not e.value.retryable

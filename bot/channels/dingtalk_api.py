@@ -15,14 +15,11 @@ Facts used here are in docs/PLATFORMS.md §2:
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import logging
-import mimetypes
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,7 +27,7 @@ from dingtalk.core.exceptions import InvalidCorpIdOrSuiteKeyException, InvalidSi
 from dingtalk.core.utils import DingTalkSigner
 from dingtalk.crypto import DingTalkCrypto
 
-from bot.channel import DeliveryError
+from bot.channel import DeliveryError, read_upload
 from bot.channels.access_token import AccessToken
 from bot.config import DingTalkConfig
 
@@ -312,14 +309,8 @@ class DingTalkAPI:
             "msgParam": json.dumps(msg_param, ensure_ascii=False)})
 
     async def upload_image(self, path: str) -> str:
-        file = Path(path)
-        try:
-            data = await asyncio.to_thread(file.read_bytes)
-        except FileNotFoundError:
-            raise DeliveryError(f"image file not found: {file}", retryable=False) from None
-        mime = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         result = await self.call_oapi("POST", "/media/upload", params={"type": "image"},
-                                      files={"media": (file.name, data, mime)})
+                                      files={"media": await read_upload(path)})
         media_id = result.get("media_id")
         if not media_id:
             raise DeliveryError(f"DingTalk /media/upload: no media_id in {result}", retryable=False)

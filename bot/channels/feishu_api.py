@@ -12,15 +12,13 @@ Paths are relative to `api_base` (https://open.feishu.cn, or https://open.larksu
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import mimetypes
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bot.channel import DeliveryError
+from bot.channel import DeliveryError, read_upload
 from bot.channels.access_token import AccessToken
 
 log = logging.getLogger(__name__)
@@ -207,21 +205,12 @@ class FeishuAPI:
 
     async def upload_image(self, path: str | Path) -> str:
         """POST im/v1/images; the image_key to send it with."""
-        p = Path(path)
-
-        def read() -> bytes:
-            try:
-                return p.read_bytes()
-            except FileNotFoundError:
-                raise FeishuAPIError(f"image file not found: {p}", retryable=False) from None
-
-        data = await asyncio.to_thread(read)
+        name, data, mime = await read_upload(path)
         if not data or len(data) > MAX_IMAGE_BYTES:
-            raise FeishuAPIError(f"image {p.name} is {len(data)} bytes; Feishu takes 1 byte to 10 MB",
+            raise FeishuAPIError(f"image {name} is {len(data)} bytes; Feishu takes 1 byte to 10 MB",
                                  retryable=False)
-        mime = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
         answer = await self.call("POST", IMAGES_PATH, "upload image", data={"image_type": "message"},
-                                 files={"image": (p.name, data, mime)})
+                                 files={"image": (name, data, mime)})
         key = (answer.get("data") or {}).get("image_key")
         if not key:
             raise FeishuAPIError("upload image: no image_key in Feishu's answer")

@@ -9,16 +9,14 @@ secret) are logged once, with the fix.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import mimetypes
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bot.channel import DeliveryError
+from bot.channel import DeliveryError, read_upload
 from bot.channels.access_token import AccessToken
 
 log = logging.getLogger(__name__)
@@ -216,14 +214,8 @@ class WeComAPI:
         return answer
 
     async def upload_media(self, path: str | Path, media_type: str = "image") -> str:
-        p = Path(path)
-        try:
-            content = await asyncio.to_thread(p.read_bytes)
-        except FileNotFoundError:
-            raise DeliveryError(f"file not found: {p}", retryable=False) from None
-        ctype = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
         answer = await self.call("POST", "/cgi-bin/media/upload", params={"type": media_type},
-                                 files={"media": (p.name, content, ctype)})
+                                 files={"media": await read_upload(path)})
         media_id = answer.get("media_id")
         if not media_id:
             raise DeliveryError("WeCom media/upload answered without a media_id")
