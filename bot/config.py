@@ -75,9 +75,6 @@ class TicketsConfig(_Section):
     domain: str = Field(default="SRV", pattern=r"^[A-Z]{2,6}$")
     timezone: str = "Asia/Shanghai"
     deadlines: dict[Priority, DeadlineConfig] = Field(default_factory=_default_deadlines)
-    # A customer's text within this window after their last report, starting
-    # with an "addition" word (补充/另外/还有), is added to that open ticket.
-    addition_window: Duration = timedelta(hours=24)
 
     @model_validator(mode="after")
     def _all_priorities(self):

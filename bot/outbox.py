@@ -52,7 +52,6 @@ class OutboxWorker:
         self.metrics = metrics
         self._wake = asyncio.Event()
         self._sent_at: dict[tuple[str, str, str], deque[float]] = defaultdict(deque)
-        self._stopping = False
         self._gauges_at = 0.0
         # Awaited before each sweep: lets callbacks being answered go first.
         self.yield_to = _no_wait
@@ -62,7 +61,7 @@ class OutboxWorker:
 
     async def run(self) -> None:
         """Deliver until cancelled; wakes on `wake()` or every poll interval."""
-        while not self._stopping:
+        while True:
             try:
                 busy = await self.deliver_due()
             except asyncio.CancelledError:

@@ -29,7 +29,3 @@ def _table(lang: str) -> dict[str, str]:
 def t(key: str, lang: str = DEFAULT_LANG, **values) -> str:
     """The text for `key`, formatted with `values`. A missing key is a bug: raise."""
     return _table(lang)[key].format(**values)
-
-
-def has(key: str, lang: str = DEFAULT_LANG) -> bool:
-    return key in _table(lang)

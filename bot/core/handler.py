@@ -198,11 +198,9 @@ class TicketBot:
             if unclaimed:
                 raise Refused("nothing_to_claim")
             raise Refused("no_owned_ticket" if is_staff(actor.person) else "no_open_ticket")
-        if len(candidates) > 1 and not unclaimed:
-            newest = candidates[0]
-            if sum(1 for c in candidates if c.state != st.RESOLVED) > 1:
-                raise Refused("which_ticket", numbers="、".join(c.number for c in candidates[:5]))
-            return await self.service.get(s, newest.id)
+        # Several open tickets: ask which (a resolved one waiting for its rating doesn't count).
+        if not unclaimed and sum(c.state != st.RESOLVED for c in candidates) > 1:
+            raise Refused("which_ticket", numbers="、".join(c.number for c in candidates[:5]))
         return await self.service.get(s, candidates[0].id)
 
     async def _command(self, s: AsyncSession, actor: Actor, event: InboundEvent, cmd: Command) -> _Reply:
