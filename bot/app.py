@@ -8,6 +8,7 @@ import logging
 import time
 
 from aiohttp import web
+from sqlalchemy import text
 
 from bot.channel import ChannelRegistry
 from bot.channels import build_channels
@@ -52,6 +53,8 @@ class Runtime:
         self.inbox = InboxWorker(self.db, self.bot, self.metrics)
         self.bot.on_accept = self.inbox.wake
         self.outbox.yield_to = self.bot.yield_to_callbacks
+        for channel in self.channels:
+            channel.wake_outbox = self.outbox.wake
         self._tasks: list[asyncio.Task] = []
 
     def _wake_outbox(self) -> None:
@@ -106,8 +109,6 @@ async def healthz(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     try:
         async with rt.db.session() as s:
-            from sqlalchemy import text
-
             await s.exec(text("SELECT 1"))
     except Exception as e:  # the database is what a health check is for
         return web.json_response({"status": "error", "database": str(e)}, status=503)

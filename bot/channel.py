@@ -75,6 +75,9 @@ class Channel(ABC):
 
     def __init__(self, sink: EventSink):
         self.sink = sink
+        # Set by the runtime: a channel that enqueues messages itself (click
+        # feedback) calls it so they go out now rather than at the next poll.
+        self.wake_outbox: Callable[[], None] = lambda: None
 
     def routes(self) -> list[web.AbstractRouteDef]:
         """The callback routes this channel serves."""

@@ -402,9 +402,7 @@ class DingTalkChannel(Channel):
         """The click's result as a 1:1 message to whoever clicked (cards have no toast)."""
         async with self.db.session() as s:
             enqueue(s, Address(self.name, "user", user_id), Text(text))
-        wake = getattr(self.sink, "on_commit", None)
-        if callable(wake):
-            wake()
+        self.wake_outbox()
 
     # ---- event subscription ------------------------------------------------
 

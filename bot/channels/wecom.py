@@ -263,14 +263,8 @@ class WeComChannel(Channel):
             # success shows in the updated card.
             async with self.db.session(urgent=True) as s:
                 enqueue(s, conv, Text(result.toast))
-            self._wake_outbox()
+            self.wake_outbox()
         return result
-
-    def _wake_outbox(self) -> None:
-        """Rows this channel enqueues itself go out now rather than at the next poll."""
-        wake = getattr(self.sink, "on_commit", None)
-        if callable(wake):
-            wake()
 
     async def _reply_once(self, event_id: str, to: Address, text: str) -> None:
         async with self.db.session(urgent=True) as s:
@@ -278,7 +272,7 @@ class WeComChannel(Channel):
             if fresh:
                 enqueue(s, to, Text(text))
         if fresh:
-            self._wake_outbox()
+            self.wake_outbox()
 
     # ---- response codes ------------------------------------------------------
 
