@@ -80,6 +80,7 @@ SESSION_MISS_SECONDS = 10.0
 # Display names for a card's @ list are looked up at most this often.
 NAME_CACHE_SECONDS = 60.0
 # Pending sessionWebhooks are written at most this often (one transaction each time).
+SESSION_FLUSH_CHUNK = 200  # rows per statement
 SESSION_FLUSH_SECONDS = 0.5
 # Address-book events: wait this long for a burst to finish before fetching details.
 SYNC_DELAY_SECONDS = 1.0
@@ -282,13 +283,18 @@ class DingTalkChannel(Channel):
         batch, self._unsaved = self._unsaved, {}
         now = utcnow()
         dialect = postgresql if self.db.is_postgres else sqlite
+        rows = [dict(to_kind=kind, to_id=ident, webhook=url, updated_at=now,
+                     expires_at=datetime.fromtimestamp(expires, timezone.utc))
+                for (kind, ident), (url, expires) in batch.items()]
         try:
-            async with self.db.session() as s:
-                for (kind, ident), (url, expires) in batch.items():
-                    values = dict(webhook=url, expires_at=datetime.fromtimestamp(expires, timezone.utc),
-                                  updated_at=now)
-                    stmt = dialect.insert(DingTalkSession).values(to_kind=kind, to_id=ident, **values)
-                    stmt = stmt.on_conflict_do_update(index_elements=["to_kind", "to_id"], set_=values)
+            # One statement per chunk, one short transaction each: callbacks waiting
+            # for the database get their turn between chunks.
+            for i in range(0, len(rows), SESSION_FLUSH_CHUNK):
+                stmt = dialect.insert(DingTalkSession).values(rows[i:i + SESSION_FLUSH_CHUNK])
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["to_kind", "to_id"],
+                    set_={c: stmt.excluded[c] for c in ("webhook", "expires_at", "updated_at")})
+                async with self.db.session() as s:
                     await s.exec(stmt)
         except Exception:
             for key, value in batch.items():
