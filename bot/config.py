@@ -206,7 +206,8 @@ class DingTalkConfig(_Section):
 
 
 # Escalation, on-call and phone sections live with the escalation engine.
-from escalation.config import EscalationConfig, OnCallConfig, TwilioConfig, check_references  # noqa: E402
+from escalation.config import (AliyunConfig, EscalationConfig, OnCallConfig, PhoneConfig,  # noqa: E402
+                               TencentConfig, TwilioConfig, check_references)
 
 
 class Config(_Section):
@@ -225,6 +226,9 @@ class Config(_Section):
     people: list[PersonConfig] = Field(default_factory=list)
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     oncall: dict[str, OnCallConfig] = Field(default_factory=dict)  # team id -> schedule
+    phone: PhoneConfig = Field(default_factory=PhoneConfig)
+    aliyun: Optional[AliyunConfig] = None
+    tencent: Optional[TencentConfig] = None
     twilio: Optional[TwilioConfig] = None
 
     @model_validator(mode="after")

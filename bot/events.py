@@ -71,6 +71,8 @@ class Call:
     chain: str | None = None  # the escalation chain, position and fence that placed it
     step: int | None = None
     fence: int | None = None
+    # What fills a provider's TTS template: (name, value) for number, category, place, priority, minutes.
+    fields: tuple[tuple[str, str], ...] = ()
     type: Literal["call"] = "call"
 
 
@@ -80,6 +82,7 @@ class Sms:
     text: str
     person_id: str | None = None
     ticket_id: int | None = None
+    fields: tuple[tuple[str, str], ...] = ()  # as Call.fields, for a provider's SMS template
     type: Literal["sms"] = "sms"
 
 
@@ -93,9 +96,11 @@ def message_to_dict(m: Outbound) -> dict:
         return {"type": "text", "text": m.text, "mentions": list(m.mentions)}
     if isinstance(m, Call):
         return {"type": "call", "to": m.to, "text": m.text, "person_id": m.person_id,
-                "ticket_id": m.ticket_id, "chain": m.chain, "step": m.step, "fence": m.fence}
+                "ticket_id": m.ticket_id, "chain": m.chain, "step": m.step, "fence": m.fence,
+                "fields": dict(m.fields)}
     if isinstance(m, Sms):
-        return {"type": "sms", "to": m.to, "text": m.text, "person_id": m.person_id, "ticket_id": m.ticket_id}
+        return {"type": "sms", "to": m.to, "text": m.text, "person_id": m.person_id, "ticket_id": m.ticket_id,
+                "fields": dict(m.fields)}
     return {"type": "image", "path": m.path, "caption": m.caption}
 
 
@@ -108,9 +113,9 @@ def message_from_dict(d: dict) -> Outbound:
         return Image(d["path"], d.get("caption"))
     if d["type"] == "call":
         return Call(d["to"], d["text"], d.get("person_id"), d.get("ticket_id"), d.get("chain"), d.get("step"),
-                    d.get("fence"))
+                    d.get("fence"), tuple((d.get("fields") or {}).items()))
     if d["type"] == "sms":
-        return Sms(d["to"], d["text"], d.get("person_id"), d.get("ticket_id"))
+        return Sms(d["to"], d["text"], d.get("person_id"), d.get("ticket_id"), tuple((d.get("fields") or {}).items()))
     raise ValueError(f"unknown outbound message type {d['type']!r}")
 
 

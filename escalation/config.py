@@ -3,7 +3,8 @@
     [escalation]                      # settings, then one policy per priority
     [[escalation.P0.steps]]           # ordered steps: after D in state S -> targets by means
     [oncall.<team id>]                # shifts, rotation, overrides
-    [twilio]                          # voice calls and SMS
+    [phone]                           # provider order, per-person throttles
+    [aliyun] [tencent] [twilio]       # voice calls (and SMS) per provider
 
 The classes follow bot/config.py: unknown keys are errors, durations carry
 units. References between sections (people, teams) are checked by
@@ -267,6 +268,130 @@ class TwilioConfig(_Section):
     voice_url: Optional[str] = None
     language: str = "zh-CN"
     voice: Optional[str] = None  # e.g. "Polly.Zhiyu"; left out: Twilio's default
+    # Region codes (ISO 3166) of the numbers it calls; empty: every number.
+    countries: list[str] = Field(default_factory=list)
+    limits: list[str] = Field(default_factory=list)
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, v: list[str]) -> list[str]:
+        return [_limit(x) for x in v]
+
+
+# What RelayDesk fills into a provider's approved TTS / SMS templates.
+TEMPLATE_FIELDS = ("number", "category", "place", "priority", "minutes")
+_LIMIT_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _limit(value: str) -> str:
+    m = _LIMIT_RE.match(value)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise ValueError(f"{value!r}: a limit is <calls>/<window>, e.g. \"1/1m\", \"5/1h\", \"20/1d\"")
+    return value
+
+
+Limit = Annotated[str, AfterValidator(_limit)]
+
+
+def parse_limit(value: str) -> tuple[int, timedelta]:
+    """"5/1h" -> (5, 1 hour)."""
+    m = _LIMIT_RE.match(value)
+    assert m is not None, value
+    return int(m.group(1)), timedelta(seconds=int(m.group(2)) * _UNITS[m.group(3)])
+
+
+def _field(value: str) -> str:
+    if value not in TEMPLATE_FIELDS:
+        raise ValueError(f"{value!r}: a template variable is filled with one of {', '.join(TEMPLATE_FIELDS)}")
+    return value
+
+
+TemplateField = Annotated[str, AfterValidator(_field)]
+_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+
+
+def _named(params: dict[str, str]) -> dict[str, str]:
+    for name in params:
+        if not _VAR_RE.match(name):
+            raise ValueError(f"{name!r}: not a template variable name (letters, digits, _)")
+    return params
+
+
+NamedParams = Annotated[dict[str, TemplateField], AfterValidator(_named)]
+
+
+class AliyunConfig(_Section):
+    """Voice calls through Aliyun 语音服务 (dyvmsapi 2017-05-25), SMS through 短信服务 (dysmsapi)."""
+
+    access_key_id: str = Field(min_length=1)
+    access_key_secret: str = Field(min_length=1)  # RELAYDESK_ALIYUN__ACCESS_KEY_SECRET
+    # The number callees see (a 专属号码 bought in the console); left out: the public pool.
+    called_show_number: Optional[str] = None
+    endpoint: str = "dyvmsapi.aliyuncs.com"
+    sms_endpoint: str = "dysmsapi.aliyuncs.com"
+    protocol: Literal["https", "http"] = "https"
+    # IvrCall (keypad: 1 acknowledge, 2 escalate) where the account has it; else
+    # SingleCallByTts, a one-way call that cannot be acknowledged by key.
+    ivr: bool = True
+    # The approved TTS template read out (TTS_...), and what fills its variables:
+    # {template variable = "number" | "category" | "place" | "priority" | "minutes"}.
+    tts_code: str = Field(pattern=r"^TTS_\d+$")
+    tts_params: NamedParams = Field(default_factory=dict)
+    # IvrCall only: the templates played after key 1 and key 2 (no variables).
+    ack_code: Optional[str] = Field(default=None, pattern=r"^TTS_\d+$")
+    escalate_code: Optional[str] = Field(default=None, pattern=r"^TTS_\d+$")
+    play_times: int = Field(default=2, ge=1, le=3)
+    key_timeout: Duration = timedelta(seconds=8)
+    # SMS fallback: the approved signature and template (SMS_...), and its variables.
+    sms_sign_name: Optional[str] = None
+    sms_template_code: Optional[str] = Field(default=None, pattern=r"^SMS_\d+$")
+    sms_params: NamedParams = Field(default_factory=dict)
+    # Receipts pushed to /callbacks/aliyun/voice?token=<callback_token> (HTTP batch push).
+    callback_token: Optional[str] = Field(default=None, min_length=16)
+    countries: list[str] = Field(default_factory=lambda: ["CN"])
+    # Aliyun's own per-callee limits (flow control): calls beyond them are refused.
+    limits: list[Limit] = Field(default_factory=lambda: ["1/1m", "5/1h", "20/1d"])
+
+    @model_validator(mode="after")
+    def _ivr_codes(self):
+        if self.ivr and not (self.ack_code and self.escalate_code):
+            raise ValueError("ivr = true needs ack_code and escalate_code (the templates played after key 1 / 2)")
+        if (self.sms_sign_name is None) != (self.sms_template_code is None):
+            raise ValueError("sms_sign_name and sms_template_code: give both (SMS fallback) or neither")
+        return self
+
+
+class TencentConfig(_Section):
+    """Voice calls through Tencent Cloud 语音消息 (VMS, SendTtsVoice)."""
+
+    secret_id: str = Field(min_length=1)
+    secret_key: str = Field(min_length=1)  # RELAYDESK_TENCENT__SECRET_KEY
+    voice_sdk_appid: str = Field(pattern=r"^\d+$")
+    region: str = "ap-guangzhou"
+    endpoint: str = "vms.tencentcloudapi.com"
+    protocol: Literal["https", "http"] = "https"
+    # The approved voice template (its id), and what fills {1}, {2}, ... in order.
+    template_id: str = Field(pattern=r"^\d+$")
+    template_params: list[TemplateField] = Field(default_factory=list)
+    play_times: int = Field(default=2, ge=1, le=3)
+    # Keypress and status callbacks at /callbacks/tencent/voice?token=<callback_token>
+    # (Tencent does not sign them: this secret in the console's callback URL does).
+    callback_token: str = Field(min_length=16)
+    countries: list[str] = Field(default_factory=lambda: ["CN"])
+    limits: list[Limit] = Field(default_factory=list)
+
+
+PROVIDERS = ("aliyun", "tencent", "twilio")
+
+
+class PhoneConfig(_Section):
+    """What all phone providers share: which to try in which order, and the
+    per-person throttles."""
+
+    # Tried in this order for each number (among those whose `countries` reach
+    # it); left out: aliyun, tencent, twilio, as far as configured.
+    providers: list[Literal["aliyun", "tencent", "twilio"]] = Field(default_factory=list)
     # Prefixed to numbers written without "+" (people's phones in the directory).
     default_country_code: str = Field(default="+86", pattern=r"^\+\d{1,4}$")
     ring_timeout: Duration = timedelta(seconds=30)
@@ -277,6 +402,19 @@ class TwilioConfig(_Section):
     sms_window: Duration = timedelta(minutes=15)
     # An SMS instead when a call is throttled or cannot be placed.
     sms_fallback: bool = True
+
+    @field_validator("providers")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("names a provider twice")
+        return v
+
+
+def phone_providers(config: "Config") -> list[tuple[str, object]]:
+    """(name, section) of the configured providers, in [phone] providers order."""
+    order = config.phone.providers or list(PROVIDERS)
+    return [(name, getattr(config, name)) for name in order if getattr(config, name) is not None]
 
 
 # ---- references between sections -------------------------------------------
@@ -305,6 +443,9 @@ def check_references(config: "Config") -> None:
                 raise ValueError(f"{key}.after: {_fmt(step.after)} is earlier than steps[{prev}] "
                                  f"({_fmt(prev_after)}) of the same chain; order the steps by time")
             last[chain] = (i, step.after)
+    for i, name in enumerate(config.phone.providers):
+        if getattr(config, name) is None:
+            raise ValueError(f"phone.providers[{i}]: {name!r} has no [{name}] section")
     for team_id, oc in config.oncall.items():
         key = f"oncall.{team_id}"
         if team_id not in teams:

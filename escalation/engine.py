@@ -35,6 +35,7 @@ from bot.outbox import enqueue
 from bot.texts import t
 from cards import build
 from escalation import timers as tm
+from escalation.config import phone_providers
 from escalation.lookup import Lookup
 from escalation.oncall import OnCall
 from storage.db import Database
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 SYSTEM_CHANNEL = "system"
 EVENT_ACTION = "escalation"  # TicketEvent.action of a fired step
-PHONE_CHANNEL = "twilio"
+PHONE_CHANNEL = "phone"  # escalation.phone.PhoneChannel
 
 
 class EscalationMetrics:
@@ -103,7 +104,7 @@ class EscalationEngine:
 
     @property
     def phones(self) -> bool:
-        return self.config.twilio is not None
+        return bool(phone_providers(self.config))
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -121,12 +122,17 @@ class EscalationEngine:
             self.scheduler = None
 
     def routes(self) -> list:
-        """The voice webhook, when [twilio] is configured."""
-        if self.config.twilio is None:
-            return []
-        from escalation.voice import VoiceWebhook
+        """The call receipt webhooks of the configured phone providers."""
+        routes: list = []
+        if self.config.twilio is not None:
+            from escalation.voice import VoiceWebhook
 
-        return VoiceWebhook(self).routes()
+            routes += VoiceWebhook(self).routes()
+        if self.config.aliyun is not None or self.config.tencent is not None:
+            from escalation.receipts import Receipts
+
+            routes += Receipts(self).routes()
+        return routes
 
     # ---- the TicketBot hooks ---------------------------------------------
 
@@ -396,8 +402,9 @@ class EscalationEngine:
                 notes.append(t("escalation.engine.phone_off", names=names_sep.join(p.name for p in targets)))
                 if not self._phone_warned:
                     self._phone_warned = True
-                    log.warning("an escalation step asks for %s but [twilio] is not configured: "
-                                "sending cards instead (configure [twilio] to place calls)", "/".join(phone_means))
+                    log.warning("an escalation step asks for %s but no phone provider is configured: "
+                                "sending cards instead (configure [aliyun], [tencent] or [twilio] to place calls)",
+                                "/".join(phone_means))
             elif phone_people:
                 key = "escalation.engine.called" if "call" in means else "escalation.engine.texted"
                 notes.append(t(key, names=names_sep.join(p.name for p in phone_people)))
@@ -426,12 +433,22 @@ class EscalationEngine:
                 enqueue(s, group, Text(text, mentions), ticket.id)
         if self.phones and phone_people:
             spoken = self.voice_text(ticket, reason)
+            fields = self.voice_fields(ticket)
             for p in phone_people:
                 to = Address(PHONE_CHANNEL, "user", p.id)
                 if "call" in means:
-                    enqueue(s, to, Call(p.phone, spoken, p.id, ticket.id, timer.chain, pos, timer.fence), ticket.id)
+                    enqueue(s, to, Call(p.phone, spoken, p.id, ticket.id, timer.chain, pos, timer.fence, fields),
+                            ticket.id)
                 if "sms" in means:
-                    enqueue(s, to, Sms(p.phone, t("voice.sms", text=spoken), p.id, ticket.id), ticket.id)
+                    enqueue(s, to, Sms(p.phone, t("voice.sms", text=spoken), p.id, ticket.id, fields), ticket.id)
+
+    def voice_fields(self, ticket: Ticket) -> tuple[tuple[str, str], ...]:
+        """What fills a provider's approved TTS / SMS template (escalation.config.TEMPLATE_FIELDS)."""
+        parts = ticket.number.split("-")
+        minutes = max(0, int((self.clock() - ticket.created_at).total_seconds() // 60))
+        return (("number", parts[2] if len(parts) >= 3 else ticket.number), ("category", ticket.category_name),
+                ("place", ticket.location or t("voice.location_unknown")),
+                ("priority", t(f"priority.{ticket.priority}")), ("minutes", str(minutes)))
 
     def voice_text(self, ticket: Ticket, reason: str) -> str:
         parts = ticket.number.split("-")

@@ -1,185 +1,120 @@
-"""Phones: the PhoneProvider interface, Twilio behind it, and the "twilio"
-channel the outbox delivers calls and SMS through.
+"""The "phone" channel: the outbox delivers escalation calls and SMS through
+it, and it picks the provider for each number.
 
 Calls and SMS are outbox rows like every other message, so a page written by
 the sweep survives a crash and is retried. Each delivery first records a
 phone_call row (keyed by the outbox row, so a retried delivery does not ring
-twice once Twilio accepted the call) and enforces the per-person throttles:
-at most `max_calls` calls in `call_window` (GoAlert's 3 in 15 minutes), an SMS
-instead beyond that or when a call cannot be placed, at most `max_sms` SMS.
+twice once a provider accepted the call) and enforces, in this order:
+
+1. the per-person throttle: at most `max_calls` calls in `call_window`
+   (GoAlert's 3 in 15 minutes), at most `max_sms` SMS in `sms_window`;
+2. the providers that reach the number, in [phone] providers order — a
+   provider's `countries` (+86 -> the domestic ones, others -> Twilio);
+3. each provider's own per-callee limits (Aliyun: 1 a minute, 5 an hour, 20 a
+   day per number), counted from our own rows *before* the call, so a call is
+   never sent to be refused; a provider at its limit, or refusing the call,
+   passes it to the next one;
+4. none left: an SMS instead (`sms_fallback`), through the first provider
+   that reaches the number and sends SMS.
+
+Nothing is dropped silently: every limit hit, refusal and fallback is kept on
+the phone_call row (`error`) and in the ticket's audit trail (a "phone" event
+with the reason). An outage (a retryable error) is retried by the outbox.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
-from abc import ABC, abstractmethod
 from datetime import timedelta
 
-import aiohttp
 from sqlalchemy import case, func, update
 from sqlmodel import select
 
 from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id
 from bot.events import Address, Call, Outbound, Sms
 from bot.texts import t
-from escalation.config import TwilioConfig
+from escalation.config import PhoneConfig, parse_limit, phone_providers
+from escalation.phones import CallRequest, PhoneError, PhoneProvider, e164, region_of
 from storage.db import Database
-from storage.models import Person, PhoneCall
+from storage.models import Person, PhoneCall, TicketEvent
 from storage.types import utcnow
 
 log = logging.getLogger(__name__)
 
-VOICE_PATH = "/callbacks/twilio/voice"
-# Calls that did not ring do not count against the throttle.
+CHANNEL = "phone"
+AUDIT_ACTION = "phone"  # TicketEvent.action of a call or SMS that could not go as asked
+# Calls that did not ring do not count against the throttles.
 _NOT_COUNTED = ("throttled", "failed")
 
 
-class PhoneError(Exception):
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None):
-        super().__init__(message)
-        self.retryable = retryable
-        self.retry_after = retry_after
+class Route:
+    """A provider with the countries it reaches and its per-callee limits."""
+
+    def __init__(self, provider: PhoneProvider, countries: list[str], limits: list[str]):
+        self.provider = provider
+        self.countries = {c.upper() for c in countries}
+        self.limits = [parse_limit(x) for x in limits]
+
+    @property
+    def name(self) -> str:
+        return self.provider.name
+
+    def reaches(self, number: str) -> bool:
+        return not self.countries or region_of(number) in self.countries
 
 
-class PhoneProvider(ABC):
-    """Places calls and sends SMS; returns the provider's id of each."""
+def build_routes(config) -> list[Route]:
+    """The configured providers (bot.config.Config), in [phone] providers order."""
+    routes = []
+    for name, section in phone_providers(config):
+        if name == "aliyun":
+            from escalation.phones.aliyun import AliyunProvider
 
-    async def start(self) -> None:
-        """Open clients (inside the running loop)."""
+            provider: PhoneProvider = AliyunProvider(section)
+        elif name == "tencent":
+            from escalation.phones.tencent import TencentProvider
 
-    async def close(self) -> None:
-        """Close clients."""
+            provider = TencentProvider(section)
+        else:
+            from escalation.phones.twilio import TwilioProvider
 
-    @abstractmethod
-    async def call(self, to: str, twiml: str, status_callback: str, ring_timeout: int) -> str:
-        """Place a call that runs `twiml`; the provider reports its end to `status_callback`."""
-
-    @abstractmethod
-    async def sms(self, to: str, body: str) -> str:
-        """Send a text message."""
-
-
-class TwilioProvider(PhoneProvider):
-    """twilio's own client on its async (aiohttp) HTTP client, API host configurable."""
-
-    def __init__(self, config: TwilioConfig):
-        self.config = config
-        self._http = None
-        self._client = None
-
-    async def start(self) -> None:
-        from twilio.http.async_http_client import AsyncTwilioHttpClient
-        from twilio.rest import Client
-
-        # Must be created inside the running loop (it opens an aiohttp session).
-        self._http = AsyncTwilioHttpClient(timeout=15)
-        # environment={}: TWILIO_EDGE / TWILIO_REGION would rewrite api_base.
-        self._client = Client(self.config.account_sid, self.config.auth_token, http_client=self._http,
-                              environment={})
-        self._client.api.base_url = self.config.api_base.rstrip("/")
-
-    async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
-
-    def _require(self):
-        if self._client is None:
-            raise PhoneError("twilio client not started", retryable=True)
-        return self._client
-
-    async def call(self, to: str, twiml: str, status_callback: str, ring_timeout: int) -> str:
-        client = self._require()
-        try:
-            call = await client.calls.create_async(
-                to=to, from_=self.config.from_number, twiml=twiml, timeout=ring_timeout,
-                status_callback=status_callback, status_callback_method="POST",
-                status_callback_event=["completed"])
-        except Exception as e:
-            raise _phone_error(e) from e
-        return call.sid
-
-    async def sms(self, to: str, body: str) -> str:
-        client = self._require()
-        try:
-            msg = await client.messages.create_async(to=to, from_=self.config.from_number, body=body)
-        except Exception as e:
-            raise _phone_error(e) from e
-        return msg.sid
+            provider = TwilioProvider(section, config.server.public_url)
+        routes.append(Route(provider, section.countries, section.limits))
+    return routes
 
 
-def _phone_error(e: Exception) -> PhoneError:
-    from twilio.base.exceptions import TwilioRestException
-
-    if isinstance(e, TwilioRestException):
-        retryable = e.status == 429 or e.status >= 500
-        return PhoneError(f"twilio HTTP {e.status} (code {e.code}): {e.msg}", retryable=retryable,
-                          retry_after=30 if e.status == 429 else None)
-    if isinstance(e, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
-        return PhoneError(f"twilio unreachable: {type(e).__name__}: {e}", retryable=True)
-    return PhoneError(f"{type(e).__name__}: {e}", retryable=True)
-
-
-def normalize_number(number: str, country_code: str) -> str:
-    """E.164: "138 0000 0004" -> "+8613800000004"; "+1 415..." stays."""
-    n = re.sub(r"[\s\-()]", "", number)
-    if n.startswith("+"):
-        return n
-    if n.startswith("00"):
-        return "+" + n[2:]
-    return country_code + n.lstrip("0")
-
-
-def voice_twiml(config: TwilioConfig, text: str, action_url: str) -> str:
-    """The message inside <Gather numDigits="1"> (said twice), then goodbye."""
-    from twilio.twiml.voice_response import VoiceResponse
-
-    say = {"language": config.language}
-    if config.voice:
-        say["voice"] = config.voice
-    r = VoiceResponse()
-    for _ in range(2):
-        g = r.gather(num_digits=1, action=action_url, method="POST", timeout=8)
-        g.say(text + t("voice.prompt"), **say)
-    r.say(t("voice.goodbye"), **say)
-    r.hangup()
-    return str(r)
-
-
-class TwilioChannel(Channel):
+class PhoneChannel(Channel):
     """Delivers Call and Sms messages; people's addresses are their person ids."""
 
-    name = "twilio"
+    name = CHANNEL
 
-    def __init__(self, config: TwilioConfig, sink: EventSink, db: Database, public_url: str,
-                 provider: PhoneProvider | None = None):
+    def __init__(self, config: PhoneConfig, sink: EventSink, db: Database, routes: list[Route]):
         super().__init__(sink)
         self.config = config
         self.db = db
-        self.base_url = (config.voice_url or public_url).rstrip("/")
-        self.provider = provider or TwilioProvider(config)
+        self.lines = routes
+
+    def provider(self, name: str) -> PhoneProvider | None:
+        return next((r.provider for r in self.lines if r.name == name), None)
 
     async def start(self) -> None:
-        await self.provider.start()
+        for r in self.lines:
+            await r.provider.start()
 
     async def close(self) -> None:
-        await self.provider.close()
-
-    def voice_url(self, call_id: int, event: str) -> str:
-        return f"{self.base_url}{VOICE_PATH}?call={call_id}&event={event}"
+        for r in self.lines:
+            await r.provider.close()
 
     async def send(self, to: Address, message: Outbound, ref: dict | None) -> dict | None:
         if isinstance(message, Call):
             await self._call(message)
         elif isinstance(message, Sms):
-            await self._sms(message)
+            await self._sms(message, dict(message.fields))
         else:
-            raise DeliveryError(f"the twilio channel places calls and sends SMS, not {type(message).__name__}",
+            raise DeliveryError(f"the phone channel places calls and sends SMS, not {type(message).__name__}",
                                 retryable=False)
         return None
 
-    # ---- calls -----------------------------------------------------------
+    # ---- bookkeeping ----------------------------------------------------------
 
     async def _record(self, kind: str, message: Call | Sms, limit: int, window: timedelta) -> PhoneCall:
         """This delivery's phone_call row: the existing one on a retry, else a new
@@ -192,7 +127,7 @@ class TwilioChannel(Channel):
                                                             PhoneCall.kind == kind))).first()
                 if row is not None:
                     return row
-            status = "placing"
+            status, error = "placing", None
             if message.person_id:
                 # One throttle decision at a time per person, across processes.
                 await s.exec(select(Person).where(Person.id == message.person_id).with_for_update())
@@ -201,9 +136,10 @@ class TwilioChannel(Channel):
                     PhoneCall.status.not_in(_NOT_COUNTED), PhoneCall.created_at > now - window))).one()
                 if recent >= limit:
                     status = "throttled"
+                    error = f"{recent} {kind}s to this person in {_fmt(window)} (max {limit})"
             row = PhoneCall(kind=kind, person_id=message.person_id or "", ticket_id=message.ticket_id,
-                            to_number=normalize_number(message.to, self.config.default_country_code),
-                            outbox_id=outbox_id, status=status, created_at=now, updated_at=now,
+                            to_number=e164(message.to, self.config.default_country_code),
+                            outbox_id=outbox_id, status=status, error=error, created_at=now, updated_at=now,
                             chain=getattr(message, "chain", None), step=getattr(message, "step", None),
                             fence=getattr(message, "fence", None))
             s.add(row)
@@ -214,50 +150,112 @@ class TwilioChannel(Channel):
         async with self.db.session() as s:
             await s.exec(update(PhoneCall).where(PhoneCall.id == row_id).values(updated_at=utcnow(), **values))
 
+    async def _limited(self, route: Route, row: PhoneCall) -> str | None:
+        """Why `route` must not call row's number now (its per-callee limits), or None.
+        Counts this provider's calls to the number that rang or may ring."""
+        if not route.limits:
+            return None
+        now = utcnow()
+        async with self.db.session() as s:
+            for limit, window in route.limits:
+                n = (await s.exec(select(func.count()).select_from(PhoneCall).where(
+                    PhoneCall.kind == "call", PhoneCall.provider == route.name,
+                    PhoneCall.to_number == row.to_number, PhoneCall.id != row.id,
+                    PhoneCall.status.not_in(_NOT_COUNTED), PhoneCall.created_at > now - window))).one()
+                if n >= limit:
+                    return f"{route.name}: per-callee limit {limit}/{_fmt(window)} reached"
+        return None
+
+    async def _audit(self, row: PhoneCall, status: str, reasons: list[str], via: str | None = None) -> None:
+        """A "phone" event in the ticket's audit trail: what went out instead, and why."""
+        if row.ticket_id is None:
+            return
+        async with self.db.session() as s:
+            s.add(TicketEvent(ticket_id=row.ticket_id, action=AUDIT_ACTION, actor_id=None,
+                              actor_name=t("escalation.engine.actor"), channel=CHANNEL, at=utcnow(),
+                              detail={"kind": row.kind, "person": row.person_id, "status": status,
+                                      "via": via, "reasons": reasons}))
+
+    # ---- calls -----------------------------------------------------------------
+
     async def _call(self, message: Call) -> None:
         row = await self._record("call", message, self.config.max_calls, self.config.call_window)
         if row.sid:
             return  # placed by an earlier delivery of this outbox row
-        if row.status in ("throttled", "failed"):
-            if row.status == "throttled":
-                log.warning("call to %s for ticket %s throttled (%d calls in %s)%s", row.person_id, row.ticket_id,
-                            self.config.max_calls, self.config.call_window,
-                            ": sending an SMS instead" if self.config.sms_fallback else "")
-            if self.config.sms_fallback:
-                await self._sms(Sms(message.to, t("voice.sms", text=message.text), message.person_id,
-                                    message.ticket_id))
-            return
-        twiml = voice_twiml(self.config, message.text, self.voice_url(row.id, "gather"))
-        try:
-            sid = await self.provider.call(row.to_number, twiml, self.voice_url(row.id, "status"),
-                                           int(self.config.ring_timeout.total_seconds()))
-        except PhoneError as e:
-            if e.retryable:
-                await self._update(row.id, error=str(e)[:500])
-                raise DeliveryError(str(e), retryable=True, retry_after=e.retry_after) from e
-            await self._update(row.id, status="failed", error=str(e)[:500])
-            log.error("call to %s (%s) for ticket %s failed: %s", row.person_id, row.to_number, row.ticket_id, e)
-            if self.config.sms_fallback:
-                await self._sms(Sms(message.to, t("voice.sms", text=message.text), message.person_id,
-                                    message.ticket_id))
+        fields = dict(message.fields)
+        reasons: list[str] = [row.error] if row.status == "throttled" and row.error else []
+        if row.status not in ("throttled", "failed"):
+            routes = [r for r in self.lines if r.reaches(row.to_number)]
+            if not routes:
+                reasons.append(f"no provider reaches {row.to_number} ({region_of(row.to_number) or 'unknown'})")
+            for route in routes:
+                why = await self._limited(route, row)
+                if why:
+                    reasons.append(why)
+                    continue
+                await self._update(row.id, provider=route.name)
+                request = CallRequest(row.id, row.to_number, message.text, fields,
+                                      int(self.config.ring_timeout.total_seconds()))
+                try:
+                    sid = await route.provider.call(request)
+                except PhoneError as e:
+                    if e.retryable:
+                        await self._update(row.id, error=str(e)[:500])
+                        raise DeliveryError(str(e), retryable=True, retry_after=e.retry_after) from e
+                    reasons.append(str(e))
+                    continue
+                # The call's own callbacks may have written its status already: keep theirs.
+                await self._update(row.id, sid=sid, error="; ".join(reasons)[:500] or None,
+                                   status=case((PhoneCall.status == "placing", "sent"), else_=PhoneCall.status))
+                if reasons:
+                    await self._audit(row, "sent", reasons, via=route.name)
+                log.info("called %s (%s) for ticket %s via %s: %s", row.person_id, row.to_number, row.ticket_id,
+                         route.name, sid)
                 return
-            raise DeliveryError(str(e), retryable=False) from e
-        # The call's own callbacks may have written its status already: keep theirs.
-        await self._update(row.id, sid=sid, error=None,
-                           status=case((PhoneCall.status == "placing", "sent"), else_=PhoneCall.status))
-        log.info("called %s (%s) for ticket %s: %s", row.person_id, row.to_number, row.ticket_id, sid)
+            await self._update(row.id, status="failed" if row.status != "throttled" else "throttled",
+                               error="; ".join(reasons)[:500])
+        log.warning("call to %s (%s) for ticket %s not placed: %s%s", row.person_id, row.to_number,
+                    row.ticket_id, "; ".join(reasons), ": sending an SMS instead" if self.config.sms_fallback else "")
+        if not self.config.sms_fallback:
+            await self._audit(row, "not_placed", reasons)
+            raise DeliveryError("; ".join(reasons), retryable=False)
+        await self._audit(row, "sms_instead", reasons)
+        await self._sms(Sms(message.to, t("voice.sms", text=message.text), message.person_id, message.ticket_id,
+                            message.fields), fields)
 
-    async def _sms(self, message: Sms) -> None:
+    async def _sms(self, message: Sms, fields: dict[str, str]) -> None:
         row = await self._record("sms", message, self.config.max_sms, self.config.sms_window)
         if row.sid:
             return
         if row.status == "throttled":
             log.warning("SMS to %s for ticket %s throttled (%d in %s): not sent", row.person_id, row.ticket_id,
                         self.config.max_sms, self.config.sms_window)
+            await self._audit(row, "throttled", [row.error or "throttled"])
             return
-        try:
-            sid = await self.provider.sms(row.to_number, message.text)
-        except PhoneError as e:
-            await self._update(row.id, status="placing" if e.retryable else "failed", error=str(e)[:500])
-            raise DeliveryError(str(e), retryable=e.retryable, retry_after=e.retry_after) from e
-        await self._update(row.id, status="sent", sid=sid, error=None)
+        routes = [r for r in self.lines if r.provider.can_sms and r.reaches(row.to_number)]
+        reasons: list[str] = []
+        for route in routes:
+            await self._update(row.id, provider=route.name)
+            try:
+                sid = await route.provider.sms(row.to_number, message.text, fields)
+            except PhoneError as e:
+                if e.retryable:
+                    await self._update(row.id, error=str(e)[:500])
+                    raise DeliveryError(str(e), retryable=True, retry_after=e.retry_after) from e
+                reasons.append(str(e))
+                continue
+            await self._update(row.id, status="sent", sid=sid, error="; ".join(reasons)[:500] or None)
+            return
+        if not routes:
+            reasons.append(f"no provider sends SMS to {row.to_number}")
+        await self._update(row.id, status="failed", error="; ".join(reasons)[:500])
+        await self._audit(row, "failed", reasons)
+        raise DeliveryError("; ".join(reasons), retryable=False)
+
+
+def _fmt(d: timedelta) -> str:
+    s = int(d.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s % size == 0 and s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"

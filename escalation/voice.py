@@ -6,13 +6,9 @@ the call ended.
 
 Every request must carry a valid X-Twilio-Signature for the public URL
 ([twilio] voice_url or [server] public_url, plus the path and query as sent);
-a forged one gets 403 and changes nothing. Keypad 1 acknowledges: an engineer
-paged for an unclaimed ticket claims it, anybody else acknowledges; either
-stops the chain and is logged "via phone". Keypad 2 escalates to the next
-step now. A call that ends unanswered, busy, failed or without a key pressed
-moves the chain to its next step at once. Both are fenced: a chain that moved
-since the call was placed (claimed meanwhile, escalated by somebody else) is
-left alone. Twilio's retries are de-duplicated per call and event.
+a forged one gets 403 and changes nothing. What keys 1 and 2 and an
+unanswered call do is escalation/answers.py. Twilio's retries are
+de-duplicated per call and event.
 """
 from __future__ import annotations
 
@@ -24,13 +20,10 @@ from aiohttp import web
 from twilio.request_validator import SIGNATURE_SETTINGS_HEADER, RequestValidator, get_signature_algorithm
 from twilio.twiml.voice_response import VoiceResponse
 
-from bot.core import states as st
-from bot.core.service import Actor, Change, Refused
 from bot.texts import t
-from escalation import timers as tm
-from escalation.phone import VOICE_PATH, voice_twiml
-from storage.models import Person, PhoneCall, ProcessedEvent, TicketEvent
-from storage.queries import insert_ignore
+from escalation import answers
+from escalation.phones.twilio import VOICE_PATH, voice_twiml
+from storage.models import PhoneCall
 
 if TYPE_CHECKING:  # pragma: no cover
     from escalation.engine import EscalationEngine
@@ -87,66 +80,16 @@ class VoiceWebhook:
     async def _gather(self, call_id: int, params: dict[str, str], url: str) -> web.Response:
         digits = params.get("Digits", "").strip()
         sid = params.get("CallSid", "")
-        if digits not in ("1", "2"):  # another key: say so and ask again; nothing changes
+        if digits not in answers.KEYS:  # another key: say so and ask again; nothing changes
             return web.Response(text=voice_twiml(self.twilio, t("voice.invalid"), url), content_type="text/xml")
         engine = self.engine
         async with engine.db.session() as s:
             call = await s.get(PhoneCall, call_id)
             if call is None or call.kind != "call" or call.ticket_id is None or (call.sid and sid and call.sid != sid):
                 return self._twiml("stale")
-            if not await insert_ignore(s, ProcessedEvent, platform=PLATFORM, event_id=f"{sid or call_id}:gather"):
-                return self._twiml(_said(call.status))  # Twilio retried: answer as before
-            ticket = await engine.service.get(s, call.ticket_id)
-            person = await s.get(Person, call.person_id)
-            if ticket is None or person is None or ticket.state not in st.OPEN:
-                result = "stale"
-            else:
-                actor = Actor(person, PLATFORM, "phone")
-                result = (await self._acknowledge(s, actor, ticket) if digits == "1"
-                          else await self._escalate(s, actor, ticket, call))
-            call.digits = digits
-            call.status = result
-            s.add(call)
+            result = await answers.pressed(engine, s, call, digits, PLATFORM, f"{sid or call_id}:gather")
         engine.on_commit()
-        return self._twiml(_said(result))
-
-    async def _acknowledge(self, s, actor: Actor, ticket) -> str:
-        engine = self.engine
-        result = "acknowledged"
-        try:
-            if ticket.state in st.UNCLAIMED and actor.person.role == "engineer":
-                change = await engine.service.claim(s, actor, ticket)
-                result = "claimed"
-            else:
-                change = await engine.service.acknowledge(s, actor, ticket)
-        except Refused as r:
-            # Paged, but the ticket's rules don't let this person claim or
-            # acknowledge it: the page itself is acknowledged and logged.
-            log.info("ticket %s: %s acknowledged by phone without the right to (%s)", ticket.number,
-                     actor.person.id, r.key)
-            detail = {"via": "phone", "page_only": True}
-            s.add(TicketEvent(ticket_id=ticket.id, action="ack", actor_id=actor.person.id,
-                              actor_name=actor.person.name, channel=actor.channel, at=engine.clock(),
-                              from_state=ticket.state, to_state=ticket.state, detail=detail))
-            change = Change(ticket, "ack", actor, ticket.state, ticket.state, True, detail)
-        await engine.notifier.after(s, change)
-        await engine.after(s, change)
-        return result
-
-    async def _escalate(self, s, actor: Actor, ticket, call: PhoneCall) -> str:
-        engine = self.engine
-        timer = (await tm.load(s, ticket.id)).get(call.chain or "")
-        if (timer is None or timer.status != tm.ACTIVE or timer.current is None
-                or (call.fence is not None and timer.fence != call.fence)):
-            return "stale"
-        try:
-            change = await engine.service.escalate(s, actor, ticket)
-        except Refused:
-            return "stale"
-        change.detail.update(chain=call.chain, fence=call.fence)
-        await engine.notifier.after(s, change)
-        await engine.after(s, change)
-        return "escalated" if change.detail.get("jumped") else "stale"
+        return self._twiml(answers.said(result))
 
     # ---- how the call ended -------------------------------------------------
 
@@ -158,25 +101,8 @@ class VoiceWebhook:
             call = await s.get(PhoneCall, call_id)
             if call is None or call.kind != "call" or (call.sid and sid and call.sid != sid):
                 return web.Response(text="<Response/>", content_type="text/xml")
-            if not await insert_ignore(s, ProcessedEvent, platform=PLATFORM, event_id=f"{sid or call_id}:status"):
-                return web.Response(text="<Response/>", content_type="text/xml")
-            pressed = call.digits in ("1", "2")
-            if not pressed:
-                call.status = status or call.status
-                s.add(call)
-            if not pressed and call.ticket_id is not None and (
-                    status in UNANSWERED or status == "completed"):
-                ticket = await engine.service.get(s, call.ticket_id)
-                person = await s.get(Person, call.person_id)
-                if ticket is not None and ticket.state in st.OPEN:
-                    name = person.name if person else call.person_id
-                    jumped = await engine.phone_jump(s, ticket, call.chain, call.fence,
-                                                     t("escalation.engine.no_answer", name=name))
-                    log.info("ticket %s: call to %s ended %s without a key; next step %s", ticket.number,
-                             call.person_id, status, "fired" if jumped else "not needed (chain moved)")
+            if status in UNANSWERED or status == "completed":
+                await answers.ended(engine, s, call, status, answered=status == "completed", platform=PLATFORM,
+                                    event_id=f"{sid or call_id}:status")
         engine.on_commit()
         return web.Response(text="<Response/>", content_type="text/xml")
-
-
-def _said(result: str) -> str:
-    return {"acknowledged": "acknowledged", "claimed": "claimed", "escalated": "escalated"}.get(result, "stale")

@@ -319,6 +319,7 @@ class PhoneCall(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("outbox_id", "kind", name="uq_phone_call_outbox"),
         Index("ix_phone_call_person", "person_id", "kind", "created_at"),
+        Index("ix_phone_call_number", "to_number", "provider", "created_at"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     kind: str  # call | sms
@@ -329,7 +330,8 @@ class PhoneCall(SQLModel, table=True):
     step: Optional[int] = None  # the chain position that placed the call
     fence: Optional[int] = None  # the chain's fence after that step: a later change makes the call stale
     outbox_id: Optional[int] = None
-    # placing | sent | throttled | failed, then Twilio's final call status
+    provider: Optional[str] = None  # aliyun | tencent | twilio: who placed it (per-callee limits count these)
+    # placing | sent | throttled | failed, then the provider's final call status
     # (completed, no-answer, busy, ...) or what the keypad did (acknowledged, escalated).
     status: str = "placing"
     sid: Optional[str] = Field(default=None, index=True)

@@ -167,6 +167,44 @@ def test_twilio_section(tmp_path):
     c = load(tmp_path, '[twilio]\naccount_sid = "AC1"\nauth_token = "x"\nfrom_number = "+14155550100"\n',
              env={"RELAYDESK_TWILIO__AUTH_TOKEN": "from-env"})
     assert c.twilio.auth_token == "from-env" and c.twilio.api_base == "https://api.twilio.com"
-    assert (c.twilio.max_calls, c.twilio.call_window) == (3, timedelta(minutes=15))
+    assert (c.phone.max_calls, c.phone.call_window) == (3, timedelta(minutes=15))
     assert "twilio.from_number" in error(tmp_path, '[twilio]\naccount_sid = "AC1"\nauth_token = "x"\n'
                                                    'from_number = "0415555"\n')
+
+
+ALIYUN = """[aliyun]
+access_key_id = "LTAI5t"
+access_key_secret = "secret"
+tts_code = "TTS_100"
+ack_code = "TTS_101"
+escalate_code = "TTS_102"
+tts_params = { ticket = "number", kind = "category", where = "place", level = "priority", waited = "minutes" }
+"""
+
+
+def test_aliyun_and_tencent_sections(tmp_path):
+    c = load(tmp_path, ALIYUN + '[tencent]\nsecret_id = "AKID"\nsecret_key = "k"\nvoice_sdk_appid = "1400000000"\n'
+             'template_id = "123456"\ntemplate_params = ["number", "place", "minutes"]\n'
+             'callback_token = "0123456789abcdef"\n[phone]\nproviders = ["tencent", "aliyun"]\n')
+    assert c.aliyun.limits == ["1/1m", "5/1h", "20/1d"] and c.aliyun.countries == ["CN"]
+    assert c.aliyun.tts_params["waited"] == "minutes"
+    assert c.tencent.template_params == ["number", "place", "minutes"]
+    from escalation.config import phone_providers
+
+    assert [name for name, _ in phone_providers(c)] == ["tencent", "aliyun"]
+
+
+@pytest.mark.parametrize("toml, needle", [
+    (ALIYUN.replace('waited = "minutes"', 'waited = "hours"'), "aliyun.tts_params.waited"),
+    (ALIYUN.replace('tts_code = "TTS_100"', 'tts_code = "100"'), "aliyun.tts_code"),
+    (ALIYUN.replace('ack_code = "TTS_101"\n', ""), "ack_code"),
+    (ALIYUN + 'limits = ["1 per minute"]\n', "aliyun.limits"),
+    (ALIYUN + 'sms_sign_name = "RelayDesk"\n', "sms_template_code"),
+    ('[tencent]\nsecret_id = "AKID"\nsecret_key = "k"\nvoice_sdk_appid = "1400000000"\ntemplate_id = "1"\n'
+     'template_params = ["ticket"]\ncallback_token = "0123456789abcdef"\n', "tencent.template_params"),
+    ('[tencent]\nsecret_id = "AKID"\nsecret_key = "k"\nvoice_sdk_appid = "1400000000"\ntemplate_id = "1"\n',
+     "tencent.callback_token"),
+    ('[phone]\nproviders = ["aliyun"]\n', "phone.providers[0]"),
+])
+def test_bad_phone_templates_name_the_key(tmp_path, toml, needle):
+    assert needle in error(tmp_path, toml)

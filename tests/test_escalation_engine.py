@@ -217,8 +217,8 @@ async def test_voice_step_without_twilio_is_a_card_that_says_so(esc, caplog):
     assert [e.detail["chain"] for e in await esc.fired(tk.id)] == ["unclaimed", "no_progress"]
     cards = await esc.esc_cards_to("director_sun")
     assert len(cards) == 1 and "未配置电话服务" in cards[0]["subtitle"]
-    assert not [r for r in await esc.outbox() if r.channel == "twilio"]
-    assert "[twilio] is not configured" in caplog.text
+    assert not [r for r in await esc.outbox() if r.channel == "phone"]
+    assert "no phone provider is configured" in caplog.text
 
 
 async def test_claim_stops_the_unclaimed_chain_and_restarts_no_progress(esc):

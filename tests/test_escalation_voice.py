@@ -303,7 +303,7 @@ async def test_a_twilio_outage_is_retried_by_the_outbox(phone):
     phone.fake.fail_calls.append((503, {"code": 20500, "message": "Service unavailable", "status": 503}))
     await phone.page()
     async with phone.rt.db.session() as s:
-        row = (await s.exec(select(OutboxMessage).where(OutboxMessage.channel == "twilio"))).one()
+        row = (await s.exec(select(OutboxMessage).where(OutboxMessage.channel == "phone"))).one()
     assert (row.status, row.attempts) == ("pending", 1) and "503" in row.last_error
     assert not phone.fake.sms()
     async with phone.rt.db.session() as s:

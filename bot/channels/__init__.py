@@ -25,8 +25,9 @@ def build_channels(config: Config, sink: EventSink, db: Database) -> list[Channe
         from bot.channels.playground import PlaygroundChannel
 
         channels.append(PlaygroundChannel(sink, db, config.people, teams=config.teams))
-    if config.twilio is not None:
-        from escalation.phone import TwilioChannel
+    from escalation.phone import PhoneChannel, build_routes
 
-        channels.append(TwilioChannel(config.twilio, sink, db, config.server.public_url))
+    routes = build_routes(config)
+    if routes:
+        channels.append(PhoneChannel(config.phone, sink, db, routes))
     return channels
