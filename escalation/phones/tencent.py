@@ -59,6 +59,8 @@ class TencentProvider(PhoneProvider):
             response = await asyncio.to_thread(self._client.SendTtsVoice, req)
         except Exception as e:
             raise _phone_error(e) from e
+        if response.SendStatus is None or not response.SendStatus.CallId:
+            raise PhoneError("tencent SendTtsVoice: no CallId in the answer", retryable=False)
         return response.SendStatus.CallId
 
     async def sms(self, to: str, text: str, fields: dict[str, str]) -> str:
