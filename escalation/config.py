@@ -379,7 +379,9 @@ class TencentConfig(_Section):
     # (Tencent does not sign them: this secret in the console's callback URL does).
     callback_token: str = Field(min_length=16)
     countries: list[str] = Field(default_factory=lambda: ["CN"])
-    limits: list[Limit] = Field(default_factory=list)
+    # Tencent's default per-callee limits for voice notifications (raised on request
+    # in the console; its 1 call between 22:00 and 08:00 is not modelled here).
+    limits: list[Limit] = Field(default_factory=lambda: ["1/30s", "2/10m", "5/1d"])
 
 
 PROVIDERS = ("aliyun", "tencent", "twilio")
