@@ -442,8 +442,8 @@ def check_references(config: "Config") -> None:
             chain = (step.state, step.since)
             if chain in last and step.after < last[chain][1]:
                 prev, prev_after = last[chain]
-                raise ValueError(f"{key}.after: {_fmt(step.after)} is earlier than steps[{prev}] "
-                                 f"({_fmt(prev_after)}) of the same chain; order the steps by time")
+                raise ValueError(f"{key}.after: {fmt_duration(step.after)} is earlier than steps[{prev}] "
+                                 f"({fmt_duration(prev_after)}) of the same chain; order the steps by time")
             last[chain] = (i, step.after)
     for i, name in enumerate(config.phone.providers):
         if getattr(config, name) is None:
@@ -466,10 +466,10 @@ def check_references(config: "Config") -> None:
                     raise ValueError(f"{key}.overrides[{i}].{attr}: unknown person {pid!r}")
 
 
-def _fmt(d: timedelta) -> str:
+def fmt_duration(d: timedelta) -> str:
+    """1 day -> "1d", 90 minutes -> "90m", 45 seconds -> "45s"."""
     s = int(d.total_seconds())
-    if s % 3600 == 0 and s:
-        return f"{s // 3600}h"
-    if s % 60 == 0 and s:
-        return f"{s // 60}m"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s % size == 0 and s >= size:
+            return f"{s // size}{unit}"
     return f"{s}s"

@@ -32,7 +32,7 @@ from sqlmodel import select
 from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id
 from bot.events import Address, Call, Outbound, Sms
 from bot.texts import t
-from escalation.config import PhoneConfig, parse_limit, phone_providers
+from escalation.config import PhoneConfig, fmt_duration, parse_limit, phone_providers
 from escalation.phones import CallRequest, PhoneError, PhoneProvider, e164, region_of
 from storage.db import Database
 from storage.models import Person, PhoneCall, TicketEvent
@@ -91,10 +91,7 @@ class PhoneChannel(Channel):
         super().__init__(sink)
         self.config = config
         self.db = db
-        self.lines = routes
-
-    def provider(self, name: str) -> PhoneProvider | None:
-        return next((r.provider for r in self.lines if r.name == name), None)
+        self.lines = routes  # (not `routes`: Channel.routes() are its HTTP routes)
 
     async def start(self) -> None:
         for r in self.lines:
@@ -136,7 +133,7 @@ class PhoneChannel(Channel):
                     PhoneCall.status.not_in(_NOT_COUNTED), PhoneCall.created_at > now - window))).one()
                 if recent >= limit:
                     status = "throttled"
-                    error = f"{recent} {kind}s to this person in {_fmt(window)} (max {limit})"
+                    error = f"{recent} {kind}s to this person in {fmt_duration(window)} (max {limit})"
             row = PhoneCall(kind=kind, person_id=message.person_id or "", ticket_id=message.ticket_id,
                             to_number=e164(message.to, self.config.default_country_code),
                             outbox_id=outbox_id, status=status, error=error, created_at=now, updated_at=now,
@@ -163,7 +160,7 @@ class PhoneChannel(Channel):
                     PhoneCall.to_number == row.to_number, PhoneCall.id != row.id,
                     PhoneCall.status.not_in(_NOT_COUNTED), PhoneCall.created_at > now - window))).one()
                 if n >= limit:
-                    return f"{route.name}: per-callee limit {limit}/{_fmt(window)} reached"
+                    return f"{route.name}: per-callee limit {limit}/{fmt_duration(window)} reached"
         return None
 
     async def _audit(self, row: PhoneCall, status: str, reasons: list[str], via: str | None = None) -> None:
@@ -252,10 +249,3 @@ class PhoneChannel(Channel):
         await self._audit(row, "failed", reasons)
         raise DeliveryError("; ".join(reasons), retryable=False)
 
-
-def _fmt(d: timedelta) -> str:
-    s = int(d.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s % size == 0 and s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"
