@@ -349,6 +349,13 @@ class AliyunConfig(_Section):
     sms_params: NamedParams = Field(default_factory=dict)
     # Receipts pushed to /callbacks/aliyun/voice?token=<callback_token> (HTTP batch push).
     callback_token: Optional[str] = Field(default=None, min_length=16)
+    # ... or pulled from the MNS queues the console made for them ({message type =
+    # queue name}, e.g. VoiceReport = "Alicom-Queue-123-VoiceReport"): no inbound port.
+    mns_queues: dict[Literal["VoiceCallReport", "VoiceReport"], str] = Field(default_factory=dict)
+    # Aliyun's fixed MNS endpoint for 云通信 receipts, and where the queue tokens come from.
+    mns_endpoint: str = "https://1943695596114318.mns.cn-hangzhou.aliyuncs.com"
+    dybaseapi_endpoint: str = "dybaseapi.aliyuncs.com"
+    mns_wait: Duration = timedelta(seconds=10)  # long polling, at most 30s
     countries: list[str] = Field(default_factory=lambda: ["CN"])
     # Aliyun's own per-callee limits (flow control): calls beyond them are refused.
     limits: list[Limit] = Field(default_factory=lambda: ["1/1m", "5/1h", "20/1d"])
@@ -357,6 +364,8 @@ class AliyunConfig(_Section):
     def _ivr_codes(self):
         if self.ivr and not (self.ack_code and self.escalate_code):
             raise ValueError("ivr = true needs ack_code and escalate_code (the templates played after key 1 / 2)")
+        if not timedelta(0) <= self.mns_wait <= timedelta(seconds=30):
+            raise ValueError("mns_wait: MNS long-polls between 0s and 30s")
         if (self.sms_sign_name is None) != (self.sms_template_code is None):
             raise ValueError("sms_sign_name and sms_template_code: give both (SMS fallback) or neither")
         return self

@@ -90,6 +90,7 @@ class EscalationEngine:
         self.oncall = OnCall(config)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.scheduler = None  # escalation.jobs.Jobs, created by start()
+        self.receipt_queue = None  # escalation.receipt_queue.AliyunReceiptQueue, with [aliyun] mns_queues
         # Called with the lateness (seconds) of every step the sweep fired (bench).
         self.recorder: Callable[[float], None] | None = None
         self._phone_warned = False
@@ -115,8 +116,16 @@ class EscalationEngine:
         if self.scheduler is None:
             self.scheduler = Jobs(self)
             self.scheduler.start()
+        if self.receipt_queue is None and self.config.aliyun is not None and self.config.aliyun.mns_queues:
+            from escalation.receipt_queue import AliyunReceiptQueue
+
+            self.receipt_queue = AliyunReceiptQueue(self)
+            await self.receipt_queue.start()
 
     async def stop(self) -> None:
+        if self.receipt_queue is not None:
+            await self.receipt_queue.stop()
+            self.receipt_queue = None
         if self.scheduler is not None:
             await self.scheduler.stop()
             self.scheduler = None

@@ -48,6 +48,41 @@ def _token_ok(expected: str | None, got: str) -> bool:
     return expected is None or hmac.compare_digest(expected.encode(), got.encode())
 
 
+async def apply_aliyun(engine: "EscalationEngine", reports: list[dict]) -> bool:
+    """Apply a batch of Aliyun receipts (VoiceCallReport / VoiceReport), pushed or
+    pulled. All or nothing: False, and nothing changed, when one of them does not
+    name a call RelayDesk placed through Aliyun (its `out_id` tag and `call_id`)."""
+    cfg = engine.config.aliyun
+    assert cfg is not None
+    async with engine.db.session() as s:
+        checked: list[tuple[PhoneCall, dict]] = []
+        for item in reports:
+            call_id = check_tag(cfg.access_key_secret, str(item.get("out_id") or ""))
+            call = await s.get(PhoneCall, call_id) if call_id is not None else None
+            sid = str(item.get("call_id") or "")
+            if call is None or call.kind != "call" or call.provider != "aliyun" or (call.sid and sid != call.sid):
+                log.warning("aliyun voice receipt refused: out_id %r, call_id %r", item.get("out_id"), sid)
+                return False
+            checked.append((call, item))
+        for call, item in checked:
+            await _aliyun_one(engine, s, call, item)
+    engine.on_commit()
+    return True
+
+
+async def _aliyun_one(engine: "EscalationEngine", s, call: PhoneCall, item: dict) -> None:
+    code = str(item.get("status_code") or "")
+    dtmf = str(item.get("dtmf") or "").strip()[:1]
+    sid = str(item.get("call_id") or call.sid or call.id)
+    if dtmf in answers.KEYS and (code == ALIYUN_DTMF or code not in ALIYUN_PROGRESS):
+        await answers.pressed(engine, s, call, dtmf, "aliyun", f"{sid}:dtmf")
+    if code in ALIYUN_PROGRESS or code == ALIYUN_DTMF or not code:
+        return
+    answered = code in ALIYUN_ANSWERED
+    await answers.ended(engine, s, call, "completed" if answered else f"aliyun:{code}", answered=answered,
+                        platform="aliyun", event_id=f"{sid}:end", interactive=engine.config.aliyun.ivr)
+
+
 class Receipts:
     def __init__(self, engine: "EscalationEngine"):
         self.engine = engine
@@ -82,35 +117,9 @@ class Receipts:
             data = [data]
         if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
             return web.json_response({"code": 400, "msg": "expected a JSON array of receipts"}, status=400)
-        engine = self.engine
-        async with engine.db.session() as s:
-            checked: list[tuple[PhoneCall, dict]] = []
-            for item in data:
-                call_id = check_tag(cfg.access_key_secret, str(item.get("out_id") or ""))
-                call = await s.get(PhoneCall, call_id) if call_id is not None else None
-                sid = str(item.get("call_id") or "")
-                if (call is None or call.kind != "call" or call.provider != "aliyun"
-                        or (call.sid and sid != call.sid)):
-                    log.warning("aliyun voice receipt refused: out_id %r, call_id %r", item.get("out_id"), sid)
-                    return web.json_response({"code": 403, "msg": "unknown call"}, status=403)
-                checked.append((call, item))
-            for call, item in checked:
-                await self._aliyun_one(s, call, item)
-        engine.on_commit()
+        if not await apply_aliyun(self.engine, data):
+            return web.json_response({"code": 403, "msg": "unknown call"}, status=403)
         return web.json_response({"code": 0, "msg": "成功"})
-
-    async def _aliyun_one(self, s, call: PhoneCall, item: dict) -> None:
-        code = str(item.get("status_code") or "")
-        dtmf = str(item.get("dtmf") or "").strip()[:1]
-        sid = str(item.get("call_id") or call.sid or call.id)
-        if dtmf in answers.KEYS and (code == ALIYUN_DTMF or code not in ALIYUN_PROGRESS):
-            await answers.pressed(self.engine, s, call, dtmf, "aliyun", f"{sid}:dtmf")
-        if code in ALIYUN_PROGRESS or code == ALIYUN_DTMF or not code:
-            return
-        answered = code in ALIYUN_ANSWERED
-        await answers.ended(self.engine, s, call, f"aliyun:{code}" if not answered else "completed",
-                            answered=answered, platform="aliyun", event_id=f"{sid}:end",
-                            interactive=self.aliyun.ivr)
 
     # ---- Tencent ---------------------------------------------------------------
 

@@ -6,6 +6,8 @@ the number's country; per-callee limits before the call; SMS fallback; error
 codes. The same escalation runs with Twilio, Aliyun and Tencent."""
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import hmac
 import itertools
@@ -28,6 +30,7 @@ from test_escalation_voice import POLICY, PUBLIC, TOKEN as TWILIO_TOKEN, FakeTwi
 AK_ID, AK_SECRET = "LTAI5tTestKeyId", "aliyun-test-secret"
 TC_ID, TC_KEY = "AKIDtestSecretId", "tencent-test-secret-key"
 CB_TOKEN = "cb-0123456789abcdef"
+MNS_TOKEN = ("STS.tmp-id", "tmp-secret", "sts-security-token")  # what QueryTokenForMnsQueue hands out
 LEAD = "+8613800000004"  # lead_zhao's phone in the test directory
 
 
@@ -97,6 +100,10 @@ class FakeAliyun:
         self.requests.append((action, params))
         if self.script.get(action):
             return web.json_response(self.script[action].pop(0))
+        if action == "QueryTokenForMnsQueue":
+            return web.json_response({"Code": "OK", "Message": "OK", "RequestId": "r", "MessageTokenDTO": {
+                "AccessKeyId": MNS_TOKEN[0], "AccessKeySecret": MNS_TOKEN[1], "SecurityToken": MNS_TOKEN[2],
+                "CreateTime": "2026-01-26 10:00:00", "ExpireTime": "2099-01-01 00:00:00"}})
         n = next(self.ids)
         if action == "SendSms":
             return web.json_response({"Code": "OK", "Message": "OK", "BizId": f"biz{n}", "RequestId": "r"})
@@ -608,3 +615,134 @@ async def test_tencent_error_codes_map_to_retry_or_give_up(make, code, expect):
         return
     (row,) = rows
     assert row.status == "placing" and code in row.error
+
+
+# ---- receipts pulled from Aliyun's MNS queue ----------------------------------------------
+
+
+@dataclass
+class FakeMNS:
+    """The MNS queue API (batch receive, delete), checking each request's
+    signature (HMAC-SHA1 over verb, MD5, type, date, x-mns-* headers and
+    resource) made with the temporary token."""
+
+    queues: dict[str, list[str]] = field(default_factory=dict)  # queue -> message bodies
+    bad_signatures: int = 0
+    deleted: list[str] = field(default_factory=list)
+    handles: itertools.count = field(default_factory=lambda: itertools.count(1))
+    inflight: dict[str, tuple[str, str]] = field(default_factory=dict)  # handle -> (queue, body)
+
+    def routes(self):
+        return [web.get("/queues/{queue}/messages", self.receive),
+                web.delete("/queues/{queue}/messages", self.delete)]
+
+    def verify(self, request: web.Request) -> bool:
+        h = request.headers
+        mns = "".join(f"{k.lower()}:{v}\n" for k, v in sorted((k.lower(), v) for k, v in h.items()
+                                                              if k.lower().startswith("x-mns-")))
+        to_sign = "\n".join([request.method, h.get("content-md5", ""), h.get("content-type", ""),
+                             h.get("date", "")]) + "\n" + mns + request.raw_path
+        mac = base64.b64encode(hmac.new(MNS_TOKEN[1].encode(), to_sign.encode(), hashlib.sha1).digest()).decode()
+        ok = (h.get("Authorization") == f"MNS {MNS_TOKEN[0]}:{mac}" and h.get("security-token") == MNS_TOKEN[2]
+              and h.get("x-mns-version") == "2015-06-06")
+        self.bad_signatures += not ok
+        return ok
+
+    @staticmethod
+    def error(status: int, code: str) -> web.Response:
+        return web.Response(status=status, content_type="text/xml", text=(
+            f'<?xml version="1.0" encoding="UTF-8"?><Error xmlns="http://mns.aliyuncs.com/doc/v1/">'
+            f"<Code>{code}</Code><Message>{code}</Message><RequestId>r</RequestId><HostId>h</HostId></Error>"))
+
+    async def receive(self, request: web.Request) -> web.Response:
+        if not self.verify(request):
+            return self.error(403, "SignatureDoesNotMatch")
+        queue = request.match_info["queue"]
+        bodies = self.queues.get(queue, [])
+        n = int(request.query.get("numOfMessages", "1"))
+        if not bodies:
+            return self.error(404, "MessageNotExist")
+        taken, self.queues[queue] = bodies[:n], bodies[n:]
+        out = []
+        for body in taken:
+            handle = f"h{next(self.handles)}"
+            self.inflight[handle] = (queue, body)
+            out.append(f"<Message><MessageId>m-{handle}</MessageId><ReceiptHandle>{handle}</ReceiptHandle>"
+                       f"<MessageBodyMD5>x</MessageBodyMD5><MessageBody>{body}</MessageBody>"
+                       f"<EnqueueTime>1</EnqueueTime><NextVisibleTime>2</NextVisibleTime>"
+                       f"<FirstDequeueTime>1</FirstDequeueTime><DequeueCount>1</DequeueCount>"
+                       f"<Priority>8</Priority></Message>")
+        return web.Response(content_type="text/xml", text=(
+            '<?xml version="1.0" encoding="UTF-8"?><Messages xmlns="http://mns.aliyuncs.com/doc/v1/">'
+            + "".join(out) + "</Messages>"))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        if not self.verify(request):
+            return self.error(403, "SignatureDoesNotMatch")
+        handle = request.query.get("ReceiptHandle", "")
+        if self.inflight.pop(handle, None) is None:
+            return self.error(404, "ReceiptHandleError")
+        self.deleted.append(handle)
+        return web.Response(status=204)
+
+
+QUEUE = "Alicom-Queue-123-VoiceCallReport"
+
+
+async def with_mns(make, aiohttp_server) -> tuple[Phones, FakeMNS]:
+    mns = FakeMNS()
+    app = web.Application()
+    app.add_routes(mns.routes())
+    server = await aiohttp_server(app, host="127.0.0.1")
+    mns_url = str(server.make_url("")).rstrip("/")
+    phones = await make(lambda a, t, w: '\n[phone]\nproviders = ["aliyun"]\n' + aliyun_toml(
+        a, f'mns_queues = {{ VoiceCallReport = "{QUEUE}" }}\nmns_endpoint = "{mns_url}"\n'
+           f'dybaseapi_endpoint = "{a.removeprefix("http://")}"\nmns_wait = "0s"\n'))
+    return phones, mns
+
+
+async def test_aliyun_receipts_pulled_from_the_mns_queue(make, aiohttp_server):
+    phones, mns = await with_mns(make, aiohttp_server)
+    queue = QUEUE
+    tk = await phones.page()
+    (row,) = await phones.calls()
+    from escalation.receipt_queue import AliyunReceiptQueue
+
+    puller = AliyunReceiptQueue(phones.engine)
+    try:
+        await pull(puller, queue, mns, phones, tk, row)
+    finally:
+        await puller.stop()
+
+
+async def pull(puller, queue: str, mns: FakeMNS, phones: Phones, tk, row) -> None:
+    assert await puller.poll("VoiceCallReport", queue) == 0  # empty queue
+    key = {"call_id": row.sid, "status_code": "300000", "dtmf": "1", "out_id": phones.out_id(row)}
+    stranger = {**key, "out_id": "77.0123456789abcdef0123"}  # another system's call on the same account
+    mns.queues[queue] = [json.dumps(key), base64.b64encode(json.dumps(key).encode()).decode(),
+                         json.dumps(stranger), "not json"]
+    assert await puller.poll("VoiceCallReport", queue) == 2  # the key (and its redelivery, applied once)
+    assert mns.bad_signatures == 0 and phones.aliyun.bad_signatures == 0
+    assert len(mns.deleted) == 4 and not mns.inflight  # every message taken off the queue
+    ack = await phones.events(tk.id, "ack")
+    assert len(ack) == 1 and ack[0].channel == "aliyun" and ack[0].detail["via"] == "phone"
+    assert len(phones.aliyun.of("QueryTokenForMnsQueue")) == 1  # the token is kept until it expires
+    assert phones.aliyun.of("QueryTokenForMnsQueue")[0] == {"MessageType": "VoiceCallReport", "QueueName": queue}
+
+
+async def test_the_engine_pulls_the_queue_until_stopped(make, aiohttp_server):
+    phones, mns = await with_mns(make, aiohttp_server)
+    tk = await phones.page()
+    (row,) = await phones.calls()
+    await phones.engine.start()
+    try:
+        mns.queues[QUEUE] = [json.dumps({"call_id": row.sid, "status_code": "200003", "out_id": phones.out_id(row)})]
+        for _ in range(100):  # the puller runs on its own; give it up to 5 s
+            if await phones.esc_cards_to("director_sun"):
+                break
+            await asyncio.sleep(0.05)
+        assert len(await phones.esc_cards_to("director_sun")) == 1  # unanswered: the next step now
+        assert mns.deleted and phones.engine.receipt_queue is not None
+    finally:
+        await phones.engine.stop()
+    assert phones.engine.receipt_queue is None
