@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from bot.tasks import BackgroundTasks
 from escalation.receipts import apply_aliyun
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,20 +67,18 @@ class AliyunReceiptQueue:
         self.config = cfg
         self._leases: dict[str, _Lease] = {}
         self._client = None
-        self._tasks: list[asyncio.Task] = []
+        self.tasks = BackgroundTasks("aliyun-receipts")
 
     # ---- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
         for message_type, queue_name in self.config.mns_queues.items():
-            self._tasks.append(asyncio.create_task(self._run(message_type, queue_name),
-                                                   name=f"aliyun-mns-{message_type}"))
+            self.tasks.spawn(self._run(message_type, queue_name), message_type)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        """Cancel the pollers (a receive in flight ends in its worker thread within
+        `mns_wait`), then close the connections."""
+        await self.tasks.stop()
         for message_type in list(self._leases):
             self._drop(message_type)
 
