@@ -113,9 +113,11 @@ class PhoneChannel(Channel):
 
     # ---- bookkeeping ----------------------------------------------------------
 
-    async def _record(self, kind: str, message: Call | Sms, limit: int, window: timedelta) -> PhoneCall:
-        """This delivery's phone_call row: the existing one on a retry, else a new
-        one, "throttled" when the person had `limit` in `window` already."""
+    async def _record(self, kind: str, message: Call | Sms, limit: int,
+                      window: timedelta) -> tuple[PhoneCall, bool]:
+        """This delivery's phone_call row and whether it is new: the existing one on
+        a retry, else a new one, "throttled" when the person had `limit` in `window`
+        already."""
         outbox_id = current_outbox_id.get()
         now = utcnow()
         async with self.db.session() as s:
@@ -123,7 +125,7 @@ class PhoneChannel(Channel):
                 row = (await s.exec(select(PhoneCall).where(PhoneCall.outbox_id == outbox_id,
                                                             PhoneCall.kind == kind))).first()
                 if row is not None:
-                    return row
+                    return row, False
             status, error = "placing", None
             if message.person_id:
                 # One throttle decision at a time per person, across processes.
@@ -141,7 +143,7 @@ class PhoneChannel(Channel):
                             fence=getattr(message, "fence", None))
             s.add(row)
             await s.flush()
-        return row
+        return row, True
 
     async def _update(self, row_id: int, **values) -> None:
         async with self.db.session() as s:
@@ -176,58 +178,72 @@ class PhoneChannel(Channel):
     # ---- calls -----------------------------------------------------------------
 
     async def _call(self, message: Call) -> None:
-        row = await self._record("call", message, self.config.max_calls, self.config.call_window)
+        row, new = await self._record("call", message, self.config.max_calls, self.config.call_window)
         if row.sid:
             return  # placed by an earlier delivery of this outbox row
         fields = dict(message.fields)
-        reasons: list[str] = [row.error] if row.status == "throttled" and row.error else []
-        if row.status not in ("throttled", "failed"):
-            routes = [r for r in self.lines if r.reaches(row.to_number)]
-            if not routes:
-                reasons.append(f"no provider reaches {row.to_number} ({region_of(row.to_number) or 'unknown'})")
-            for route in routes:
-                why = await self._limited(route, row)
-                if why:
-                    reasons.append(why)
-                    continue
-                await self._update(row.id, provider=route.name)
-                request = CallRequest(row.id, row.to_number, message.text, fields,
-                                      int(self.config.ring_timeout.total_seconds()))
-                try:
-                    sid = await route.provider.call(request)
-                except PhoneError as e:
-                    if e.retryable:
-                        await self._update(row.id, error=str(e)[:500])
-                        raise DeliveryError(str(e), retryable=True, retry_after=e.retry_after) from e
-                    reasons.append(str(e))
-                    continue
-                # The call's own callbacks may have written its status already: keep theirs.
-                await self._update(row.id, sid=sid, error="; ".join(reasons)[:500] or None,
-                                   status=case((PhoneCall.status == "placing", "sent"), else_=PhoneCall.status))
-                if reasons:
-                    await self._audit(row, "sent", reasons, via=route.name)
-                log.info("called %s (%s) for ticket %s via %s: %s", row.person_id, row.to_number, row.ticket_id,
-                         route.name, sid)
+        if row.status in ("throttled", "failed"):
+            # Throttled now, or an earlier delivery gave up on the call (and said why).
+            reasons = [row.error] if new and row.error else []
+            decided = not new
+        else:
+            placed, reasons = await self._place(row, message.text, fields)
+            if placed:
                 return
-            await self._update(row.id, status="failed" if row.status != "throttled" else "throttled",
-                               error="; ".join(reasons)[:500])
-        log.warning("call to %s (%s) for ticket %s not placed: %s%s", row.person_id, row.to_number,
-                    row.ticket_id, "; ".join(reasons), ": sending an SMS instead" if self.config.sms_fallback else "")
+            decided = False
+        if not decided:
+            log.warning("call to %s (%s) for ticket %s not placed: %s%s", row.person_id, row.to_number,
+                        row.ticket_id, "; ".join(reasons),
+                        ": sending an SMS instead" if self.config.sms_fallback else "")
+            await self._audit(row, "sms_instead" if self.config.sms_fallback else "not_placed", reasons)
         if not self.config.sms_fallback:
-            await self._audit(row, "not_placed", reasons)
-            raise DeliveryError("; ".join(reasons), retryable=False)
-        await self._audit(row, "sms_instead", reasons)
+            raise DeliveryError("; ".join(reasons) or (row.error or "call not placed"), retryable=False)
         await self._sms(Sms(message.to, t("voice.sms", text=message.text), message.person_id, message.ticket_id,
                             message.fields), fields)
 
+    async def _place(self, row: PhoneCall, text: str, fields: dict[str, str]) -> tuple[bool, list[str]]:
+        """Try the providers that reach the number, in order; (placed, why others
+        did not). An outage raises a retryable DeliveryError (the outbox retries);
+        when none placed it, the row is "failed" with the reasons."""
+        reasons: list[str] = []
+        routes = [r for r in self.lines if r.reaches(row.to_number)]
+        if not routes:
+            reasons.append(f"no provider reaches {row.to_number} ({region_of(row.to_number) or 'unknown'})")
+        for route in routes:
+            why = await self._limited(route, row)
+            if why:
+                reasons.append(why)
+                continue
+            await self._update(row.id, provider=route.name)
+            request = CallRequest(row.id, row.to_number, text, fields, int(self.config.ring_timeout.total_seconds()))
+            try:
+                sid = await route.provider.call(request)
+            except PhoneError as e:
+                if e.retryable:
+                    await self._update(row.id, error=str(e)[:500])
+                    raise DeliveryError(str(e), retryable=True, retry_after=e.retry_after) from e
+                reasons.append(str(e))
+                continue
+            # The call's own callbacks may have written its status already: keep theirs.
+            await self._update(row.id, sid=sid, error="; ".join(reasons)[:500] or None,
+                               status=case((PhoneCall.status == "placing", "sent"), else_=PhoneCall.status))
+            if reasons:
+                await self._audit(row, "sent", reasons, via=route.name)
+            log.info("called %s (%s) for ticket %s via %s: %s", row.person_id, row.to_number, row.ticket_id,
+                     route.name, sid)
+            return True, reasons
+        await self._update(row.id, status="failed", error="; ".join(reasons)[:500])
+        return False, reasons
+
     async def _sms(self, message: Sms, fields: dict[str, str]) -> None:
-        row = await self._record("sms", message, self.config.max_sms, self.config.sms_window)
+        row, new = await self._record("sms", message, self.config.max_sms, self.config.sms_window)
         if row.sid:
             return
         if row.status == "throttled":
-            log.warning("SMS to %s for ticket %s throttled (%d in %s): not sent", row.person_id, row.ticket_id,
-                        self.config.max_sms, self.config.sms_window)
-            await self._audit(row, "throttled", [row.error or "throttled"])
+            if new:
+                log.warning("SMS to %s for ticket %s throttled (%d in %s): not sent", row.person_id,
+                            row.ticket_id, self.config.max_sms, self.config.sms_window)
+                await self._audit(row, "throttled", [row.error or "throttled"])
             return
         routes = [r for r in self.lines if r.provider.can_sms and r.reaches(row.to_number)]
         reasons: list[str] = []

@@ -746,3 +746,21 @@ async def test_the_engine_pulls_the_queue_until_stopped(make, aiohttp_server):
     finally:
         await phones.engine.stop()
     assert phones.engine.receipt_queue is None
+
+
+async def test_a_retried_fallback_sms_does_not_call_again_or_repeat_the_audit(make):
+    phones = await make(aliyun_then())
+    phones.aliyun.script["IvrCall"] = [{"Code": "isv.MOBILE_NUMBER_ILLEGAL", "Message": "bad number", "RequestId": "r"}]
+    phones.aliyun.script["SendSms"] = [{"Code": "isp.SYSTEM_ERROR", "Message": "busy", "RequestId": "r"}]
+    tk = await phones.page()
+    assert [(r.kind, r.status) for r in await phones.calls()] == [("call", "failed"), ("sms", "placing")]
+    async with phones.rt.db.session() as s:
+        out = (await s.exec(select(OutboxMessage).where(OutboxMessage.channel == "phone"))).one()
+        assert out.status == "pending"
+        out.next_attempt_at = out.created_at
+        s.add(out)
+    await phones.rt.outbox.drain()
+    assert len(phones.aliyun.of("IvrCall")) == 1 and len(phones.aliyun.of("SendSms")) == 2
+    assert [(r.kind, r.status) for r in await phones.calls()] == [("call", "failed"), ("sms", "sent")]
+    (audit,) = await phones.events(tk.id, "phone")
+    assert audit.detail["status"] == "sms_instead" and "isv.MOBILE_NUMBER_ILLEGAL" in audit.detail["reasons"][0]
