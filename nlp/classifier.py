@@ -112,6 +112,8 @@ class Classifier:
         self._precedence = taxonomy.settings.precedence
         self._safety_categories = frozenset(c.id for c in taxonomy.categories.values() if c.safety)
         self._requests = frozenset(c.id for c in taxonomy.categories.values() if c.kind == "request")
+        self._absorbing = {c.id: frozenset(c.absorbs) for c in taxonomy.categories.values() if c.absorbs}
+        self._absorb_window = 3 * taxonomy.settings.hint_gap
         fallback = taxonomy.fallback
         self._empty = Classification(category=fallback.id, category_name=fallback.name,
                                      priority=fallback.priority, score=0.0)
@@ -230,6 +232,9 @@ class Classifier:
             if cur is None or cand[:4] > cur[:4]:
                 best[h.category] = cand
 
+        if self._absorbing:
+            self._absorb(hits, text, best, order)
+
         code_category = self.taxonomy.settings.code_category
         if has_code and code_category is not None and code_category not in best:
             # an error code with no other symptom: a weak sign of its category (报E03)
@@ -264,6 +269,36 @@ class Classifier:
         if winner[6] == _LABEL_CODE:
             return winner_id, round(score, 2), None
         return winner_id, round(score, 2), f"{winner[6]}:{text[winner[4]:winner[5]]}"
+
+    def _absorb(self, hits: list[Hit], text: str,
+                best: dict[str, tuple[int, int, int, int, int, int, str]], order: dict[str, int]) -> None:
+        """A symptom said of an equipment category's device belongs to that category.
+
+        电梯运行的时候咯噔咯噔响 is elevator, not noise: the hint (电梯) followed in the
+        same clause by a keyword of a category the device category absorbs turns
+        into a strong sign of the device category, and the absorbed symptom no
+        longer competes.
+        """
+        window = self._absorb_window
+        for h in hits:
+            if h.layer != Layer.HINT or h.negated or h.category not in self._absorbing:
+                continue
+            absorbs = self._absorbing[h.category]
+            taken: list[Hit] = [
+                k for k in hits
+                if not k.negated and k.category in absorbs and k.layer in (Layer.KEYWORD, Layer.WEAK)
+                and h.end <= k.start <= h.end + window and self._lexicon.same_clause(text, h.end, k.start)]
+            if not taken:
+                continue
+            end = max(k.end for k in taken)
+            cand = (_TIER_STRONG, -h.start, end - h.start, -order[h.category], h.start, end, _LABEL_PART)
+            cur = best.get(h.category)
+            if cur is None or cand[:4] > cur[:4]:
+                best[h.category] = cand
+            for k in taken:
+                cur = best.get(k.category)
+                if cur is not None and cur[4] >= h.end:
+                    del best[k.category]
 
     def _predicate_after(self, hint: Hit, predicates: list[Hit], hints: list[Hit], text: str,
                          own_only: bool = False) -> int:
@@ -315,9 +350,12 @@ class Classifier:
         urgent: list[Hit] = []
         fault: list[Hit] = []
         has_scope = False
+        minor: list[Hit] = []
         buckets = {Layer.SAFETY: safety, Layer.IMPACT: impact, Layer.STOPPAGE: stoppage,
                    Layer.DEGRADED: degraded, Layer.CAN_WAIT: can_wait, Layer.URGENT: urgent,
-                   Layer.FAULT: fault}
+                   Layer.FAULT: fault, Layer.NO_BACKUP: stoppage}
+        if not cat.stoppage:
+            del buckets[Layer.STOPPAGE]  # one lift stopping is not the business stopping
         safety_categories = self._safety_categories
         for h in hits:
             if h.negated:
@@ -325,6 +363,10 @@ class Classifier:
             bucket = buckets.get(h.layer)
             if bucket is not None:
                 bucket.append(h)
+            elif h.category == cat.id and h.layer == Layer.CAT_URGENT:
+                urgent.append(h)
+            elif h.category == cat.id and h.layer == Layer.MINOR:
+                minor.append(h)
             elif h.layer == Layer.SCOPE:
                 has_scope = True
             elif h.category in safety_categories and h.layer in (Layer.KEYWORD, Layer.WEAK):
@@ -360,10 +402,13 @@ class Classifier:
             # something is broken or stopped, but it names no category: a fault all the same
             evidence.append(f"{_LABEL_FAULT}:{(fault or stoppage)[0].text(text)}")
             priority = "P1"
-        if cat.urgent_priority is not None and urgent:
-            priority = _higher(priority, cat.urgent_priority)
-        if priority == "P1" and can_wait:
+        if priority == "P1" and (can_wait or minor):
+            if minor:
+                evidence.append(f"{_LABEL_CAN_WAIT}:{minor[0].text(text)}")
             priority = "P2"
+        if cat.urgent_priority is not None and urgent:
+            # said to be pressing: that outweighs a date it can wait until (月底前要投产,挺急的)
+            priority = _higher(priority, cat.urgent_priority)
         return priority, None
 
     def _scoped_stops(self, hits: list[Hit], text: str,

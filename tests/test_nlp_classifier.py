@@ -191,7 +191,7 @@ def test_chat_and_voice_input(clf, text, category, priority):
     ("不是漏水,是泵那边有尖叫声", "noise", "P1"),                    # a sound word ending in 声
     ("车间有液化气的味道,人都撤出来了", "gas_leak", "P0"),           # gas smell is a hazard
     ("食堂有天然气的味道,比较浓", "gas_leak", "P0"),
-    ("电梯困人了", "other", "P0"),                                   # people trapped
+    ("电梯困人了", "elevator", "P0"),                                # people trapped
     ("空压机压力打不上去,车间气动设备都用不了,全停了", "pressure", "P0"),
     ("螺杆泵不出料,流量为零", "flow", "P1"),
     ("HMI一直卡在开机画面,进不去", "control_plc", "P1"),
@@ -200,7 +200,7 @@ def test_chat_and_voice_input(clf, text, category, priority):
     ("阀门关不严,明天来也行", "valve", "P2"),                        # "can wait" wording
     ("轴承有点响,不是很着急", "bearing", "P2"),
     ("收银系统登录不了,全公司没法营业", "software", "P0"),           # company-wide stoppage
-    ("空调不制冷", "other", "P1"),                                   # a fault without a category
+    ("空调不制冷", "hvac", "P1"),
     ("合同什么时候寄过来", "other", "P2"),                           # an errand, not a parts order
 ])
 def test_voice_regional_and_mixed_reports(clf, text, category, priority):
