@@ -79,6 +79,9 @@ class Classification:
     location: str | None = None
     error_code: str | None = None
     phone: str | None = None
+    # a fault, safety, request or place signal: the text is a report however short (电梯困人了),
+    # not chat (在吗, 好的谢谢)
+    signal: bool = False
 
     def as_dict(self, explain: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -158,6 +161,7 @@ class Classifier:
                 category=fb.id, category_name=fb.name, priority=fb.priority, score=0.2,
                 serial=entities.serial, location=entities.location,
                 error_code=entities.error_code, phone=entities.phone,
+                signal=entities.location is not None or entities.serial is not None,
             )
 
         evidence: list[str] = []
@@ -184,6 +188,9 @@ class Classifier:
             location=entities.location,
             error_code=entities.error_code,
             phone=entities.phone,
+            signal=(category != self.taxonomy.settings.fallback or priority != cat.priority
+                    or entities.location is not None or entities.serial is not None
+                    or entities.error_code is not None),
         )
 
     # category -------------------------------------------------------------
