@@ -24,6 +24,7 @@ Priority
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -154,6 +155,11 @@ class Classifier:
         if not match:
             return self._empty
         entities = self._entities.extract(display)
+        if entities.location is not None and not display.isascii() and display != text.strip():
+            # a place is given as written: traditional characters stay (一樓大堂)
+            written = self._normalize.as_written(text, display, entities.location)
+            if written != entities.location:
+                entities = dataclasses.replace(entities, location=written)
         hits = self._lexicon.hits(match)
         if not hits and entities.error_code is None:
             fb = self.taxonomy.fallback

@@ -123,6 +123,21 @@ class Normalizer:
             match = self._fix_typos(match)
         return display, match
 
+    def as_written(self, text: str, display: str, value: str) -> str:
+        """`value`, found in the display form, in the customer's own characters (一樓大堂, not 一楼大堂).
+
+        Only traditional characters differ between the two forms; where the
+        simplified text has another length the display value is kept.
+        """
+        if len(text) > self._max_chars:
+            text = text[: self._max_chars]
+        written = unicodedata.normalize("NFKC", text).replace("\u2019", "'")
+        written = _SPACE_NEAR_HAN_RE.sub("", _EMOJI_RE.sub("", written)).strip()
+        at = display.find(value)
+        if at < 0 or len(written) != len(display):
+            return value
+        return written[at:at + len(value)]
+
     def _fix_typos(self, text: str) -> str:
         """Replace typo entries left to right, the longest entry at each position first."""
         typos = self._typos

@@ -122,6 +122,8 @@ class LocationWords:
     vague: tuple[str, ...]
     device_heads: tuple[str, ...]
     determiners: tuple[str, ...] = ()
+    # named rooms that identify a place by themselves (配电房, 会议室, B1停车场's 停车场)
+    places: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -544,7 +546,8 @@ def _entities(c: _Checker, raw: Any) -> EntityWords:
     e = c.table(raw, "entities", (), ("serial_labels", "serial_patterns", "code_prefixes",
                                        "code_words", "code_labels", "location"))
     loc = c.table(e.get("location", {}), "entities.location", (),
-                  ("units", "rooms", "floors", "named_sites", "sites", "vague", "device_heads", "determiners"))
+                  ("units", "rooms", "floors", "named_sites", "sites", "vague", "device_heads", "determiners",
+                   "places"))
 
     def plain(key: str, table: dict[str, Any], entry: str) -> tuple[str, ...]:
         return c.words(table.get(key, []), f"{entry}.{key}", patterns=False)
@@ -574,5 +577,6 @@ def _entities(c: _Checker, raw: Any) -> EntityWords:
             vague=plain("vague", loc, "entities.location"),
             device_heads=plain("device_heads", loc, "entities.location"),
             determiners=plain("determiners", loc, "entities.location"),
+            places=plain("places", loc, "entities.location"),
         ),
     )

@@ -231,7 +231,7 @@ async def test_a_short_urgent_report_is_a_ticket(h):
     assert (await h.cards_to("group", "engineers", "engineer"))[0]["color"] == "red"
 
 
-@pytest.mark.parametrize("text", ["空调坏了", "电梯坏了", "3号楼"])
+@pytest.mark.parametrize("text", ["空调坏了", "电梯坏了", "配电房", "3号楼"])
 async def test_a_fault_or_a_place_however_short_is_a_ticket(h, text):
     await h.say("cust_wang", text)
     assert len(await h.tickets()) == 1
