@@ -178,6 +178,8 @@ class Classifier:
         if entities.error_code is not None:
             evidence.append(f"{_LABEL_CODE}:{entities.error_code}")
         priority, impact = self._priority(cat, hits, match, evidence)
+        if impact is not None:
+            impact = self._normalize.clause_of(text, impact) or impact
 
         for h in hits:
             if h.negated and h.neg_start >= 0 and h.layer not in _NOT_REPORTED_NEGATED:
@@ -406,7 +408,7 @@ class Classifier:
                 evidence.append(f"{_LABEL_URGENT}:{h.text(text)}")
 
         if safety or impact or counts_stoppage:
-            phrase = _impact_text(impact[0], text, gaps) if impact else (
+            phrase = self._impact_phrase(impact[0], hits, text) if impact else (
                 stoppage[0].text(text) if counts_stoppage else None)
             return "P0", phrase
 
@@ -423,6 +425,18 @@ class Classifier:
             # said to be pressing: that outweighs a date it can wait until (月底前要投产,挺急的)
             priority = _higher(priority, cat.urgent_priority)
         return priority, None
+
+    def _impact_phrase(self, h: Hit, hits: list[Hit], text: str) -> str:
+        """The impact with the scope word right before it and its particle: 整条线 + 都停了 + (了)."""
+        start, end = h.start, h.end
+        gap = self._lexicon.pattern_gap
+        for sc in hits:
+            if (sc.layer == Layer.SCOPE and not sc.negated and sc.end <= start and start - sc.end <= gap
+                    and self._lexicon.same_clause(text, sc.end, start)):
+                start = min(start, sc.start)
+        while end < len(text) and text[end] in _TRAILING_PARTICLES:
+            end += 1
+        return text[start:end]
 
     def _scoped_stops(self, hits: list[Hit], text: str,
                       gaps: dict[tuple[int, int], tuple[int, int]]) -> list[Hit]:
@@ -453,6 +467,7 @@ class Classifier:
         return merged
 
 
+_TRAILING_PARTICLES = "了着啦"
 _IMPACT_GAP_SHOWN = 2  # 整条线都停了 reads whole; a longer gap is elided
 
 

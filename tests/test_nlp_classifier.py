@@ -125,6 +125,41 @@ def test_evidence_explains_p0(clf):
     assert any(e.startswith("影响:") for e in res.evidence)
 
 
+@pytest.mark.parametrize("text, category, priority", [
+    ("电梯困人了", "elevator", "P0"),                         # people trapped
+    ("电梯坏了", "elevator", "P1"),
+    ("2号梯停了,其他几部正常", "elevator", "P1"),             # one lift out of several
+    ("电梯停在3楼不动,整栋楼就这一部电梯", "elevator", "P0"), # no other lift
+    ("电梯运行的时候咯噔咯噔响", "elevator", "P1"),           # the lift's noise is the lift's
+    ("会议室空调不冷", "hvac", "P1"),                          # one room
+    ("手术室空调停了", "hvac", "P0"),                          # patients at risk
+    ("冷库升温货要坏了", "hvac", "P0"),                        # goods at risk
+    ("空调漏水滴到桌上", "water_leak", "P1"),                  # the leak, not the cooling
+    ("监控没画面", "security", "P1"),
+    ("楼道灯坏了", "lighting", "P2"),                          # one lamp
+    ("车库灯全灭了", "lighting", "P1"),                        # a whole area dark
+    ("打印机卡纸", "office_it", "P2"),                         # a printer jam
+    ("我电脑连不上wifi,别人都能连", "office_it", "P1"),        # one person's device
+    ("办公室网络全断了", "comms", "P0"),                       # the office's network
+    ("ERP登录不上,全公司都进不去", "software", "P0"),          # the whole company
+    ("注塑机液压油管爆了,油喷了一地", "oil_leak", "P1"),
+    ("烟感响了", "smoke_fire", "P0"),                          # a smoke detector going off
+])
+def test_buildings_and_offices(clf, text, category, priority):
+    res = clf.classify(text)
+    assert (res.category, res.priority) == (category, priority)
+
+
+@pytest.mark.parametrize("text, impact", [
+    ("1号线变频器报E03,整条线都停了", "整条线都停了"),
+    ("二车间输送带电机趴了 转不起来 线上全停着", "线上全停着"),
+    ("冷库温度上来了 里面几吨冻肉要化了", "里面几吨冻肉要化了"),
+    ("MES系统挂了,整个厂没法排产,全停了", "整个厂没法排产"),
+])
+def test_impact_is_a_readable_clause(clf, text, impact):
+    assert clf.classify(text).impact == impact
+
+
 # --- negation ----------------------------------------------------------------------------
 
 
@@ -139,6 +174,10 @@ def test_evidence_explains_p0(clf):
     ("不是漏水,是漏油", "oil_leak", "P1"),
     ("不锈钢水箱底部锈了", "corrosion", "P1"),              # 不锈钢 is not a negation
     ("上次漏水修好了,这次是振动太大", "vibration", "P1"),   # a fixed problem does not count
+    ("配电柜没有冒烟,就是有点响", "noise", "P1"),            # 没有冒烟 is not smoke
+    ("摄像头有三个没画面了", "security", "P1"),              # 没画面 is the fault itself
+    ("空调没有漏水,就是不制冷", "hvac", "P1"),
+    ("不是漏水是渗水,墙角一直潮", "water_leak", "P1"),
 ])
 def test_negation(clf, text, category, priority):
     res = clf.classify(text)
