@@ -177,7 +177,8 @@ class Lexicon:
                 node = node.setdefault(ch, {})
             node[_END] = w
         self._trie = trie
-        self.segmenter = Segmenter(taxonomy.all_words())
+        # every word the lexicon finds anchors the dictionary: words containing one (影响 for 响) are kept
+        self.segmenter = Segmenter(taxonomy.all_words(), anchors=self._index)
 
     # ------------------------------------------------------------------
 
