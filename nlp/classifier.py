@@ -33,7 +33,7 @@ from typing import Any
 
 from .entities import EntityExtractor
 from .lexicon import Hit, Layer, Lexicon
-from .normalize import Normalizer
+from .normalize import Normalizer, has_traditional
 from .taxonomy import Category, Taxonomy, load_taxonomy
 
 __all__ = ["Classifier", "Classification"]
@@ -155,7 +155,7 @@ class Classifier:
         if not match:
             return self._empty
         entities = self._entities.extract(display)
-        if entities.location is not None and not display.isascii() and display != text.strip():
+        if entities.location is not None and has_traditional(text):
             # a place is given as written: traditional characters stay (一樓大堂)
             written = self._normalize.as_written(text, display, entities.location)
             if written != entities.location:

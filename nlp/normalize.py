@@ -64,6 +64,11 @@ def _t2s():
     return opencc.OpenCC("t2s")
 
 
+def has_traditional(text: str) -> bool:
+    """True when the text has a character that the simplified form changes (樓, 電)."""
+    return not _traditional_chars().isdisjoint(text)
+
+
 def to_simplified(text: str) -> str:
     """Traditional -> simplified; OpenCC runs only when a traditional character is present."""
     if _traditional_chars().isdisjoint(text):
@@ -152,17 +157,22 @@ class Normalizer:
         if len(text) > self._max_chars:
             text = text[: self._max_chars]
         source = _EMOJI_RE.sub("", to_simplified(unicodedata.normalize("NFKC", text)))
-        pattern = r"\s*".join(re.escape(ch) for ch in phrase if not ch.isspace())
-        m = re.search(pattern, source, re.IGNORECASE)
-        if m is None:
-            return None
-        start, end = m.start(), m.end()
+        at = source.lower().find(phrase)
+        if at >= 0:
+            start, end = at, at + len(phrase)
+        else:  # spaces inside the phrase as written (全公司 都停了)
+            pattern = r"\s*".join(re.escape(ch) for ch in phrase if not ch.isspace())
+            m = re.search(pattern, source, re.IGNORECASE)
+            if m is None:
+                return None
+            start, end = m.start(), m.end()
+        found = source[start:end]
         while start > 0 and not _CLAUSE_END_RE.match(source[start - 1]):
             start -= 1
         while end < len(source) and not _CLAUSE_END_RE.match(source[end]):
             end += 1
         clause = source[start:end]
-        return clause if len(clause) <= _CLAUSE_MAX else m.group(0)
+        return clause if len(clause) <= _CLAUSE_MAX else found
 
     def _fix_typos(self, text: str) -> str:
         """Replace typo entries left to right, the longest entry at each position first."""

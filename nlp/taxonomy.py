@@ -530,16 +530,21 @@ def _check_keywords_unique(c: _Checker, categories: dict[str, Category]) -> None
 def _check_typos_do_not_hide_words(c: _Checker, typos: tuple[tuple[str, str], ...],
                                    categories: dict[str, Category]) -> None:
     """A keyword containing a typo entry could never match (the text is corrected first)."""
+    if not typos:
+        return
+    corrections = dict(typos)
+    any_typo = re.compile("|".join(re.escape(wrong) for wrong, _ in sorted(typos, key=lambda kv: -len(kv[0]))))
     for cat in categories.values():
         for field in ("keywords", "weak_keywords", "hints", "measures"):
             for i, word in enumerate(getattr(cat, field)):
-                for wrong, right in typos:
-                    if wrong in word.replace("*", ""):
-                        raise c.fail(
-                            f"categories.{cat.id}.{field}[{i}]",
-                            f"{word!r} contains {wrong!r}, which normalize.typos rewrites to {right!r}; "
-                            "write the corrected form",
-                        )
+                m = any_typo.search(word.replace("*", ""))
+                if m is not None:
+                    wrong, right = m.group(0), corrections[m.group(0)]
+                    raise c.fail(
+                        f"categories.{cat.id}.{field}[{i}]",
+                        f"{word!r} contains {wrong!r}, which normalize.typos rewrites to {right!r}; "
+                        "write the corrected form",
+                    )
 
 
 def _entities(c: _Checker, raw: Any) -> EntityWords:
