@@ -139,7 +139,7 @@ class Api:
         limiter = RateLimiter(runtime.config.api.rate_per_second, runtime.config.api.burst)
         out = [web.get(BASE + "/openapi.json", self._serve_spec), web.get(BASE + "/docs", self._serve_docs)]
         for op in self.operations:
-            out.append(web.route(op.method, BASE + op.path, _Dispatcher(op, runtime, limiter)))
+            out.append(web.route(op.method, BASE + op.path, _Dispatcher(op, runtime, limiter).__call__))
         return out
 
     async def _serve_spec(self, request: web.Request) -> web.Response:
