@@ -187,7 +187,7 @@ async def ticket_events(ctx: Context) -> Reply:
 # ---- actions ---------------------------------------------------------------------
 
 
-async def _act(ctx: Context, body: m.ActAs, command) -> Reply:
+async def act(ctx: Context, body: m.ActAs, command) -> Reply:
     """Look up ticket and actor, run the service command, tell everyone as chat would."""
     s, rt = ctx.s, ctx.runtime
     ticket = await ticket_by_number(ctx, ctx.path["number"])
@@ -208,7 +208,7 @@ def _action(path: str, summary: str, body):
 
 @_action("claim", "Claim a ticket", m.ActAs)
 async def claim_ticket(ctx: Context, body: m.ActAs) -> Reply:
-    return await _act(ctx, body, lambda actor, tk: ctx.runtime.service.claim(ctx.s, actor, tk))
+    return await act(ctx, body, lambda actor, tk: ctx.runtime.service.claim(ctx.s, actor, tk))
 
 
 @_action("transfer", "Transfer a ticket to another engineer", m.Transfer)
@@ -216,27 +216,27 @@ async def transfer_ticket(ctx: Context, body: m.Transfer) -> Reply:
     target = await ctx.s.get(Person, body.to)
     if target is None:
         raise Problem("unknown-person", f"no person with id {body.to!r}")
-    return await _act(ctx, body, lambda actor, tk: ctx.runtime.service.transfer(ctx.s, actor, tk, target))
+    return await act(ctx, body, lambda actor, tk: ctx.runtime.service.transfer(ctx.s, actor, tk, target))
 
 
 @_action("stage", "Record a stage: departed, arrived, repairing", m.Stage)
 async def stage_ticket(ctx: Context, body: m.Stage) -> Reply:
-    return await _act(ctx, body, lambda actor, tk: ctx.runtime.service.stage(ctx.s, actor, tk, body.stage))
+    return await act(ctx, body, lambda actor, tk: ctx.runtime.service.stage(ctx.s, actor, tk, body.stage))
 
 
 @_action("comment", "Add a note to a ticket", m.Comment)
 async def comment_ticket(ctx: Context, body: m.Comment) -> Reply:
-    return await _act(ctx, body, lambda actor, tk: ctx.runtime.service.note(ctx.s, actor, tk, body.text))
+    return await act(ctx, body, lambda actor, tk: ctx.runtime.service.note(ctx.s, actor, tk, body.text))
 
 
 @_action("resolve", "Resolve a ticket (the customer is asked to rate it)", m.Resolve)
 async def resolve_ticket(ctx: Context, body: m.Resolve) -> Reply:
-    return await _act(ctx, body, lambda actor, tk: ctx.runtime.service.stage(ctx.s, actor, tk, "resolve", body.note))
+    return await act(ctx, body, lambda actor, tk: ctx.runtime.service.stage(ctx.s, actor, tk, "resolve", body.note))
 
 
 @_action("cancel", "Cancel a ticket", m.Cancel)
 async def cancel_ticket(ctx: Context, body: m.Cancel) -> Reply:
-    return await _act(ctx, body, lambda actor, tk: ctx.runtime.service.cancel(ctx.s, actor, tk, body.reason))
+    return await act(ctx, body, lambda actor, tk: ctx.runtime.service.cancel(ctx.s, actor, tk, body.reason))
 
 
 # ---- directory -------------------------------------------------------------------
