@@ -10,6 +10,8 @@ The classes follow bot/config.py: unknown keys are errors, durations carry units
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
+from typing import Optional
 
 from pydantic import Field, field_validator
 
@@ -24,6 +26,16 @@ class ApiConfig(_Section):
     rate_per_second: float = Field(default=20.0, gt=0)
     burst: int = Field(default=40, ge=1)
     page_size: int = Field(default=50, ge=1, le=500)
+    # A TTF with Chinese glyphs for the service report PDF (default: Noto Sans SC,
+    # installed with the justmytype-intl-cjk package).
+    report_font: Optional[Path] = None
+
+    @field_validator("report_font")
+    @classmethod
+    def _font_exists(cls, path):
+        if path is not None and not path.is_file():
+            raise ValueError(f"file not found: {path}")
+        return path
 
 
 class WebhooksConfig(_Section):

@@ -107,3 +107,4 @@ async def ticket_report(ctx: Context) -> Reply:
     """Available at any time; complete once the ticket is resolved (also sent with the ticket.resolve webhook)."""
     ticket = await ticket_by_number(ctx, ctx.path["number"], lock=False)
     return Reply(200, await service_report(ctx.s, ticket))
+

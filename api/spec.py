@@ -116,6 +116,14 @@ class Reply:
         return None if self.model is None else self.model.model_dump(mode="json")
 
 
+class Later:
+    """A handler's answer built after its transaction closed (slow work such as
+    drawing a PDF must not hold the database)."""
+
+    def __init__(self, make: Callable[[], Awaitable[web.StreamResponse]]):
+        self.make = make
+
+
 class Api:
     """The operation table: filled by `route` decorators, served by `routes`."""
 
@@ -284,12 +292,14 @@ class _Dispatcher:
                 raise from_refusal(r) from None
             if isinstance(reply, web.StreamResponse):
                 return reply
-            if key is not None:
+            if key is not None and not isinstance(reply, Later):
                 await s.exec(ApiIdempotency.__table__.update()
                              .where(ApiIdempotency.token_name == token.name, ApiIdempotency.key == key)
                              .values(status=reply.status, body={"v": reply.body()}))
         if ctx.wrote:
             rt.outbox.wake()
+        if isinstance(reply, Later):
+            return await reply.make()
         return self._respond(reply.status, reply.body(), reply.headers)
 
     @staticmethod
