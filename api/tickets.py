@@ -154,10 +154,9 @@ async def list_tickets(ctx: Context) -> Reply:
         if value is not None:
             stmt = stmt.where(column == value)
     if q.updated_since is not None:
-        since = q.updated_since if q.updated_since.tzinfo else q.updated_since.replace(tzinfo=None)
-        if since.tzinfo is None:
+        if q.updated_since.tzinfo is None:
             raise Problem("validation-failed", "updated_since: give a time zone, e.g. 2026-01-26T08:00:00Z")
-        stmt = stmt.where(Ticket.updated_at >= since)
+        stmt = stmt.where(Ticket.updated_at >= q.updated_since)
     if q.cursor:
         stmt = stmt.where(Ticket.id < _before(q.cursor))
     rows = list((await ctx.s.exec(stmt.order_by(Ticket.id.desc()).limit(limit + 1))).all())

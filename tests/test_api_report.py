@@ -10,6 +10,7 @@ import pytest
 from api_support import auth, demo_config, quick_token
 from bot.app import RUNTIME, create_app
 from bot.events import Address, InboundEvent
+from conftest import IN_CI
 
 
 @pytest.fixture
@@ -63,6 +64,8 @@ async def test_report_pdf_is_one_page_with_chinese_text(resolved):
     path = tmp_path / "report.pdf"
     path.write_bytes(pdf)
     if shutil.which("pdftotext") is None:
+        if IN_CI:
+            pytest.fail("pdftotext (poppler-utils) is required under CI")
         pytest.skip("poppler-utils (pdftotext) not installed: text extraction not checked")
     text = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
     text = re.sub(r"[ \t]+", " ", text)
