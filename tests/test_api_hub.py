@@ -124,3 +124,30 @@ async def test_no_freeze_outside_the_window_or_without_contradiction(hub):
     async with rt.db.session() as s:
         actions = [e.action for e in (await s.exec(select(TicketEvent).order_by(TicketEvent.id))).all()]
     assert actions == ["report", "external_status", "external_status", "external_status"]
+
+
+async def test_freeze_check_leaves_the_ticket_as_stored_even_without_a_savepoint(hub):
+    """Callers like the phone path use the ticket after a refusal, in the same transaction."""
+    from bot.core.service import Actor, Refused
+    from storage.integration import TicketFreeze
+    from storage.models import Person, Ticket
+
+    client, rt, tokens = hub
+    r = await client.post("/api/v1/tickets", json={"text": "空压机异响"}, headers=auth(tokens["crm"], **{"Idempotency-Key": "f"}))
+    number = (await r.json())["number"]
+    async with rt.db.session() as s:
+        ticket = await rt.service.by_number(s, number)
+        s.add(TicketFreeze(ticket_id=ticket.id, reason="测试冻结", systems={}))
+    async with rt.db.session() as s:
+        ticket = await rt.service.by_number(s, number)
+        engineer = await s.get(Person, "eng_li")
+        with pytest.raises(Refused) as refused:
+            await rt.service.claim(s, Actor(engineer, "phone", "phone"), ticket)
+        assert refused.value.key == "frozen" and "测试冻结" in refused.value.text
+        assert (ticket.state, ticket.claimed_at) == ("new", None)
+        # The transaction goes on and commits: the refused move is not in it.
+        s.add(TicketEvent(ticket_id=ticket.id, action="ack", actor_id="eng_li", actor_name="李工", channel="phone",
+                          from_state=ticket.state, to_state=ticket.state, detail={"page_only": True}))
+    async with rt.db.session() as s:
+        stored = (await s.exec(select(Ticket).where(Ticket.number == number))).one()
+    assert (stored.state, stored.claimed_at) == ("new", None)

@@ -291,14 +291,15 @@ class TicketService:
         """The one freeze check: every command that moves a ticket's state logs
         the move here, so a frozen ticket refuses them all (chat, cards, phone, API).
 
-        Runs before anything was flushed: expiring the ticket drops the move.
+        Runs before the move was flushed: expiring the ticket drops it, and the
+        ticket is read back as stored, for callers that go on using it.
         """
         with s.no_autoflush:
             freeze = await s.get(TicketFreeze, ticket.id)
-        if freeze is not None:
-            number = ticket.number
-            s.expire(ticket)
-            raise Refused("frozen", number=number, reason=freeze.reason)
+            if freeze is not None:
+                s.expire(ticket)
+                await s.refresh(ticket)
+                raise Refused("frozen", number=ticket.number, reason=freeze.reason)
 
     async def unfreeze(self, s: AsyncSession, actor: Actor, ticket: Ticket, decision: str) -> Change:
         """A lead lifts a freeze by naming the system to follow (`解冻 单号 以CRM为准`):
