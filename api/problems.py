@@ -29,6 +29,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "idempotency-key-missing": (400, "This operation needs an Idempotency-Key header"),
     "idempotency-key-reused": (422, "The Idempotency-Key was used with a different request"),
     "not-found": (404, "No such resource"),
+    "method-not-allowed": (405, "The resource does not support this method"),
     "bad-cursor": (400, "The paging cursor is not valid"),
     "external-id-taken": (409, "The external id already names another ticket"),
     "unknown-person": (422, "No such person"),

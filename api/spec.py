@@ -18,6 +18,7 @@ import hashlib
 import html
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal
 
@@ -148,7 +149,19 @@ class Api:
         out = [web.get(BASE + "/openapi.json", self._serve_spec), web.get(BASE + "/docs", self._serve_docs)]
         for op in self.operations:
             out.append(web.route(op.method, BASE + op.path, _Dispatcher(op, runtime, limiter).__call__))
+        out.append(web.route("*", BASE + "/{tail:.*}", self._fallback))  # after all others: unknown paths
         return out
+
+    async def _fallback(self, request: web.Request) -> web.Response:
+        """Unknown paths and methods under /api/v1 get problems too, not aiohttp's plain text."""
+        path = request.path[len(BASE):]
+        allowed = sorted({op.method for op in self.operations if _template(op.path).fullmatch(path)})
+        if request.path in (BASE + "/openapi.json", BASE + "/docs"):
+            allowed = ["GET"]
+        if allowed:
+            return Problem("method-not-allowed", f"{request.method} is not supported here; use {', '.join(allowed)}",
+                           headers={"Allow": ", ".join(allowed)}).response(request.path)
+        return Problem("not-found", f"no API operation at {request.path}").response(request.path)
 
     async def _serve_spec(self, request: web.Request) -> web.Response:
         return web.json_response(self.openapi())
@@ -238,6 +251,10 @@ class Api:
             out["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": keys[(op.body, "validation")]}}}
         return out
+
+
+def _template(path: str) -> re.Pattern:
+    return re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)))
 
 
 def _path_names(path: str) -> list[str]:

@@ -281,3 +281,16 @@ async def test_openapi_document_and_docs_page(bot):
     html = await r.text()
     assert r.status == 200 and "POST" in html and "/api/v1/tickets/{number}/claim" in html
     assert "urn:relaydesk:problem:frozen" in html
+
+
+async def test_unknown_paths_and_methods_are_problems_too(bot):
+    token = await bot.token()
+    r = await bot.client.get("/api/v1/nothing/here", headers=auth(token))
+    await problem(r, 404, "not-found")
+    r = await bot.client.put("/api/v1/tickets", json={}, headers=auth(token))
+    await problem(r, 405, "method-not-allowed")
+    assert r.headers["Allow"] == "GET, POST"
+    r = await bot.client.delete("/api/v1/tickets/SRV-20260126-00001-ABC/claim", headers=auth(token))
+    assert r.headers["Allow"] == "POST"
+    r = await bot.client.get("/api/v1/openapi.json")  # the document and docs need no token
+    assert r.status == 200
