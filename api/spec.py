@@ -241,7 +241,7 @@ class Api:
                 entry["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
         out: dict[str, Any] = {
             "operationId": op.operation_id, "summary": op.summary, "tags": [op.tag],
-            "security": [{"bearer": []}], "x-scope": op.scope, "responses": responses,
+            "security": [{"bearer": []}], "x-scope": op.scope, "responses": dict(sorted(responses.items())),
         }
         if op.description:
             out["description"] = op.description
