@@ -135,8 +135,8 @@ def _before(cursor: str) -> int:
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         before = data["before"]
-        if not isinstance(before, int) or isinstance(before, bool):
-            raise TypeError
+        if not isinstance(before, int) or isinstance(before, bool) or not 0 < before < 2**31:
+            raise TypeError  # ids are positive 32-bit integers
         return before
     except (ValueError, TypeError, KeyError, binascii.Error):
         raise Problem("bad-cursor", "pass the `next` value of the previous page as it was") from None

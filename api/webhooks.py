@@ -18,6 +18,7 @@ import asyncio
 import base64
 import ipaddress
 import json
+import re
 import secrets
 import socket
 import uuid
@@ -165,7 +166,7 @@ class WebhookChannel(Channel):
                     return None
                 retry_after = r.headers.get("Retry-After", "")
                 raise DeliveryError(f"HTTP {r.status} from {sub.url}",
-                                    retry_after=float(retry_after) if retry_after.isdigit() else None)
+                                    retry_after=float(retry_after) if re.fullmatch(r"[0-9]{1,6}", retry_after) else None)
         except asyncio.TimeoutError:
             raise DeliveryError(f"no answer from {sub.url} within {self.config.timeout.total_seconds():g}s") from None
         except aiohttp.ClientError as e:
@@ -257,7 +258,7 @@ def _out(sub: WebhookSubscription, *, secret: bool = False) -> SubscriptionOut:
 
 async def _own(ctx: Context) -> WebhookSubscription:
     raw = ctx.path["id"]
-    sub = await ctx.s.get(WebhookSubscription, int(raw)) if raw.isdigit() and len(raw) < 12 else None
+    sub = await ctx.s.get(WebhookSubscription, int(raw)) if re.fullmatch(r"[0-9]{1,9}", raw) else None
     if sub is None or sub.system != ctx.token.name or not sub.active:
         raise Problem("not-found", f"no webhook subscription {raw} of {ctx.token.name}")
     return sub

@@ -1,6 +1,6 @@
 """The API against its own OpenAPI document, with generated requests.
 
-A bot runs on a local port (SQLite) with a token holding every scope; every
+A bot runs on a local port (SQLite, then PostgreSQL) with a token holding every scope; every
 operation of /api/v1/openapi.json gets a bounded number of generated
 requests (the same ones every time under CI), and every answer must be no
 server error and match the document: status, content type, headers, body.
@@ -28,7 +28,7 @@ from api.routes import api_routes  # noqa: F401  (fills the operation table)
 from api.tokens import SCOPES
 from api_support import demo_config, quick_token
 from bot.app import RUNTIME, create_app
-from conftest import IN_CI
+from conftest import IN_CI, reset_postgres, run_sync
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
@@ -75,10 +75,16 @@ class LiveBot:
         return f"http://127.0.0.1:{self.port}"
 
 
-@pytest.fixture(scope="module")
-def live_bot(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def live_bot(request, tmp_path_factory):
+    """The bot on SQLite, then on the real PostgreSQL (types and limits differ)."""
     tmp = tmp_path_factory.mktemp("schema")
-    config, _ = demo_config(tmp, f"sqlite+aiosqlite:///{tmp}/relaydesk.db", RELAYDESK_API__BURST=100_000)
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp}/relaydesk.db"
+    else:
+        url = request.getfixturevalue("pg_database_url")
+        run_sync(reset_postgres(url))
+    config, _ = demo_config(tmp, url, RELAYDESK_API__BURST=100_000)
     bot = LiveBot(config).start()
     yield bot
     bot.stop()

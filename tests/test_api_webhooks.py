@@ -165,3 +165,13 @@ async def test_private_and_loopback_receivers_are_refused(tmp_path, sqlite_url, 
                                                          OutboxMessage.to_kind == "group"))).all()
     assert [(row.status, "loopback" in (row.last_error or "")) for row in rows] == [("failed", True)]
     assert receiver.refused == 0 and not receiver.events
+
+
+async def test_subscription_ids_are_ascii_digits(tmp_path, database_url, aiohttp_client):
+    config, _ = demo_config(tmp_path, database_url)
+    app = create_app(config, workers=False)
+    client = await aiohttp_client(app)
+    token = await quick_token(app[RUNTIME].db, "crm", "webhooks:write")
+    for raw in ("%C2%B9", "1.5", "-1", "9999999999", "99999999999999999999"):  # "¹" passes str.isdigit
+        r = await client.get(f"/api/v1/webhooks/{raw}/deliveries", headers=auth(token))
+        assert r.status == 404, raw
