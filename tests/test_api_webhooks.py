@@ -111,6 +111,17 @@ async def test_signed_events_arrive_in_order_after_the_receiver_was_down(tmp_pat
     log = (await (await client.get(f"/api/v1/webhooks/{sub['id']}/deliveries", headers=auth(token))).json())["items"]
     assert {d["status"] for d in log} == {"sent"}
 
+    # Changes made in chat are published the same way.
+    from bot.events import Address, InboundEvent
+
+    await app[RUNTIME].bot.handle(InboundEvent(platform="playground", event_id="rate-1", sender_id="cust_wang",
+                                               conversation=Address("playground", "user", "cust_wang"),
+                                               kind="text", text="评价 5"))
+    await wait_for(lambda: len(receiver.events) == 6)
+    rated = receiver.events[-1]
+    assert rated["type"] == "ticket.rate" and rated["data"]["change"]["via"] == "text"
+    assert rated["data"]["ticket"]["rating"] == 5 and rated["data"]["ticket"]["state"] == "closed"
+
     # The signature covers the body: a receiver would reject a tampered copy.
     r = await client.delete(f"/api/v1/webhooks/{sub['id']}", headers=auth(token))
     assert r.status == 204
