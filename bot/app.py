@@ -8,6 +8,7 @@ import time
 from aiohttp import web
 from sqlalchemy import text
 
+from api.routes import api_routes
 from bot.channel import ChannelRegistry
 from bot.channels import build_channels
 from bot.config import Config
@@ -141,6 +142,7 @@ def create_app(config: Config, *, db: Database | None = None, workers: bool = Tr
     for channel in runtime.channels:
         app.router.add_routes(channel.routes())
     app.router.add_routes(runtime.escalation.routes())
+    app.router.add_routes(api_routes(runtime))
 
     async def on_startup(_app: web.Application) -> None:
         await runtime.start(workers=workers)

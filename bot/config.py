@@ -208,6 +208,8 @@ class DingTalkConfig(_Section):
 # Escalation, on-call and phone sections live with the escalation engine.
 from escalation.config import (AliyunConfig, EscalationConfig, OnCallConfig, PhoneConfig,  # noqa: E402
                                TencentConfig, TwilioConfig, check_references)
+# The integration surface's sections live with the API.
+from api.config import ApiConfig, IntegrationConfig, StatusHubConfig, WebhooksConfig  # noqa: E402
 
 
 class Config(_Section):
@@ -230,6 +232,10 @@ class Config(_Section):
     aliyun: Optional[AliyunConfig] = None
     tencent: Optional[TencentConfig] = None
     twilio: Optional[TwilioConfig] = None
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    status_hub: StatusHubConfig = Field(default_factory=StatusHubConfig)
+    integrations: dict[str, IntegrationConfig] = Field(default_factory=dict)  # system name -> its states
 
     @model_validator(mode="after")
     def _cross_refs(self):

@@ -30,4 +30,7 @@ def build_channels(config: Config, sink: EventSink, db: Database) -> list[Channe
     routes = build_routes(config)
     if routes:
         channels.append(PhoneChannel(config.phone, sink, db, routes))
+    from api.webhooks import WebhookChannel  # always: subscriptions are made at run time
+
+    channels.append(WebhookChannel(config.webhooks, sink, db))
     return channels
