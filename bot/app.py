@@ -44,6 +44,8 @@ class Runtime:
         self.notifier = Notifier(config, self.directory, self.service, sops)
         self.escalation = EscalationEngine(config, self.db, self.directory, self.service, self.notifier,
                                            self.metrics, on_commit=self._wake_outbox)
+        # Dispatch weighs who is on call now (the escalation engine's schedule).
+        self.service.dispatcher.oncall = self._on_call
         self.bot = TicketBot(config, self.db, self.directory, self.service, self.notifier, self.metrics,
                              on_commit=self._wake_outbox, escalation=self.escalation)
         for channel in build_channels(config, self.bot, self.db):
@@ -56,6 +58,10 @@ class Runtime:
         for channel in self.channels:
             channel.wake_outbox = self.outbox.wake
         self._tasks: list[asyncio.Task] = []
+
+    def _on_call(self, team_id: str, at) -> str | None:
+        now = self.escalation.oncall.who(team_id, at)
+        return now.person_id if now is not None else None
 
     def _wake_outbox(self) -> None:
         self.outbox.wake()

@@ -49,6 +49,9 @@ class Jobs:
 
         self.add_periodic("auditor", ec.auditor.interval, lambda: audit(self.engine),
                           first=now + timedelta(seconds=5))
+        fc = self.engine.config.followup
+        if fc.enabled and fc.steps:
+            self.add_periodic("followups", fc.check_interval, self.engine.sweep_followups, first=now)
         self.scheduler.start()
 
     def add_periodic(self, name: str, interval: timedelta, fn: Callable[[], Awaitable[None]],
