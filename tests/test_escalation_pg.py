@@ -258,8 +258,8 @@ async def test_steps_that_fell_due_while_the_bot_was_down_fire_once_at_start(tmp
     await rt.stop()
 
     up = create_app(config, workers=True)  # the real scheduler
-    started = datetime.now(timezone.utc)
     await aiohttp_client(up)
+    started = datetime.now(timezone.utc)  # the bot is up: its first sweep runs now
     rt = up[RUNTIME]
     for _ in range(100):
         events = await rows(rt.db, TicketEvent, TicketEvent.action == "escalation")
