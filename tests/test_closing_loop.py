@@ -163,7 +163,8 @@ async def test_photos_show_as_thumbnails_on_both_cards(h, tmp_path):
     assert {"label": "现场照片", "value": "2 张"} in eng["fields"]
     await h.rt.outbox.drain()
     async with h.rt.db.session() as s:
-        rows = (await s.exec(select(PlaygroundMessage).where(PlaygroundMessage.kind == "card_update"))).all()
+        rows = (await s.exec(select(PlaygroundMessage).where(PlaygroundMessage.kind == "card_update")
+                                .order_by(PlaygroundMessage.id))).all()
     html = [r.payload["html"] for r in rows if r.conversation == "user:cust_wang"][-1]
     assert html.count('class="rd-thumb"') == 2 and "/playground/media/" in html
 
@@ -331,6 +332,18 @@ async def test_reporting_for_a_customer_by_phone_number(h):
     # Nobody's chat is known: the staff member who reported hears the updates to relay.
     assert (t.reporter_conv_kind, t.reporter_conv_id) == ("user", "eng_zhang")
     assert (await h.events(t.id))[0].detail["region"] == "华东"  # 江苏省常州市, from the number
+
+
+async def test_reporting_for_a_customer_named_first(h):
+    await h.say("eng_zhang", "报修 王经理反映3号楼消防泵漏水", group=True)
+    t = await h.ticket()
+    assert (t.reporter_id, t.reporter_conv_id, t.summary) == ("cust_wang", "cust_wang", "王经理反映3号楼消防泵漏水")
+    # Nobody named: the staff member's own ticket, its card in their own chat, not the group's.
+    await h.say("eng_li", "报修 2号车间空压机不启动了", group=True)
+    t = await h.ticket()
+    assert (t.reporter_id, t.reporter_conv_kind, t.reporter_conv_id) == ("eng_li", "user", "eng_li")
+    assert await h.cards_to("user", "eng_li", "status")
+    assert not await h.cards_to("group", "engineers", "status")
 
 
 async def test_reporting_for_somebody_unknown_is_refused(h):

@@ -1,6 +1,7 @@
 """Whose ticket it is when staff report on someone's behalf.
 
-`报修 @王经理 3号楼消防泵漏水` (a platform @-mention, or "@name" typed) or
+`报修 @王经理 3号楼消防泵漏水` (a platform @-mention, or "@name" typed),
+`报修 王经理反映3号楼消防泵漏水` (a customer's name opening the text) or
 `报修 13812345678 3号楼消防泵漏水` names the customer: the ticket is theirs and
 every update goes to their own chat. A number nobody in the directory has
 becomes a customer known by that number (reachable only through the staff
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from sqlalchemy import func, literal
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -48,6 +50,9 @@ async def named_customer(s: AsyncSession, directory: Directory, event: InboundEv
         if not people:
             raise UnknownCustomer(name)
         return None, text  # @ a colleague: a note to them, not the customer
+    opening = await _customer_opening(s, text)
+    if opening is not None:
+        return opening, text
     m = MOBILE.search(text)
     if m:
         digits = m.group(1)
@@ -62,6 +67,15 @@ async def named_customer(s: AsyncSession, directory: Directory, event: InboundEv
                             skills=[], phone=digits, active=True)
         return await s.get(Person, pid), text
     return None, text
+
+
+async def _customer_opening(s: AsyncSession, text: str) -> Person | None:
+    """The one customer whose name (two characters or more) opens the text."""
+    head = literal(text)
+    rows = (await s.exec(select(Person).where(
+        Person.role == "customer", Person.active.is_(True), func.length(Person.name) >= 2,
+        func.substr(head, 1, func.length(Person.name)) == Person.name).limit(2))).all()
+    return rows[0] if len(rows) == 1 else None
 
 
 async def customer_conversation(s: AsyncSession, directory: Directory, customer: Person, event: InboundEvent,

@@ -331,8 +331,9 @@ class TicketBot:
             raise Refused("unknown_customer", name=u.name) from None
         if not text:
             raise Refused("empty_report")
-        if customer is None:
-            change = await self._apply(s, await self.service.report(s, actor, text, event.conversation))
+        if customer is None:  # their own ticket: its updates go to their own chat, not the group
+            to = await customer_conversation(s, self.directory, actor.person, event, actor.person)
+            change = await self._apply(s, await self.service.report(s, actor, text, to))
             return _Reply([], toast=change.ticket.number)
         to = await customer_conversation(s, self.directory, customer, event, actor.person)
         change = await self._apply(s, await self.service.report(s, actor, text, to, customer=customer))
