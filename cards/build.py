@@ -43,6 +43,8 @@ class TicketView:
     photos: tuple[str, ...] = ()  # media refs, newest last
     # An outside provider's countdown ("维保外包 · 剩 3 小时 20 分").
     countdown: str | None = None
+    # Who last acknowledged an escalation, when and how ("赵组长 21:40（电话）").
+    acknowledged: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ def _people_fields(v: TicketView) -> list[CardField]:
     return []
 
 
+def _ack_fields(v: TicketView) -> list[CardField]:
+    return [CardField(t("card.field.acked"), v.acknowledged)] if v.acknowledged and v.state in st.OPEN else []
+
+
 def _photo_fields(v: TicketView) -> list[CardField]:
     return [CardField(t("card.field.photos"), t("card.photos", count=len(v.photos)))] if v.photos else []
 
@@ -123,7 +129,7 @@ def engineer_card(v: TicketView, tokens: Mapping[str, str]) -> Card:
     fields = _facts(v) + [
         CardField(t("card.field.reporter"), v.reporter_name),
         CardField(t("card.field.state"), _state_label(v.state)),
-    ] + _people_fields(v)
+    ] + _people_fields(v) + _ack_fields(v)
     if v.countdown and v.state in st.OPEN:
         fields.append(CardField(t("card.field.provider_sla"), v.countdown))
     if v.state in st.UNCLAIMED:
@@ -185,7 +191,7 @@ def escalation_card(v: TicketView, tokens: Mapping[str, str], reason: str) -> Ca
     fields = _facts(v) + [
         CardField(t("card.field.state"), _state_label(v.state)),
         CardField(t("card.field.reporter"), v.reporter_name),
-    ] + _people_fields(v)
+    ] + _people_fields(v) + _ack_fields(v)
     if v.countdown and v.state in st.OPEN:
         fields.append(CardField(t("card.field.provider_sla"), v.countdown))
     actions = ("ack", "transfer") if v.state in st.OPEN else ()

@@ -52,14 +52,19 @@ class Notifier:
     async def _build_view(self, s: AsyncSession, ticket: Ticket) -> build.TicketView:
         reporter = await s.get(Person, ticket.reporter_id)
         assignee = await s.get(Person, ticket.assignee_id) if ticket.assignee_id else None
-        events = (await s.exec(select(TicketEvent.action, TicketEvent.at, TicketEvent.detail)
+        events = (await s.exec(select(TicketEvent.action, TicketEvent.at, TicketEvent.detail, TicketEvent.actor_name)
                                .where(TicketEvent.ticket_id == ticket.id).order_by(TicketEvent.id))).all()
-        times = {action: self.service.local(at) for action, at, _ in events}
-        report = next((d for a, _, d in events if a == "report"), {})
+        times = {action: self.service.local(at) for action, at, _, _ in events}
+        report = next((d for a, _, d, _ in events if a == "report"), {})
+        ack = next(((at, d, who) for a, at, d, who in reversed(events) if a == "ack"), None)
+        acknowledged = None
+        if ack is not None:
+            key = "card.acked_phone" if ack[1].get("via") == "phone" else "card.acked"
+            acknowledged = t(key, name=ack[2], time=self.service.local(ack[0]))
         suggestion = None
         if assignee is not None and ticket.state in st.UNCLAIMED and report.get("suggested") == assignee.id:
             suggestion = self._why(ticket, report)
-        photos = tuple(d.get("media_ref", "") for a, _, d in events if a == "photo")[-evidence.MAX_THUMBNAILS:]
+        photos = tuple(d.get("media_ref", "") for a, _, d, _ in events if a == "photo")[-evidence.MAX_THUMBNAILS:]
         return build.TicketView(
             id=ticket.id, number=ticket.number, state=ticket.state, priority=ticket.priority,
             category_name=ticket.category_name, summary=ticket.summary,
@@ -69,7 +74,7 @@ class Notifier:
             respond_by=self.service.local(ticket.respond_by), resolve_by=self.service.local(ticket.resolve_by),
             rating=ticket.rating, resolution=ticket.resolution, evidence=tuple(ticket.evidence), times=times,
             owned=assignee is not None and ticket.claimed_at is not None and ticket.state not in st.UNCLAIMED,
-            suggestion=suggestion, photos=photos, countdown=self._countdown(ticket),
+            suggestion=suggestion, photos=photos, countdown=self._countdown(ticket), acknowledged=acknowledged,
         )
 
     def _why(self, ticket: Ticket, report: dict) -> str | None:
