@@ -237,7 +237,7 @@ def test_probe_config_errors_name_the_key(tmp_path):
 
 
 async def resolved(h: Harness):
-    t = await repairing(h, SOFTWARE)
+    await repairing(h, SOFTWARE)
     await h.say("eng_zhang", "完工 重启了服务")
     return await h.ticket()
 
