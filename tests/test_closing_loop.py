@@ -224,6 +224,28 @@ retry_delay = "10ms"
     assert "verify_failed" in await actions(h, t.id)
 
 
+async def test_a_failing_probe_by_button_tells_the_engineer_in_chat(tmp_path, database_url, aiohttp_client,
+                                                                    probe_target):
+    config = config_with(tmp_path, database_url, f"""
+[tickets]
+min_photos_by_category = {{ water_leak = 0 }}
+require_resolution_note = false
+
+[[probes]]
+team = "maint"
+url = "{probe_target['base']}/health/{{number}}/{{location}}"
+timeout = "2s"
+retries = 0
+""")
+    h = await harness(aiohttp_client, config)
+    await repairing(h)
+    result = await h.click("eng_zhang", await h.button("engineer", "完工"))
+    assert "完工验证未通过" in result.toast
+    assert (await h.ticket()).state == "verifying"
+    told = await last(h, "eng_zhang")
+    assert "验证未通过" in told and "503" in told and "1 次" in told
+
+
 def test_probe_config_errors_name_the_key(tmp_path):
     from bot.config import ConfigError
 
