@@ -40,7 +40,8 @@ class TicketView:
     owned: bool = False
     # Why the suggested engineer was suggested ("擅长漏水渗水 · 华东 · 手上 1 单").
     suggestion: str | None = None
-    photos: tuple[str, ...] = ()  # media refs, newest last
+    photos: tuple[str, ...] = ()  # media refs of the newest few, newest last
+    photo_count: int = 0
     # An outside provider's countdown ("维保外包 · 剩 3 小时 20 分").
     countdown: str | None = None
     # Who last acknowledged an escalation, when and how ("赵组长 21:40（电话）").
@@ -101,7 +102,7 @@ def _ack_fields(v: TicketView) -> list[CardField]:
 
 
 def _photo_fields(v: TicketView) -> list[CardField]:
-    return [CardField(t("card.field.photos"), t("card.photos", count=len(v.photos)))] if v.photos else []
+    return [CardField(t("card.field.photos"), t("card.photos", count=v.photo_count))] if v.photo_count else []
 
 
 def _buttons(tokens: Mapping[str, str], *actions: str) -> tuple[Button, ...]:

@@ -17,7 +17,7 @@ from bot.texts import t
 from cards import build
 from cards.model import Card
 from nlp import SopLibrary
-from storage.models import CardAction, FollowUp, OutboxMessage, Person, Ticket, TicketEvent
+from storage.models import Attachment, CardAction, FollowUp, OutboxMessage, Person, Ticket, TicketEvent
 
 CUSTOMER_TOLD = {
     "claim": "notify.customer.claimed",
@@ -64,7 +64,11 @@ class Notifier:
         suggestion = None
         if assignee is not None and ticket.state in st.UNCLAIMED and report.get("suggested") == assignee.id:
             suggestion = self._why(ticket, report)
-        photos = tuple(d.get("media_ref", "") for a, _, d, _ in events if a == "photo")[-evidence.MAX_THUMBNAILS:]
+        # From the attachments, not the events: a channel that fetches a picture later
+        # (WeCom) points its attachment at the local file once it has it.
+        photos = tuple((await s.exec(select(Attachment.media_ref).where(
+            Attachment.ticket_id == ticket.id, Attachment.kind == "image").order_by(Attachment.id))).all())
+        photo_count, photos = len(photos), photos[-evidence.MAX_THUMBNAILS:]
         return build.TicketView(
             id=ticket.id, number=ticket.number, state=ticket.state, priority=ticket.priority,
             category_name=ticket.category_name, summary=ticket.summary,
@@ -74,7 +78,7 @@ class Notifier:
             respond_by=self.service.local(ticket.respond_by), resolve_by=self.service.local(ticket.resolve_by),
             rating=ticket.rating, resolution=ticket.resolution, evidence=tuple(ticket.evidence), times=times,
             owned=assignee is not None and ticket.claimed_at is not None and ticket.state not in st.UNCLAIMED,
-            suggestion=suggestion, photos=photos, countdown=self._countdown(ticket), acknowledged=acknowledged,
+            suggestion=suggestion, photos=photos, photo_count=photo_count, countdown=self._countdown(ticket), acknowledged=acknowledged,
         )
 
     def _why(self, ticket: Ticket, report: dict) -> str | None:
