@@ -557,3 +557,18 @@ async def test_the_trail_for_staff_and_the_timeline_for_the_customer(h):
     assert "不是您报的单" in await last(h, "stranger")
     events = await h.events(t.id)
     assert all(isinstance(e, TicketEvent) for e in events)
+
+
+def test_what_the_shipped_default_does(make_config):
+    """The embedded default: 2 photos on site, none for software / office IT, a note;
+    a rating of 2 or less opens a 48 h follow-up that reminds the director when late;
+    no probes; customers placed by mobile number in 华东 / 华北 / 华南."""
+    c = make_config()
+    assert (c.tickets.min_photos, c.tickets.min_photos_by_category, c.tickets.require_resolution_note) == (
+        2, {"software": 0, "office_it": 0}, True)
+    assert (c.followup.enabled, c.followup.threshold, c.followup.deadline) == (True, 2, timedelta(hours=48))
+    assert [(s.after, s.targets) for s in c.followup.steps] == [(timedelta(0), ["director"])]
+    assert c.probes == [] and not any(t.provider for t in c.teams)
+    assert set(c.dispatch.regions) == {"华东", "华北", "华南"}
+    assert all(sk in {"water_leak", "seal", "flow", "pressure", "motor", "trip", "electric_leak",
+                      "inverter_alarm", "control_plc"} for p in c.people for sk in p.skills)
