@@ -203,6 +203,10 @@ retry_delay = "10ms"
     await h.photo("eng_zhang")
     await h.photo("eng_zhang")
     await h.say("eng_zhang", "完工 更换了机封")
+    assert "正在进行完工验证" in await last(h, "eng_zhang")
+    assert probe_target["paths"] == []  # the check runs after the 完工 committed, not inside it
+    assert await h.rt.escalation.run_verifications() == 1
+    assert await h.rt.escalation.run_verifications() == 0  # answered: nothing left to run
     t = await h.ticket()
     assert t.state == "verifying" and t.resolved_at is None
     told = await last(h, "eng_zhang")
@@ -216,12 +220,18 @@ retry_delay = "10ms"
 
     probe_target["status"] = 200
     await h.say("eng_zhang", "完工 更换了机封，复测正常")
-    assert (await h.ticket()).state == "resolved"
+    assert (await h.ticket()).state == "verifying"
+    assert await h.rt.escalation.run_verifications() == 1
+    t = await h.ticket()
+    assert (t.state, t.resolution) == ("resolved", "更换了机封，复测正常")
+    assert "验证通过" in await last(h, "eng_zhang")
+    assert await h.cards_to("user", "cust_wang", "rating")
     assert any("已完工" in x for x in await h.texts_to("user", "cust_wang"))
     probes = [e for e in await h.events(t.id) if e.action == "probe"]
     assert [(p.detail["ok"], p.detail["status"], p.detail["attempts"]) for p in probes] == [
         (False, 503, 2), (True, 200, 1)]
-    assert "verify_failed" in await actions(h, t.id)
+    assert [a for a in await actions(h, t.id) if a in ("verify_submitted", "probe", "verify_failed", "resolve")] == [
+        "verify_submitted", "probe", "verify_failed", "verify_submitted", "probe", "resolve"]
 
 
 async def test_a_failing_probe_by_button_tells_the_engineer_in_chat(tmp_path, database_url, aiohttp_client,
@@ -240,7 +250,8 @@ retries = 0
     h = await harness(aiohttp_client, config)
     await repairing(h)
     result = await h.click("eng_zhang", await h.button("engineer", "完工"))
-    assert "完工验证未通过" in result.toast
+    assert "验证中" in result.toast
+    assert await h.rt.escalation.run_verifications() == 1
     assert (await h.ticket()).state == "verifying"
     told = await last(h, "eng_zhang")
     assert "验证未通过" in told and "503" in told and "1 次" in told

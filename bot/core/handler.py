@@ -264,8 +264,8 @@ class TicketBot:
         if name in st.STAGES:
             ticket = await self._target_ticket(s, actor, cmd)
             change = await self._apply(s, await svc.stage(s, actor, ticket, name, cmd.arg or None))
-            if change.action == "verify_failed":
-                return _Reply([self._verify_failed_text(change)])
+            if change.action == "verify_submitted":
+                return _Reply([t("reply.verify_submitted", number=ticket.number)])
             return _Reply([t(f"reply.stage.{name}", number=ticket.number)] if change.changed else
                           [t("reply.already", number=ticket.number, state=t(f"state.{ticket.state}"))])
         if name == "rate":
@@ -311,12 +311,6 @@ class TicketBot:
         return t("reply.progress", number=ticket.number, state=t(f"state.{ticket.state}"),
                  category=v.category_name, engineer=engineer,
                  respond_by=v.respond_by, resolve_by=v.resolve_by)
-
-    def _verify_failed_text(self, change: Change) -> str:
-        p = change.detail.get("probe", {})
-        result = p.get("status") if p.get("status") is not None else (p.get("error") or "—")
-        return t("reply.verify_failed", number=change.ticket.number, result=result,
-                 attempts=p.get("attempts", 1))
 
     def _team_named(self, text: str):
         """A team written as the transfer target (转交 维修二组), by name or id."""

@@ -271,6 +271,8 @@ class Notifier:
 
     async def _on_resolve(self, s: AsyncSession, change: Change) -> None:
         ticket = change.ticket
+        if change.detail.get("probe"):  # resolved by the check passing, after the engineer's 完工
+            await self._tell_assignee(s, change, t("notify.staff.verified", number=ticket.number))
         v = await self.view(s, ticket)
         enqueue(s, self.customer_address(ticket), CardMessage(await self.rating_card(s, ticket, v),
                                                               mentions=await self._customer_mentions(s, ticket)),
@@ -334,16 +336,18 @@ class Notifier:
             enqueue(s, group, Text(t(key, number=ticket.number, name=change.actor.person.name)), ticket.id)
 
     async def _on_verify_failed(self, s: AsyncSession, change: Change) -> None:
-        """Told by a button: the engineer hears why in their chat (a text command got the reply)."""
-        ticket = change.ticket
-        if change.actor.via == "text" or not ticket.assignee_id:
-            return
-        dm = await self.directory.direct_address(s, ticket.assignee_id, prefer=change.actor.channel)
+        """The check failed: the engineer hears why in their chat; the customer nothing."""
         p = change.detail.get("probe", {})
         result = p.get("status") if p.get("status") is not None else (p.get("error") or "—")
+        await self._tell_assignee(s, change, t("notify.staff.verify_failed", number=change.ticket.number,
+                                                result=result, attempts=p.get("attempts", 1)))
+
+    async def _tell_assignee(self, s: AsyncSession, change: Change, text: str) -> None:
+        ticket = change.ticket
+        dm = await self.directory.direct_address(s, ticket.assignee_id, prefer=change.actor.channel) \
+            if ticket.assignee_id else None
         if dm:
-            enqueue(s, dm, Text(t("reply.verify_failed", number=ticket.number, result=result,
-                                  attempts=p.get("attempts", 1))), ticket.id)
+            enqueue(s, dm, Text(text), ticket.id)
 
     async def _on_reopen(self, s: AsyncSession, change: Change) -> None:
         ticket = change.ticket

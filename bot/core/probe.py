@@ -1,11 +1,10 @@
 """The resolution check: an HTTP probe that must pass before a ticket counts as resolved.
 
 "已解决只代表操作完成，不代表业务结果达成": for a team or category with a
-`[[probes]]` entry, 完工 runs a GET of the entry's URL (a template filled with
-the ticket's fields) and expects its status; timeouts and other statuses are
-retried `retries` times. The ticket waits for the check (it runs inside the
-完工's transaction, so nobody else moves the ticket meanwhile); the config
-bounds the whole check to a minute.
+`[[probes]]` entry, 完工 puts the ticket in 待验证 and bot/core/verify.py then
+runs a GET of the entry's URL (a template filled with the ticket's fields),
+outside any transaction, expecting its status; timeouts and other statuses are
+retried `retries` times. The config bounds the whole check to a minute.
 """
 from __future__ import annotations
 
@@ -50,8 +49,7 @@ class ProbeResult:
                 "attempts": self.attempts, "ms": self.ms}
 
 
-async def run(probe: ProbeConfig, ticket: Ticket) -> ProbeResult:
-    url = probe_url(probe, ticket)
+async def run(probe: ProbeConfig, url: str) -> ProbeResult:
     started = time.monotonic()
     status: int | None = None
     error: str | None = None

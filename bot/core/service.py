@@ -243,32 +243,38 @@ class TicketService:
         before = ticket.state
         detail: dict = {"note": note} if note else {}
         if action == "resolve":
-            check = await self._resolution_checks(s, actor, ticket, note)
-            if check is not None:
-                detail["probe"] = check.detail()
-                if not check.ok:  # not resolved: waits for verification, the customer hears nothing
-                    ticket.state = st.VERIFYING
-                    return await self._log(s, ticket, "verify_failed", actor, before, st.VERIFYING, detail)
+            await self._require_evidence(s, ticket, note)
+            if probe.probe_for(self.config, ticket) is not None:
+                # Resolved only once the check passes (bot/core/verify.py runs it
+                # after this commits): until then 待验证, and the customer hears nothing.
+                ticket.state = st.VERIFYING
+                return await self._log(s, ticket, "verify_submitted", actor, before, st.VERIFYING, detail)
             ticket.resolved_at = self.clock()
             ticket.resolution = (note or "").strip()[:1000] or None
         ticket.state = target
         return await self._log(s, ticket, action, actor, before, target, detail)
 
-    async def _resolution_checks(self, s: AsyncSession, actor: Actor, ticket: Ticket,
-                                 note: str | None) -> probe.ProbeResult | None:
-        """Evidence (refused when short), then the probe if one applies (logged)."""
+    async def _require_evidence(self, s: AsyncSession, ticket: Ticket, note: str | None) -> None:
         short = await evidence.check(self.config, s, ticket, note)
         if short.photos_have < short.photos_needed:
             raise Refused("photos_needed", number=ticket.number, need=short.photos_needed,
                           have=short.photos_have, more=short.photos_needed - short.photos_have)
         if short.note_missing:
             raise Refused("note_needed", number=ticket.number)
-        check = probe.probe_for(self.config, ticket)
-        if check is None:
-            return None
-        result = await probe.run(check, ticket)
+
+    async def verified(self, s: AsyncSession, actor: Actor, ticket: Ticket, note: str | None,
+                       result: probe.ProbeResult) -> Change:
+        """The check of a 完工 in 待验证 came back: log it; resolve the ticket when it passed."""
         await self._log(s, ticket, "probe", actor, ticket.state, ticket.state, result.detail())
-        return result
+        if not result.ok:
+            return await self._log(s, ticket, "verify_failed", actor, ticket.state, ticket.state,
+                                   {"probe": result.detail()})
+        before = ticket.state
+        ticket.resolved_at = self.clock()
+        ticket.resolution = (note or "").strip()[:1000] or None
+        ticket.state = st.RESOLVED
+        detail = {"probe": result.detail()} | ({"note": note} if note else {})
+        return await self._log(s, ticket, "resolve", actor, before, st.RESOLVED, detail)
 
     async def note(self, s: AsyncSession, actor: Actor, ticket: Ticket, text: str) -> Change:
         if not is_staff(actor.person) and actor.person.id != ticket.reporter_id:
