@@ -280,7 +280,7 @@ class ProbeConfig(_Section):
         total = (self.timeout + self.retry_delay).total_seconds() * (self.retries + 1)
         if self.timeout.total_seconds() <= 0 or total > 60:
             raise ValueError("timeout must be above 0s and (timeout + retry_delay) x (retries + 1) at most 60s "
-                             "(the ticket waits for the check)")
+                             "(the ticket waits in 待验证 for the check)")
         try:
             names = {name for _, name, _, _ in string.Formatter().parse(self.url) if name is not None}
         except ValueError as e:

@@ -289,8 +289,9 @@ def test_the_whole_story_with_photos_probe_and_follow_up(story_bot, page, tmp_pa
     expect(group.locator(".msg.from-bot .bubble", has_text="可以完工").last).to_be_visible()
     expect(card.locator(".rd-thumb img")).to_have_count(2)
 
-    # 完工 with a note: the probe passes, the ticket is resolved, the customer asked to rate.
+    # 完工 with a note: 待验证 until the probe passes, then resolved and the customer asked to rate.
     say(group, "完工 更换了机封，试机正常")
+    expect(group.locator(".msg.from-bot .bubble", has_text="正在进行完工验证").last).to_be_visible()
     expect(card).to_contain_text("已完工待评价")
     status = customer.locator(".rd-card[data-kind=status]").last
     expect(status.locator(".rd-thumb img")).to_have_count(2)
