@@ -12,6 +12,7 @@ from bot.channel import ChannelRegistry
 from bot.channels import build_channels
 from bot.config import Config
 from bot.core.directory import Directory
+from bot.core.dispatch import unknown_skills
 from bot.core.handler import TicketBot
 from bot.core.notify import Notifier
 from bot.core.service import TicketService
@@ -46,6 +47,8 @@ class Runtime:
         # the names, the channels need the bot as their sink.
         self.directory = Directory(config, [])
         self.service = TicketService(config, self.directory, classifier)
+        for key in unknown_skills(config, set(classifier.taxonomy.categories)):
+            log.warning("%s is not a category id of the taxonomy: dispatch never matches it", key)
         self.notifier = Notifier(config, self.directory, self.service, sops)
         self.escalation = EscalationEngine(config, self.db, self.directory, self.service, self.notifier,
                                            self.metrics, on_commit=self._wake_outbox)

@@ -583,3 +583,12 @@ def test_what_the_shipped_default_does(make_config):
     assert set(c.dispatch.regions) == {"华东", "华北", "华南"}
     assert all(sk in {"water_leak", "seal", "flow", "pressure", "motor", "trip", "electric_leak",
                       "inverter_alarm", "control_plc"} for p in c.people for sk in p.skills)
+
+
+def test_skills_that_are_not_category_ids_are_named(tmp_path):
+    from bot.core.dispatch import unknown_skills
+
+    config = config_with(tmp_path, "sqlite+aiosqlite:///x.db")
+    config.teams[0].skills.append("泵")
+    assert unknown_skills(config, {"water_leak", "seal", "flow", "pressure", "motor", "trip", "electric_leak",
+                                   "inverter_alarm", "control_plc"}) == ["teams[0].skills: '泵'"]

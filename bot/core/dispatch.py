@@ -56,6 +56,15 @@ class Suggestion:
                 "region": self.region, "load": self.load, "oncall": self.oncall}
 
 
+def unknown_skills(config: Config, categories: set[str]) -> list[str]:
+    """Config keys whose skills are not category ids ("teams[0].skills: '泵'"): they never match."""
+    out = []
+    for kind, items in (("teams", config.teams), ("people", config.people)):
+        for i, item in enumerate(items):
+            out += [f"{kind}[{i}].skills: {sk!r}" for sk in item.skills if sk not in categories]
+    return out
+
+
 class Dispatcher:
     def __init__(self, config: Config, oncall: OnCallLookup | None = None):
         self.config = config
