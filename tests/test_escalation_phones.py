@@ -421,6 +421,8 @@ async def test_digit_1_acknowledges_and_stops_the_chain(make_any, provider):
     ack = await phones.events(tk.id, "ack")
     assert len(ack) == 1 and ack[0].detail["via"] == "phone" and ack[0].actor_id == "lead_zhao"
     assert ack[0].channel == provider
+    told = [m.message["text"] for m in await phones.outbox() if m.to_kind == "group" and m.message["type"] == "text"]
+    assert any("已通过电话确认收到工单" in x and tk.number in x for x in told)  # the group hears who answered
     phones.clock.advance(minutes=30)
     assert await phones.sweep() == 0  # the director is not paged
     assert not await phones.esc_cards_to("director_sun")
