@@ -4,6 +4,8 @@
     python run_bot.py classify [--explain] [--taxonomy FILE] < reports.txt
     python run_bot.py init-db [--config relaydesk.toml]
     python run_bot.py check-config [--config relaydesk.toml]
+    python run_bot.py report daily [--date D] [--team T] [--json] [--out DIR]
+    python run_bot.py report month [--month YYYY-MM] [--json] [--out DIR]
 """
 from __future__ import annotations
 
@@ -99,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         from nlp.cli import main as classify_main
 
         return classify_main(argv[1:])
+    if argv and argv[0] == "report":
+        from reports.cli import main as report_main
+
+        return report_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "init-db":
         return init_db(args)

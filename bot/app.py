@@ -21,6 +21,7 @@ from bot.outbox import OutboxWorker
 from bot.tasks import BackgroundTasks
 from escalation.engine import EscalationEngine
 from nlp import Classifier, SopLibrary
+from reports.jobs import ReportJobs
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Runtime:
         self.notifier = Notifier(config, self.directory, self.service, sops)
         self.escalation = EscalationEngine(config, self.db, self.directory, self.service, self.notifier,
                                            self.metrics, on_commit=self._wake_outbox)
+        self.reports = ReportJobs(config, self.directory, self.escalation, on_commit=self._wake_outbox)
         self.bot = TicketBot(config, self.db, self.directory, self.service, self.notifier, self.metrics,
                              on_commit=self._wake_outbox, escalation=self.escalation)
         for channel in build_channels(config, self.bot, self.db):
@@ -82,6 +84,7 @@ class Runtime:
             self.tasks.spawn(self.inbox.run(), "inbox")
             self.tasks.spawn(self.outbox.run(), "outbox")
             await self.escalation.start()
+            self.reports.start(self.escalation.scheduler)
 
     async def stop(self) -> None:
         """Stop the workers and channels and close the database, each within a bound.

@@ -207,6 +207,7 @@ class DingTalkConfig(_Section):
 
 # Escalation, on-call and phone sections live with the escalation engine.
 from escalation.config import EscalationConfig, OnCallConfig, TwilioConfig, check_references  # noqa: E402
+from reports.config import ReportsConfig, check_references as check_report_references  # noqa: E402
 
 
 class Config(_Section):
@@ -226,6 +227,7 @@ class Config(_Section):
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     oncall: dict[str, OnCallConfig] = Field(default_factory=dict)  # team id -> schedule
     twilio: Optional[TwilioConfig] = None
+    reports: ReportsConfig = Field(default_factory=ReportsConfig)
 
     @model_validator(mode="after")
     def _cross_refs(self):
@@ -244,6 +246,7 @@ class Config(_Section):
                 if ref is not None and ref not in known:
                     raise ValueError(f"teams[{i}].{key}: unknown person {ref!r}")
         check_references(self)
+        check_report_references(self)
         return self
 
     def team(self, team_id: str | None) -> TeamConfig | None:
