@@ -21,6 +21,7 @@ from bot.outbox import OutboxWorker
 from bot.tasks import BackgroundTasks
 from escalation.engine import EscalationEngine
 from nlp import Classifier, SopLibrary
+from reports.chat import ReportChat
 from reports.jobs import ReportJobs
 from storage.db import Database
 
@@ -53,6 +54,7 @@ class Runtime:
         self.reports = ReportJobs(config, self.directory, self.escalation, on_commit=self._wake_outbox)
         self.bot = TicketBot(config, self.db, self.directory, self.service, self.notifier, self.metrics,
                              on_commit=self._wake_outbox, escalation=self.escalation)
+        self.bot.reports = ReportChat(config, self.service)
         for channel in build_channels(config, self.bot, self.db):
             self.channels.add(channel)
         self.directory.channels = self.channels.names()

@@ -13,6 +13,8 @@ from reports import charts
 from reports.figures import compute, day_period, heat_map, month_period
 from reports.load import load_dataset, settings_from
 from reports.text import daily_text, heat_text
+from sqlmodel.ext.asyncio.session import AsyncSession
+
 from storage.db import Database
 
 
@@ -42,7 +44,7 @@ def team_name(config: Config, team: str | None) -> str:
     return tc.name if tc else team
 
 
-async def daily_report(config: Config, db: Database, day: date, team: str | None = None, *,
+async def daily_report(config: Config, db: Database | AsyncSession, day: date, team: str | None = None, *,
                        out: Path | None = None) -> DailyReport:
     """`day`'s figures (and the day before's, for the change), with a chart when `out` is given."""
     settings = settings_from(config)
@@ -59,7 +61,7 @@ async def daily_report(config: Config, db: Database, day: date, team: str | None
     return report
 
 
-async def monthly_heat_map(config: Config, db: Database, year: int, month: int, *,
+async def monthly_heat_map(config: Config, db: Database | AsyncSession, year: int, month: int, *,
                            out: Path | None = None) -> HeatMap | None:
     """The month's median stage times per team and per category; None when nothing was resolved."""
     settings = settings_from(config)

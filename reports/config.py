@@ -7,6 +7,8 @@
     business_hours = "09:00-18:00"     # on business_days; the rest is off hours
     business_days = [1, 2, 3, 4, 5]    # ISO weekdays (Monday = 1)
     low_rating = 2                     # ratings at or below count as low
+    link_ttl = "12h"                   # a console link (看板) is valid this long
+    tracking_ttl = "30d"               # a customer's tracking link is valid this long
     [reports.groups]                   # team id -> managers' group per channel
     maint = { wecom = "wrkABC", feishu = "oc_..." }
 
@@ -15,12 +17,12 @@ page's lead pane) when the playground runs.
 """
 from __future__ import annotations
 
-from datetime import time
+from datetime import time, timedelta
 from typing import TYPE_CHECKING, Optional
 
 from pydantic import Field, field_validator
 
-from bot.config import _Section
+from bot.config import Duration, _Section
 from escalation.config import parse_hhmm
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,6 +49,9 @@ class ReportsConfig(_Section):
     groups: dict[str, dict[str, str]] = Field(default_factory=dict)
     # Where chart images are written (default <data dir>/reports).
     out_dir: Optional[str] = None
+    # How long a console link (`看板`) and a customer's tracking link stay valid.
+    link_ttl: Duration = timedelta(hours=12)
+    tracking_ttl: Duration = timedelta(days=30)
 
     @field_validator("daily_at", "monthly_at")
     @classmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.config import Config
 from reports.figures import Dataset, Hours, Page, Settings
@@ -35,26 +36,33 @@ def out_dir(config: Config) -> Path:
     return Path(os.environ.get("RELAYDESK_DATA_DIR") or "data") / "reports"
 
 
-async def load_dataset(db: Database, start: datetime, end: datetime) -> Dataset:
+async def load_dataset(src: Database | AsyncSession, start: datetime, end: datetime) -> Dataset:
     """Tickets with anything to say about [start, end), their events before `end`,
-    the phone pages in the span, and everybody's names."""
-    async with db.session() as s:
-        tickets = list((await s.exec(
-            select(Ticket).where(Ticket.created_at < end,
-                                 (Ticket.updated_at >= start) | Ticket.state.in_(_MAY_BE_STALE))
-        )).all())
-        ids = [tk.id for tk in tickets]
-        events: list[TicketEvent] = []
-        for i in range(0, len(ids), 500):  # bounded IN lists
-            chunk = ids[i:i + 500]
-            events += (await s.exec(
-                select(TicketEvent).where(TicketEvent.ticket_id.in_(chunk), TicketEvent.at < end)
-                .order_by(TicketEvent.at, TicketEvent.id)
-            )).all()
-        calls = (await s.exec(
-            select(PhoneCall.person_id, PhoneCall.created_at, PhoneCall.status)
-            .where(PhoneCall.created_at >= start, PhoneCall.created_at < end)
+    the phone pages in the span, and everybody's names.
+
+    `src` is the database, or a session already open (chat commands read inside
+    their own transaction: sessions must not be nested).
+    """
+    if isinstance(src, Database):
+        async with src.session() as s:
+            return await load_dataset(s, start, end)
+    s = src
+    tickets = list((await s.exec(
+        select(Ticket).where(Ticket.created_at < end,
+                             (Ticket.updated_at >= start) | Ticket.state.in_(_MAY_BE_STALE))
+    )).all())
+    ids = [tk.id for tk in tickets]
+    events: list[TicketEvent] = []
+    for i in range(0, len(ids), 500):  # bounded IN lists
+        chunk = ids[i:i + 500]
+        events += (await s.exec(
+            select(TicketEvent).where(TicketEvent.ticket_id.in_(chunk), TicketEvent.at < end)
+            .order_by(TicketEvent.at, TicketEvent.id)
         )).all()
-        names = {pid: name for pid, name in (await s.exec(select(Person.id, Person.name))).all()}
+    calls = (await s.exec(
+        select(PhoneCall.person_id, PhoneCall.created_at, PhoneCall.status)
+        .where(PhoneCall.created_at >= start, PhoneCall.created_at < end)
+    )).all()
+    names = {pid: name for pid, name in (await s.exec(select(Person.id, Person.name))).all()}
     pages = [Page(pid, at) for pid, at, status in calls if status not in _NOT_PAGED]
     return Dataset(tickets, events, pages, names)

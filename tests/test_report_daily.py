@@ -261,3 +261,22 @@ async def test_cli_prints_the_same_figures(page, sqlite_url, tmp_path):
     assert bad.returncode == 2 and "unknown team 'nope'" in bad.stderr
     bad = await asyncio.to_thread(run, "month", "--month", "2026-13")
     assert bad.returncode == 2 and "--month '2026-13': write YYYY-MM" in bad.stderr
+
+
+async def test_heat_map_goes_out_on_the_first(page):
+    rt = page.rt
+    await page.story(3, 10, 0, "eng_zhang")
+    page.clock.at = datetime(2027, 1, 1, 8, 50, tzinfo=TZ)
+    assert await rt.reports.tick() == 2  # the daily report only: the heat map waits for 09:00
+    page.clock.at = datetime(2027, 1, 1, 9, 1, tzinfo=TZ)
+    assert await rt.reports.tick() == 2  # the heat map of December, to the same two places
+    assert await rt.reports.tick() == 0
+    rows = [r for r in await report_rows_all(rt) if "超时归因热力图" in r.message.get("text", "")
+            or r.message.get("caption") == "2026-12 超时归因热力图"]
+    assert sorted((r.to_id, r.message["type"]) for r in rows) == [
+        ("lead_zhao", "image"), ("lead_zhao", "text"), ("managers", "image"), ("managers", "text")]
+
+
+async def report_rows_all(rt) -> list[OutboxMessage]:
+    async with rt.db.session() as s:
+        return list((await s.exec(select(OutboxMessage).order_by(OutboxMessage.id))).all())

@@ -16,7 +16,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.channel import HandleResult
 from bot.config import Config
 from bot.core import states as st
-from bot.core.commands import CUSTOMER_COMMANDS, Command, parse_command
+from bot.core.board import my_board
+from bot.core.commands import CUSTOMER_COMMANDS, REPORT_COMMANDS, Command, parse_command
 from bot.core.directory import Directory, is_staff
 from bot.core.notify import Notifier
 from bot.core.service import Actor, Change, Refused, TicketService
@@ -61,6 +62,8 @@ class TicketBot:
         self.answering = 0  # callbacks being accepted right now
         # The escalation engine: told of every change (start, jump or stop a chain).
         self.escalation = escalation
+        # The managers' commands (reports.chat.ReportChat), set by the runtime.
+        self.reports = None
 
     async def __call__(self, event: InboundEvent) -> HandleResult:
         """The sink: accept a message into the inbox, or handle a click at once.
@@ -214,7 +217,13 @@ class TicketBot:
             change = await self._apply(s, await svc.report(s, actor, cmd.arg, event.conversation))
             return _Reply([], toast=change.ticket.number)
         if name == "my_tickets":
-            return _Reply([await self._board(s, actor.person)])
+            return _Reply([await my_board(s, svc, actor.person)])
+        if name in REPORT_COMMANDS:
+            if self.reports is None:
+                return _Reply([t("report.unavailable")])
+            for message in await self.reports.answer(s, actor.person, name, cmd.arg):
+                enqueue(s, event.conversation, message)
+            return _Reply([])
         if name == "progress":
             ticket = await self._progress_ticket(s, actor, cmd)
             return _Reply([await self._progress_text(s, ticket)])
@@ -283,22 +292,6 @@ class TicketBot:
         return t("reply.progress", number=ticket.number, state=t(f"state.{ticket.state}"),
                  category=v.category_name, engineer=v.assignee_name or t("reply.nobody_yet"),
                  respond_by=v.respond_by, resolve_by=v.resolve_by)
-
-    async def _board(self, s: AsyncSession, person: Person) -> str:
-        tickets = await self.service.open_tickets_of(s, person)
-        if not tickets:
-            return t("reply.board_empty")
-        now = self.service.clock()
-        lines = [t("reply.board_title", count=len(tickets))]
-        for tk in tickets[:10]:
-            due = tk.respond_by if tk.state in st.UNCLAIMED else tk.resolve_by
-            minutes = int((due - now).total_seconds() // 60)
-            flag = t("reply.board_overdue", minutes=-minutes) if minutes < 0 else \
-                t("reply.board_left", minutes=minutes)
-            lines.append(t("reply.board_line", priority=tk.priority, number=tk.number,
-                           state=t(f"state.{tk.state}"), category=tk.category_name, due=flag,
-                           red="🔴" if minutes < 0 else ""))
-        return "\n".join(lines)
 
     async def _transfer_target(self, s: AsyncSession, event: InboundEvent, cmd: Command) -> Person:
         for ext in event.mentions:
