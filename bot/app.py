@@ -19,6 +19,8 @@ from bot.metrics import Metrics
 from bot.inbox import InboxWorker
 from bot.outbox import OutboxWorker
 from bot.tasks import BackgroundTasks
+from console.links import Links
+from console.routes import Console
 from escalation.engine import EscalationEngine
 from nlp import Classifier, SopLibrary
 from reports.chat import ReportChat
@@ -54,7 +56,13 @@ class Runtime:
         self.reports = ReportJobs(config, self.directory, self.escalation, on_commit=self._wake_outbox)
         self.bot = TicketBot(config, self.db, self.directory, self.service, self.notifier, self.metrics,
                              on_commit=self._wake_outbox, escalation=self.escalation)
-        self.bot.reports = ReportChat(config, self.service)
+        # Signed links to the console (看板) and to each ticket's tracking page (receipts).
+        self.links = Links(config.server.public_url, clock=lambda: self.service.clock(),
+                           secret=config.reports.link_secret)
+        self.notifier.tracking_link = lambda ticket: self.links.tracking_url(ticket.number, config.reports.tracking_ttl)
+        self.bot.reports = ReportChat(config, self.service,
+                                      console_link=lambda p: self.links.console_url(p.id, config.reports.link_ttl))
+        self.console = Console(config, self.db, self.links, self.service, self.notifier)
         for channel in build_channels(config, self.bot, self.db):
             self.channels.add(channel)
         self.directory.channels = self.channels.names()
@@ -71,6 +79,7 @@ class Runtime:
 
     async def start(self, *, workers: bool = True) -> None:
         await self.db.init()
+        await self.links.load(self.db)
         await self.directory.sync(self.db)
         for channel in self.channels:
             await channel.start()
@@ -146,6 +155,7 @@ def create_app(config: Config, *, db: Database | None = None, workers: bool = Tr
     for channel in runtime.channels:
         app.router.add_routes(channel.routes())
     app.router.add_routes(runtime.escalation.routes())
+    app.router.add_routes(runtime.console.routes())
 
     async def on_startup(_app: web.Application) -> None:
         await runtime.start(workers=workers)

@@ -9,6 +9,7 @@
     low_rating = 2                     # ratings at or below count as low
     link_ttl = "12h"                   # a console link (看板) is valid this long
     tracking_ttl = "30d"               # a customer's tracking link is valid this long
+    link_secret = "..."                # signs the links (default: random, kept in the database)
     [reports.groups]                   # team id -> managers' group per channel
     maint = { wecom = "wrkABC", feishu = "oc_..." }
 
@@ -52,6 +53,8 @@ class ReportsConfig(_Section):
     # How long a console link (`看板`) and a customer's tracking link stay valid.
     link_ttl: Duration = timedelta(hours=12)
     tracking_ttl: Duration = timedelta(days=30)
+    # Signs those links; unset: a random secret kept in the database (shared by all processes).
+    link_secret: Optional[str] = None
 
     @field_validator("daily_at", "monthly_at")
     @classmethod
