@@ -44,7 +44,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 from zoneinfo import ZoneInfo
 
 OPEN_AT_END = frozenset({"new", "claimed", "on_the_way", "on_site", "repairing", "transferred", "reopened"})
@@ -434,6 +434,3 @@ def worst_cells(grid: dict[str, dict[str, float | None]], n: int = 3) -> list[tu
     cells = [(row, stage, v) for row, stages in grid.items() for stage, v in stages.items() if v]
     return sorted(cells, key=lambda c: -c[2])[:n]
 
-
-def iter_teams(data: Dataset) -> Iterable[str]:
-    return sorted({tk.team for tk in data.tickets if tk.team})

@@ -203,26 +203,63 @@ def test_chinese_glyphs_are_real_glyphs(tmp_path):
     assert np.array_equal(ta, tb)
 
 
+TICK_SCRIPT = """
+import asyncio, os, sys
+from datetime import datetime
+from zoneinfo import ZoneInfo
+from bot.app import Runtime
+from bot.config import load_config
+
+async def main():
+    rt = Runtime(load_config(None))
+    at = datetime(2026, 12, 4, 8, 30, tzinfo=ZoneInfo("Asia/Shanghai"))
+    rt.service.clock = lambda: at
+    await rt.start(workers=False)
+    print("ready", flush=True)
+    while not os.path.exists(sys.argv[1]):  # both processes start the tick together
+        await asyncio.sleep(0.005)
+    print(await rt.reports.tick(), flush=True)
+    await rt.stop()
+
+asyncio.run(main())
+"""
+
+
 @pytest.mark.postgres
-async def test_two_processes_send_the_report_once(make_config, pg_database_url, aiohttp_client, tmp_path,
-                                                  monkeypatch):
+async def test_two_processes_send_the_report_once(make_config, pg_database_url, tmp_path):
+    """Two bot processes on one PostgreSQL run the 08:30 tick at the same moment: one report per destination."""
     from tests.conftest import reset_postgres
 
-    monkeypatch.setenv("RELAYDESK_DATA_DIR", str(tmp_path / "data"))
     await reset_postgres(pg_database_url)
-    clock = Clock(datetime(2026, 12, 3, 10, tzinfo=TZ))
-    apps = [create_app(make_config(pg_database_url, **MANAGERS), workers=False) for _ in range(2)]
-    runtimes = []
-    for i, app in enumerate(apps):
-        await aiohttp_client(app)
-        rt = app[RUNTIME]
-        rt.service.clock = clock
-        rt.escalation.owner = f"process-{i}"
-        runtimes.append(rt)
-    clock.set(4, 8, 30)
-    sent = [await asyncio.gather(*(rt.reports.tick() for rt in runtimes)) for _ in range(3)]
-    assert sum(map(sum, sent)) == 2  # two destinations, once each, whoever got there first
-    rows = await report_rows(runtimes[0])
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, RELAYDESK_DATABASE_URL=pg_database_url, RELAYDESK_DATA_DIR=str(tmp_path / "data"),
+               **MANAGERS)
+    go = tmp_path / "go"
+    procs = [await asyncio.create_subprocess_exec(sys.executable, "-c", TICK_SCRIPT, str(go), cwd=root, env=env,
+                                                  stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+             for _ in range(2)]
+    try:
+        for p in procs:
+            line = await asyncio.wait_for(p.stdout.readline(), 60)
+            assert line.strip() == b"ready", (line, await p.stderr.read())
+        go.touch()
+        outs = [await asyncio.wait_for(p.communicate(), 60) for p in procs]
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert sorted(int(o[0].split()[-1]) for o in outs) in ([0, 2], [1, 1])  # two destinations, once each
+    config = make_config(pg_database_url)
+    from storage.db import Database
+
+    db = Database(config.database_url)
+    try:
+        async with db.session() as s:
+            rows = (await s.exec(select(OutboxMessage))).all()
+    finally:
+        await db.dispose()
     assert sorted((r.to_kind, r.to_id, r.message["type"]) for r in rows) == [
         ("group", "managers", "image"), ("group", "managers", "text"),
         ("user", "lead_zhao", "image"), ("user", "lead_zhao", "text")]
