@@ -175,3 +175,17 @@ async def test_heat_map_on_demand(chat):
     assert await chat.say("lead_zhao", "热力图 2026-11") == [t("report.heat_empty", month="2026-11")]
     assert await chat.say("lead_zhao", "热力图 2026-13") == [t("refuse.bad_month", month="2026-13")]
     assert await chat.say("lead_zhao", "热力图 上个月") == [t("refuse.bad_month", month="上个月")]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("RELAYDESK_REPORTS__GROUPS__NOPE__WECOM", "x", "reports.groups.nope: unknown team 'nope'"),
+    ("RELAYDESK_REPORTS__DAILY_AT", "25:00", "reports.daily_at: not a time of day: '25:00'"),
+    ("RELAYDESK_REPORTS__SLEEP_HOURS", "22", "reports.sleep_hours: '22': write a span of local time as \"HH:MM-HH:MM\""),
+    ("RELAYDESK_REPORTS__LOW_RATING", "9", "reports.low_rating: Input should be less than or equal to 5"),
+])
+def test_report_config_errors_name_the_key(key, value, message):
+    from bot.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, env={key: value})
+    assert message in str(e.value)
