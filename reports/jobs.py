@@ -13,7 +13,7 @@ channels that run, and the team lead's chat on the playground (its lead pane).
 from __future__ import annotations
 
 import logging
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 TICK = timedelta(minutes=1)
+FIRST_TICK = timedelta(seconds=60)
 PLAYGROUND = "playground"
 
 
@@ -49,8 +50,10 @@ class ReportJobs:
         self.tz = settings_from(config).tz
 
     def start(self, jobs: "Jobs") -> None:
+        # The first tick a minute after start-up: drawing charts then would compete for
+        # the CPU with the escalation sweep catching up on steps due while the bot was down.
         if self.config.reports.enabled:
-            jobs.add_periodic("reports-tick", TICK, self.tick)
+            jobs.add_periodic("reports-tick", TICK, self.tick, first=datetime.now(timezone.utc) + FIRST_TICK)
 
     # ---- the tick ----------------------------------------------------------
 
