@@ -11,10 +11,11 @@ Definitions (per team when a team is given, else over all tickets):
   claimed in the period.
 - mttr_s: mean seconds from report to resolution, over tickets resolved in the
   period (the last 完工 in the period counts).
-- sla_response_rate: of tickets first claimed in the period, plus tickets whose
-  response deadline passed in the period with nobody claiming them (and not
-  cancelled before it), the share claimed by the deadline.
-- sla_resolve_rate: the same for the resolution deadline and 完工.
+- sla_response_rate: the share of tickets claimed by their response deadline.
+  A ticket counts once, in the period holding the earlier of its first claim
+  and its deadline (a hit is known at the claim, a miss at the deadline), unless
+  it was cancelled before that moment.
+- sla_resolve_rate: the same for the resolution deadline and the first 完工.
   Deadlines are the ones promised at report time: report time + the priority's
   configured deadline (a reopen sets new working deadlines, not a new promise).
 - fsr (first-time fix rate): of tickets resolved in the period, the share never
@@ -272,12 +273,14 @@ def compute(data: Dataset, period: Period, settings: Settings, team: str | None 
             claim_waits.append(wait)
             if first_claim.actor_id:
                 people[first_claim.actor_id].claim_waits.append(wait)
-            if respond_by is not None:
-                resp_total += 1
-                resp_hit += first_claim.at <= respond_by
-        elif (first_claim is None and respond_by is not None and period.contains(respond_by)
-              and not (cancel and cancel.at <= respond_by)):
-            resp_total += 1  # due in the period, still unclaimed at its end: missed
+        verdict = _deadline_verdict(period, first_claim, respond_by, cancel)
+        if verdict is not None:
+            resp_total += 1
+            resp_hit += verdict
+        verdict = _deadline_verdict(period, h.first("resolve"), resolve_by, cancel)
+        if verdict is not None:
+            res_total += 1
+            res_hit += verdict
 
         for c in h.of("claim"):
             if period.contains(c.at) and c.actor_id:
@@ -294,12 +297,6 @@ def compute(data: Dataset, period: Period, settings: Settings, team: str | None 
             if holder:
                 people[holder].resolved += 1
                 people[holder].fixes.append(fix)
-            if resolve_by is not None:
-                res_total += 1
-                res_hit += last.at <= resolve_by
-        elif (resolve_by is not None and period.contains(resolve_by) and not h.of("resolve")
-              and not (cancel and cancel.at <= resolve_by)):
-            res_total += 1
 
         for r in h.of("rate"):
             if period.contains(r.at) and isinstance(r.detail.get("stars"), int):
@@ -360,6 +357,21 @@ def compute(data: Dataset, period: Period, settings: Settings, team: str | None 
             "interruptions": dict(p.interruptions),
         })
     return out
+
+
+def _deadline_verdict(period: Period, done: EventLike | None, deadline: datetime | None,
+                      cancel: EventLike | None) -> bool | None:
+    """Hit (True) or miss (False) when the ticket's SLA moment falls in the period, else None.
+
+    The moment is the earlier of when it was done and its deadline: a hit is
+    known when it is done in time, a miss as soon as the deadline passes.
+    """
+    if deadline is None:
+        return None
+    moment = min(done.at, deadline) if done is not None else deadline
+    if not period.contains(moment) or (cancel is not None and cancel.at <= moment):
+        return None
+    return done is not None and done.at <= deadline
 
 
 def _team_people(histories: list[_History]) -> set[str]:
