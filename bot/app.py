@@ -8,10 +8,12 @@ import time
 from aiohttp import web
 from sqlalchemy import text
 
+from api.routes import api_routes
 from bot.channel import ChannelRegistry
 from bot.channels import build_channels
 from bot.config import Config
 from bot.core.directory import Directory
+from bot.core.dispatch import unknown_skills
 from bot.core.handler import TicketBot
 from bot.core.notify import Notifier
 from bot.core.service import TicketService
@@ -50,10 +52,14 @@ class Runtime:
         # the names, the channels need the bot as their sink.
         self.directory = Directory(config, [])
         self.service = TicketService(config, self.directory, classifier)
+        for key in unknown_skills(config, set(classifier.taxonomy.categories)):
+            log.warning("%s is not a category id of the taxonomy: dispatch never matches it", key)
         self.notifier = Notifier(config, self.directory, self.service, sops)
         self.escalation = EscalationEngine(config, self.db, self.directory, self.service, self.notifier,
                                            self.metrics, on_commit=self._wake_outbox)
         self.reports = ReportJobs(config, self.directory, self.escalation, on_commit=self._wake_outbox)
+        # Dispatch weighs who is on call now (the escalation engine's schedule).
+        self.service.dispatcher.oncall = self._on_call
         self.bot = TicketBot(config, self.db, self.directory, self.service, self.notifier, self.metrics,
                              on_commit=self._wake_outbox, escalation=self.escalation)
         # Signed links to the console (看板) and to each ticket's tracking page (receipts).
@@ -73,6 +79,10 @@ class Runtime:
         for channel in self.channels:
             channel.wake_outbox = self.outbox.wake
         self.tasks = BackgroundTasks("runtime")
+
+    def _on_call(self, team_id: str, at) -> str | None:
+        now = self.escalation.oncall.who(team_id, at)
+        return now.person_id if now is not None else None
 
     def _wake_outbox(self) -> None:
         self.outbox.wake()
@@ -156,6 +166,7 @@ def create_app(config: Config, *, db: Database | None = None, workers: bool = Tr
         app.router.add_routes(channel.routes())
     app.router.add_routes(runtime.escalation.routes())
     app.router.add_routes(runtime.console.routes())
+    app.router.add_routes(api_routes(runtime))
 
     async def on_startup(_app: web.Application) -> None:
         await runtime.start(workers=workers)

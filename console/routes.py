@@ -164,14 +164,14 @@ class Console:
         out: list[tuple[str, str | None, str]] = []
         team = person.team if person.role == "lead" else None
         daily = await daily_report(self.config, self.db, yesterday, team, out=folder)
-        out.append((t("report.daily_title", team=daily.team_name, date=yesterday.isoformat()),
+        out.append((t("reports.daily_title", team=daily.team_name, date=yesterday.isoformat()),
                     await _data_uri(daily.chart), daily.text))
         heat = await monthly_heat_map(self.config, self.db, last_month.year, last_month.month, out=folder)
         label = f"{last_month.year:04d}-{last_month.month:02d}"
         if heat is None:
-            out.append((t("report.heat_caption", month=label), None, t("report.heat_empty", month=label)))
+            out.append((t("reports.heat_caption", month=label), None, t("reports.heat_empty", month=label)))
         else:
-            out.append((t("report.heat_caption", month=label), await _data_uri(heat.chart), heat.text))
+            out.append((t("reports.heat_caption", month=label), await _data_uri(heat.chart), heat.text))
         return _html(pages.charts_page(request.query["t"], person.name, self._until(grant), out))
 
     async def track(self, request: web.Request) -> web.Response:

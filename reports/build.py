@@ -39,7 +39,7 @@ class HeatMap:
 
 def team_name(config: Config, team: str | None) -> str:
     if team is None:
-        return t("report.all_teams")
+        return t("reports.all_teams")
     tc = config.team(team)
     return tc.name if tc else team
 
@@ -56,7 +56,7 @@ async def daily_report(config: Config, db: Database | AsyncSession, day: date, t
     report = DailyReport(team, name, day, today, before, daily_text(name, day.isoformat(), today, before))
     if out is not None:
         path = out / f"daily-{day.isoformat()}-{team or 'all'}.png"
-        title = t("report.daily_title", team=name, date=day.isoformat())
+        title = t("reports.daily_title", team=name, date=day.isoformat())
         report.chart = await asyncio.to_thread(charts.daily_chart, path, title, today, before)
     return report
 
@@ -70,11 +70,11 @@ async def monthly_heat_map(config: Config, db: Database | AsyncSession, year: in
     by_team = heat_map(data, period, "team")
     if not by_team:
         return None
-    grids = [(t("report.heat_by_team"), by_team), (t("report.heat_by_category"), heat_map(data, period, "category"))]
+    grids = [(t("reports.heat_by_team"), by_team), (t("reports.heat_by_category"), heat_map(data, period, "category"))]
     names = {tc.id: tc.name for tc in config.teams}
     report = HeatMap(period.label, grids, heat_text(period.label, grids, names))
     if out is not None:
         path = out / f"heatmap-{period.label}.png"
         report.chart = await asyncio.to_thread(charts.heat_map_chart, path,
-                                               t("report.heat_title", month=period.label), grids, names)
+                                               t("reports.heat_title", month=period.label), grids, names)
     return report

@@ -82,13 +82,13 @@ def daily_chart(path: Path, title: str, today: dict, before: dict, *, font: Path
     left, mid, right = fig.subplots(1, 3, width_ratios=[1.2, 1.0, 1.3])
 
     rate_keys = ("sla_response_rate", "sla_resolve_rate", "fsr")
-    labels = [t(f"report.chart.{k}") for k in rate_keys]
+    labels = [t(f"reports.chart.{k}") for k in rate_keys]
     x = range(len(rate_keys))
     w = 0.38
     left.bar([i - w / 2 for i in x], [_pct(before.get(k)) for k in rate_keys], w, color="#b0bec5",
-             label=t("report.chart.day_before"))
+             label=t("reports.chart.day_before"))
     bars = left.bar([i + w / 2 for i in x], [_pct(today.get(k)) for k in rate_keys], w, color="#1e88e5",
-                    label=t("report.chart.yesterday"))
+                    label=t("reports.chart.yesterday"))
     for b, k in zip(bars, rate_keys):
         v = today.get(k)
         left.annotate("—" if v is None else f"{v * 100:.0f}%", (b.get_x() + b.get_width() / 2, b.get_height()),
@@ -97,7 +97,7 @@ def daily_chart(path: Path, title: str, today: dict, before: dict, *, font: Path
     left.set_ylim(0, 128)
     left.set_yticks(range(0, 101, 20))
     left.set_ylabel("%", **st)
-    left.set_title(t("report.chart.rates"), **st)
+    left.set_title(t("reports.chart.rates"), **st)
     left.legend(prop={"family": st["family"], "size": 8}, ncols=2, loc="upper center")
 
     count_keys = ("reports", "resolved", "backlog", "low_ratings")
@@ -107,20 +107,20 @@ def daily_chart(path: Path, title: str, today: dict, before: dict, *, font: Path
     for b in bars:
         mid.annotate(f"{int(b.get_height())}", (b.get_x() + b.get_width() / 2, b.get_height()),
                      ha="center", va="bottom", fontsize=9, **st)
-    mid.set_xticks(list(x), [t(f"report.chart.{k}") for k in count_keys], **st)
+    mid.set_xticks(list(x), [t(f"reports.chart.{k}") for k in count_keys], **st)
     top = max([before.get(k) or 0 for k in count_keys] + [today.get(k) or 0 for k in count_keys] + [1])
     mid.set_ylim(0, top * 1.2)
     mid.yaxis.set_major_locator(MaxNLocator(integer=True))
-    mid.set_title(t("report.chart.counts"), **st)
+    mid.set_title(t("reports.chart.counts"), **st)
 
     people = today.get("per_person") or []
     if people:
         names = [p["person"] for p in people]
         y = range(len(people))
         right.barh([i - 0.2 for i in y], [p["claimed"] for p in people], 0.4, color="#fb8c00",
-                   label=t("report.chart.claimed"))
+                   label=t("reports.chart.claimed"))
         right.barh([i + 0.2 for i in y], [p["resolved"] for p in people], 0.4, color="#1e88e5",
-                   label=t("report.chart.resolved"))
+                   label=t("reports.chart.resolved"))
         for i, p in enumerate(people):
             right.annotate(str(p["claimed"]), (p["claimed"], i - 0.2), va="center", fontsize=8,
                            xytext=(3, 0), textcoords="offset points")
@@ -132,11 +132,11 @@ def daily_chart(path: Path, title: str, today: dict, before: dict, *, font: Path
         right.xaxis.set_major_locator(MaxNLocator(integer=True))
         right.legend(prop={"family": st["family"], "size": 8}, ncols=2, loc="upper center")
     else:
-        right.text(0.5, 0.5, t("report.chart.no_people"), ha="center", va="center", transform=right.transAxes,
+        right.text(0.5, 0.5, t("reports.chart.no_people"), ha="center", va="center", transform=right.transAxes,
                    **st)
         right.set_xticks([])
         right.set_yticks([])
-    right.set_title(t("report.chart.per_person"), **st)
+    right.set_title(t("reports.chart.per_person"), **st)
     return _save(fig, path)
 
 
@@ -148,7 +148,7 @@ def heat_map_chart(path: Path, title: str, grids: list[tuple[str, dict[str, dict
     fig.suptitle(title, fontsize=14, **st)
     axes = fig.subplots(len(grids), 1, squeeze=False,
                         height_ratios=[max(1, len(g)) + 1 for _, g in grids])[:, 0]
-    stage_labels = [t(f"report.stage.{s}") for s in STAGES]
+    stage_labels = [t(f"reports.stage.{s}") for s in STAGES]
     worst = max((v for _, g in grids for row in g.values() for v in row.values() if v), default=1) / 60
     for ax, (label, grid) in zip(axes, grids):
         keys = list(grid) or ["—"]

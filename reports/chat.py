@@ -43,7 +43,7 @@ class ReportChat:
                 raise Refused("staff_only")
             return [Text(await self._my_stats(s, person, arg))]
         if not is_lead(person):
-            raise Refused("leads_only_report", command=t(f"report.command.{name}"))
+            raise Refused("leads_only_report", command=t(f"reports.command.{name}"))
         if name == "stats":
             return [Text(await self._stats(s, person, arg))]
         if name == "team_board":
@@ -53,8 +53,8 @@ class ReportChat:
             return await self._heat_map(s, arg)
         if name == "console":
             if self.console_link is None:
-                return [Text(t("report.console_unavailable"))]
-            return [Text(t("report.console_link", url=self.console_link(person),
+                return [Text(t("reports.console_unavailable"))]
+            return [Text(t("reports.console_link", url=self.console_link(person),
                            hours=int(self.config.reports.link_ttl.total_seconds() // 3600)))]
         raise ValueError(name)
 
@@ -72,7 +72,7 @@ class ReportChat:
         else:
             period = month_period(today.year, today.month, self.settings.tz)
         # Up to now (and what happened this very second): a deadline later today is not missed yet.
-        return replace(period, end=min(period.end, now + timedelta(seconds=1))), t(f"report.stats_{kind}")
+        return replace(period, end=min(period.end, now + timedelta(seconds=1))), t(f"reports.stats_{kind}")
 
     def _team(self, person: Person, arg: str) -> str | None:
         """The team named in `arg` (name or id), else the lead's own team, else all teams."""
@@ -89,27 +89,27 @@ class ReportChat:
         period, label = self._period(arg, "today")
         team = self._team(person, arg)
         figures = compute(await load_dataset(s, period.start, period.end), period, self.settings, team)
-        title = t("report.stats_title", scope=team_name(self.config, team), period=label)
+        title = t("reports.stats_title", scope=team_name(self.config, team), period=label)
         lines = [summary_text(title, figures, None)]
         people = per_person_lines(figures)
         if people:
-            lines += [t("report.per_person_title"), *people]
+            lines += [t("reports.per_person_title"), *people]
         return "\n".join(lines)
 
     async def _my_stats(self, s: AsyncSession, person: Person, arg: str) -> str:
         period, label = self._period(arg, "month")
         figures = compute(await load_dataset(s, period.start, period.end), period, self.settings)
         mine = next((p for p in figures["per_person"] if p["person_id"] == person.id), None)
-        lines = [t("report.mine_title", name=person.name, period=label)]
+        lines = [t("reports.mine_title", name=person.name, period=label)]
         if mine is None:
-            lines.append(t("report.mine_nothing"))
+            lines.append(t("reports.mine_nothing"))
             return "\n".join(lines)
-        none = t("report.none")
-        lines.append(t("report.mine_line", claimed=mine["claimed"], resolved=mine["resolved"],
+        none = t("reports.none")
+        lines.append(t("reports.mine_line", claimed=mine["claimed"], resolved=mine["resolved"],
                        mtta=duration(mine["mtta_s"]), fsr=percent(mine["fsr"]),
                        rating=none if mine["rating_avg"] is None else f"{mine['rating_avg']:.1f}"))
         i = mine["interruptions"]
-        lines.append(t("report.mine_interruptions", total=sum(i.values()), **i))
+        lines.append(t("reports.mine_interruptions", total=sum(i.values()), **i))
         return "\n".join(lines)
 
     async def _heat_map(self, s: AsyncSession, arg: str) -> list[Outbound]:
@@ -127,8 +127,8 @@ class ReportChat:
         heat = await monthly_heat_map(self.config, s, year, month, out=out_dir(self.config))
         label = f"{year:04d}-{month:02d}"
         if heat is None:
-            return [Text(t("report.heat_empty", month=label))]
+            return [Text(t("reports.heat_empty", month=label))]
         out: list[Outbound] = [Text(heat.text)]
         if heat.chart is not None:
-            out.append(Image(str(heat.chart), t("report.heat_caption", month=label)))
+            out.append(Image(str(heat.chart), t("reports.heat_caption", month=label)))
         return out

@@ -116,10 +116,10 @@ async def _month(config, year: int, month: int, team: str | None, as_json: bool,
 
     from reports.build import team_name
 
-    print(summary_text(t("report.stats_title", scope=team_name(config, team), period=period.label), figures, None))
+    print(summary_text(t("reports.stats_title", scope=team_name(config, team), period=period.label), figures, None))
     for line in per_person_lines(figures):
         print(line)
-    print(heat.text if heat else t("report.heat_empty", month=period.label))
+    print(heat.text if heat else t("reports.heat_empty", month=period.label))
     if heat and heat.chart:
         print(heat.chart)
     return 0

@@ -30,8 +30,9 @@ Definitions (per team when a team is given, else over all tickets):
   tickets credited to them), and interruptions: each claim and each phone page
   (escalation call or SMS), split by local time into business hours, off hours
   and sleep hours.
-- follow-ups open/overdue: None until the ticket core records follow-ups; the
-  loader passes them in once it does (see `Dataset.follow_ups`).
+- follow_ups_open / follow_ups_overdue: supervisor follow-ups (opened by a low
+  rating) still open at the end of the period, and those of them past their
+  deadline; None when no follow-ups are given (`Dataset.follow_ups`).
 
 Stage times (the monthly heat map): for tickets resolved in the period, how
 long each stage took: 待认领 (report -> first claim), 认领->出发, 出发->到达,
@@ -48,7 +49,10 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, Mapping, Protocol, Sequence
 from zoneinfo import ZoneInfo
 
-OPEN_AT_END = frozenset({"new", "claimed", "on_the_way", "on_site", "repairing", "transferred", "reopened"})
+from bot.core import states as st
+
+# Open at the end of a period: the backlog (resolved waits for its rating, not for work).
+OPEN_AT_END = st.OPEN
 STAGES = ("unclaimed", "claim_depart", "depart_arrive", "repair", "resolve_rate", "transfer")
 
 
@@ -165,7 +169,7 @@ class Dataset:
     events: Sequence[EventLike]
     pages: Sequence[Page] = ()
     names: Mapping[str, str] = field(default_factory=dict)
-    # None: the ticket core keeps no follow-ups yet, so there is nothing to count.
+    # None: no follow-ups to count (the figures report null).
     follow_ups: Sequence[FollowUp] | None = None
 
 

@@ -126,7 +126,7 @@ class ReportJobs:
         async with self.db.session() as s:
             enqueue(s, to, Text(r.text))
             if r.chart is not None:
-                enqueue(s, to, Image(str(r.chart), t("report.chart_caption", team=r.team_name,
+                enqueue(s, to, Image(str(r.chart), t("reports.chart_caption", team=r.team_name,
                                                       date=r.day.isoformat())))
         self.on_commit()
 
@@ -134,11 +134,11 @@ class ReportJobs:
         h = await heat()
         async with self.db.session() as s:
             if h is None:
-                enqueue(s, to, Text(t("report.heat_empty", month=label)))
+                enqueue(s, to, Text(t("reports.heat_empty", month=label)))
             else:
                 enqueue(s, to, Text(h.text))
                 if h.chart is not None:
-                    enqueue(s, to, Image(str(h.chart), t("report.heat_caption", month=label)))
+                    enqueue(s, to, Image(str(h.chart), t("reports.heat_caption", month=label)))
         self.on_commit()
 
 

@@ -10,14 +10,15 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.config import Config
-from reports.figures import Dataset, Hours, Page, Settings
+from bot.core import states as st
+from reports.figures import Dataset, FollowUp as FollowUpRow, Hours, Page, Settings
 from storage.db import Database
-from storage.models import Person, PhoneCall, Ticket, TicketEvent
+from storage.models import FollowUp, Person, PhoneCall, Ticket, TicketEvent
 
 # Calls and SMS that never reached a phone woke nobody.
 _NOT_PAGED = frozenset({"throttled", "failed"})
 # States in which a ticket may sit unchanged for long: still in the backlog.
-_MAY_BE_STALE = ("new", "claimed", "on_the_way", "on_site", "repairing", "transferred", "reopened", "resolved")
+_MAY_BE_STALE = st.OPEN | {st.RESOLVED}
 
 
 def settings_from(config: Config) -> Settings:
@@ -65,4 +66,8 @@ async def load_dataset(src: Database | AsyncSession, start: datetime, end: datet
     )).all()
     names = {pid: name for pid, name in (await s.exec(select(Person.id, Person.name))).all()}
     pages = [Page(pid, at) for pid, at, status in calls if status not in _NOT_PAGED]
-    return Dataset(tickets, events, pages, names)
+    # Follow-ups open at some point before `end` (opened before it, not closed before `start`).
+    fus = (await s.exec(select(FollowUp).where(FollowUp.opened_at < end,
+                                               (FollowUp.closed_at.is_(None)) | (FollowUp.closed_at >= start)))).all()
+    follow_ups = [FollowUpRow(f.team, f.opened_at, f.due_at, f.closed_at) for f in fus]
+    return Dataset(tickets, events, pages, names, follow_ups)

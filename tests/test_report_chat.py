@@ -54,7 +54,8 @@ class Chat:
 @pytest.fixture
 async def chat(make_config, database_url, aiohttp_client, tmp_path, monkeypatch):
     monkeypatch.setenv("RELAYDESK_DATA_DIR", str(tmp_path / "data"))
-    app = create_app(make_config(database_url), workers=False)
+    # 完工 without photos: these tests are about figures, not evidence.
+    app = create_app(make_config(database_url, RELAYDESK_TICKETS__MIN_PHOTOS="0"), workers=False)
     await aiohttp_client(app)
     return Chat(app[RUNTIME])
 
@@ -99,7 +100,7 @@ async def test_my_stats_counts_interruptions_by_hours(chat):
         "被打扰 2 次：工作时间 1，非工作时间 0，睡眠时间 1",
     ]
     [nothing] = await chat.say("eng_zhang", "我的统计 今天")
-    assert nothing.split("\n") == ["《我的统计》张工 · 今天", t("report.mine_nothing")]
+    assert nothing.split("\n") == ["《我的统计》张工 · 今天", t("reports.mine_nothing")]
 
 
 async def add_engineer(rt, pid: str, name: str, team: str) -> None:
@@ -172,7 +173,7 @@ async def test_heat_map_on_demand(chat):
     assert answer[1] == "image"
     images = [r.message for r in await chat.outbox() if r.message["type"] == "image"]
     assert Path(images[-1]["path"]).read_bytes()[:4] == b"\x89PNG"
-    assert await chat.say("lead_zhao", "热力图 2026-11") == [t("report.heat_empty", month="2026-11")]
+    assert await chat.say("lead_zhao", "热力图 2026-11") == [t("reports.heat_empty", month="2026-11")]
     assert await chat.say("lead_zhao", "热力图 2026-13") == [t("refuse.bad_month", month="2026-13")]
     assert await chat.say("lead_zhao", "热力图 上个月") == [t("refuse.bad_month", month="上个月")]
 

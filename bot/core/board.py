@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.core import states as st
+from bot.core import followup, states as st
+from bot.core.directory import is_staff
 from bot.core.service import TicketService
 from bot.texts import t
 from storage.models import Person, Ticket, TicketEvent
@@ -90,16 +91,25 @@ def _line(service: TicketService, tk: Ticket, f: Flags, owner: str | None = None
 
 
 async def my_board(s: AsyncSession, service: TicketService, person: Person) -> str:
-    """`我的工单` with its red flags (staff), or a customer's open tickets."""
+    """`我的工单` with its red flags and open follow-ups (staff), or a customer's open tickets."""
     tickets = await service.open_tickets_of(s, person)
-    if not tickets:
+    followups = await followup.open_for(s, person) if is_staff(person) else []
+    if not tickets and not followups:
         return t("reply.board_empty")
     now = service.clock()
     flags = await ticket_flags(s, tickets, now)
-    lines = [t("reply.board_title", count=len(tickets))]
+    lines = [t("reply.board_title", count=len(tickets))] if tickets else []
     today = _today_count(tickets, service, now)
-    if today > BACKLOG_TODAY and person.role != "customer":
+    if today > BACKLOG_TODAY and is_staff(person):
         lines.append(t("reply.board_backlog", count=today, limit=BACKLOG_TODAY))
+    if followups:
+        lines.append(t("reply.board_followups", count=len(followups)))
+    for fu, tk in followups:
+        minutes = int((fu.due_at - now).total_seconds() // 60)
+        due = t("reply.board_overdue", minutes=-minutes) if minutes < 0 else \
+            t("reply.board_left_hours", hours=minutes // 60, minutes=minutes % 60)
+        lines.append(t("reply.board_followup_line", number=tk.number, stars="★" * fu.stars,
+                       comment=fu.comment or t("reply.no_comment"), due=due))
     lines += [_line(service, tk, flags[tk.id]) for tk in tickets[:BOARD_LINES]]
     return "\n".join(lines)
 

@@ -7,6 +7,8 @@
     GET  /playground/api/messages      new messages (long-poll: ?after=<id>&wait=<s>)
     POST /playground/api/send          a person types a message
     POST /playground/api/click         a person clicks a card button
+    POST /playground/api/photo         a person sends a picture (the image as the body;
+                                       ?conversation=&sender_id=&client_id=)
 
 Messages the bot sends reach the page through PlaygroundChannel.send (called by
 the outbox worker); what people type goes to the core through the channel's sink.
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_BODY = 64 * 1024
+MAX_PHOTO = 8 * 1024 * 1024
+PHOTO_TYPES = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp"}
 MAX_TEXT = 2000
 MAX_WAIT = 25.0
 PAGE_SIZE = 200
@@ -260,6 +264,44 @@ def playground_routes(channel: PlaygroundChannel) -> list[web.RouteDef]:
             {"ok": True, "toast": result.toast, "duplicate": result.duplicate}, headers=_NO_STORE
         )
 
+    async def photo(request: web.Request) -> web.Response:
+        try:
+            person, conversation = speaker_and_conversation(dict(request.query))
+            suffix = PHOTO_TYPES.get(request.content_type)
+            if suffix is None:
+                raise Refusal(415, f"send a picture ({', '.join(sorted(PHOTO_TYPES))}), not {request.content_type!r}")
+            if request.content_length is not None and request.content_length > MAX_PHOTO:
+                raise Refusal(413, f"picture larger than {MAX_PHOTO // (1024 * 1024)} MiB")
+            data = bytearray()
+            async for chunk in request.content.iter_any():
+                data += chunk
+                if len(data) > MAX_PHOTO:
+                    raise Refusal(413, f"picture larger than {MAX_PHOTO // (1024 * 1024)} MiB")
+            if not data:
+                raise Refusal(400, "empty picture")
+        except Refusal as r:
+            return _error(r.status, r.message)
+        client_id = request.query["client_id"]
+        path = await channel.save_photo(bytes(data), suffix)
+        await channel.record_user_image(conversation, person, path, client_id)
+        address = parse_conversation(conversation)
+        assert address is not None
+        event = InboundEvent(
+            platform=channel.name,
+            event_id=client_id,
+            sender_id=person,
+            sender_name=channel.people[person].name,
+            conversation=address,
+            kind="image",
+            image_ref=str(path.resolve()),
+        )
+        try:
+            result = await channel.sink(event)
+        except Exception:
+            log.exception("playground: the core failed on a picture from %s", person)
+            return _error(500, "the bot failed to handle this picture; see the bot's log")
+        return web.json_response({"ok": True, "duplicate": result.duplicate}, headers=_NO_STORE)
+
     async def trailing_slash(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/playground")
 
@@ -273,4 +315,5 @@ def playground_routes(channel: PlaygroundChannel) -> list[web.RouteDef]:
         web.get("/playground/api/messages", messages),
         web.post("/playground/api/send", send),
         web.post("/playground/api/click", click),
+        web.post("/playground/api/photo", photo),
     ]
