@@ -75,6 +75,7 @@ async def test_stats_for_leads_only(chat):
     assert answer.startswith("《统计》维修一组 · 今天\n报修 1 · 完工 1 · 积压 0")
     assert "平均响应 5 分钟" in answer and "平均修复 35 分钟" in answer
     assert "评分 2.0（1 条，差评 1）" in answer
+    assert "回访 未结 1，超期 0" in answer  # the 2-star rating opened a follow-up for the lead (48 h)
     assert "张工：认领 1 · 完工 1 · 响应 5 分钟 · FSR 100% · 评分 2.0 · 夜间打扰 0" in answer
     [week] = await chat.say("director_sun", "统计 本周 维修一组")
     assert week.startswith("《统计》维修一组 · 本周")
@@ -82,6 +83,9 @@ async def test_stats_for_leads_only(chat):
     assert bad == t("refuse.unknown_team", name="维修九组", teams="维修一组")
     [customer] = await chat.say("cust_wang", "统计")
     assert customer == t("refuse.customer_command", command="统计")
+    chat.later(hours=48)
+    [later] = await chat.say("director_sun", "统计 本月 维修一组")
+    assert "回访 未结 1，超期 1" in later
 
 
 async def test_my_stats_counts_interruptions_by_hours(chat):
