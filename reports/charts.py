@@ -2,8 +2,10 @@
 
 Chinese labels need a CJK font, which a fresh machine often lacks (matplotlib
 then draws empty boxes). The font comes with the `mplfonts` package (Noto Sans
-CJK SC, SIL Open Font License); it is registered with matplotlib by path, so
-nothing is copied into matplotlib's install or rc files. Figures are built
+CJK SC Regular, SIL Open Font License); it is registered with matplotlib by
+path, so nothing is copied into matplotlib's install or rc files. (The service
+report PDF's variable Noto Sans SC is no use here: matplotlib cannot choose a
+weight of a variable font and draws it at its thinnest.) Figures are built
 with the object API (no pyplot state), so charts can be drawn from threads.
 """
 from __future__ import annotations
