@@ -4,6 +4,8 @@
     python run_bot.py classify [--explain] [--taxonomy FILE] < reports.txt
     python run_bot.py init-db [--config relaydesk.toml]
     python run_bot.py check-config [--config relaydesk.toml]
+    python run_bot.py report daily [--date D] [--team T] [--json] [--out DIR]
+    python run_bot.py report month [--month YYYY-MM] [--json] [--out DIR]
     python run_bot.py api-token create --name crm --scopes tickets:read,tickets:write
     python run_bot.py api-token list | revoke <id|name|prefix>
 """
@@ -104,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         from nlp.cli import main as classify_main
 
         return classify_main(argv[1:])
+    if argv and argv[0] == "report":
+        from reports.cli import main as report_main
+
+        return report_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "init-db":
         return init_db(args)

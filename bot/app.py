@@ -21,8 +21,12 @@ from bot.metrics import Metrics
 from bot.inbox import InboxWorker
 from bot.outbox import OutboxWorker
 from bot.tasks import BackgroundTasks
+from console.links import Links
+from console.routes import Console
 from escalation.engine import EscalationEngine
 from nlp import Classifier, SopLibrary
+from reports.chat import ReportChat
+from reports.jobs import ReportJobs
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -53,10 +57,18 @@ class Runtime:
         self.notifier = Notifier(config, self.directory, self.service, sops)
         self.escalation = EscalationEngine(config, self.db, self.directory, self.service, self.notifier,
                                            self.metrics, on_commit=self._wake_outbox)
+        self.reports = ReportJobs(config, self.directory, self.escalation, on_commit=self._wake_outbox)
         # Dispatch weighs who is on call now (the escalation engine's schedule).
         self.service.dispatcher.oncall = self._on_call
         self.bot = TicketBot(config, self.db, self.directory, self.service, self.notifier, self.metrics,
                              on_commit=self._wake_outbox, escalation=self.escalation)
+        # Signed links to the console (看板) and to each ticket's tracking page (receipts).
+        self.links = Links(config.server.public_url, clock=lambda: self.service.clock(),
+                           secret=config.reports.link_secret)
+        self.notifier.tracking_link = lambda ticket: self.links.tracking_url(ticket.number, config.reports.tracking_ttl)
+        self.bot.reports = ReportChat(config, self.service,
+                                      console_link=lambda p: self.links.console_url(p.id, config.reports.link_ttl))
+        self.console = Console(config, self.db, self.links, self.service, self.notifier)
         for channel in build_channels(config, self.bot, self.db):
             self.channels.add(channel)
         self.directory.channels = self.channels.names()
@@ -77,6 +89,7 @@ class Runtime:
 
     async def start(self, *, workers: bool = True) -> None:
         await self.db.init()
+        await self.links.load(self.db)
         await self.directory.sync(self.db)
         for channel in self.channels:
             await channel.start()
@@ -92,6 +105,7 @@ class Runtime:
             self.tasks.spawn(self.inbox.run(), "inbox")
             self.tasks.spawn(self.outbox.run(), "outbox")
             await self.escalation.start()
+            self.reports.start(self.escalation.scheduler)
 
     async def stop(self) -> None:
         """Stop the workers and channels and close the database, each within a bound.
@@ -151,6 +165,7 @@ def create_app(config: Config, *, db: Database | None = None, workers: bool = Tr
     for channel in runtime.channels:
         app.router.add_routes(channel.routes())
     app.router.add_routes(runtime.escalation.routes())
+    app.router.add_routes(runtime.console.routes())
     app.router.add_routes(api_routes(runtime))
 
     async def on_startup(_app: web.Application) -> None:

@@ -294,6 +294,7 @@ class ProbeConfig(_Section):
 # Escalation, on-call and phone sections live with the escalation engine.
 from escalation.config import (AliyunConfig, EscalationConfig, OnCallConfig, PhoneConfig,  # noqa: E402
                                TencentConfig, TwilioConfig, check_references)
+from reports.config import ReportsConfig, check_references as check_report_references  # noqa: E402
 # The integration surface's sections live with the API.
 from api.config import ApiConfig, IntegrationConfig, StatusHubConfig, WebhooksConfig  # noqa: E402
 
@@ -318,6 +319,7 @@ class Config(_Section):
     aliyun: Optional[AliyunConfig] = None
     tencent: Optional[TencentConfig] = None
     twilio: Optional[TwilioConfig] = None
+    reports: ReportsConfig = Field(default_factory=ReportsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     status_hub: StatusHubConfig = Field(default_factory=StatusHubConfig)
@@ -350,6 +352,7 @@ class Config(_Section):
                 missing = ", ".join(sorted({"P0", "P1", "P2"} - set(t.sla)))
                 raise ValueError(f"teams[{i}].sla: deadlines missing for {missing}")
         check_references(self)
+        check_report_references(self)
         return self
 
     def team(self, team_id: str | None) -> TeamConfig | None:

@@ -26,6 +26,7 @@ KEYWORDS: dict[str, str] = {
     "报修": "report",
     "确认": "ack", "收到处理": "ack",
     "值班": "oncall",
+    "统计": "stats", "我的统计": "my_stats", "团队工单": "team_board", "热力图": "heat_map", "看板": "console",
     "解冻": "unfreeze",
     "回访完成": "followup_done", "已回访": "followup_done",
     "记录": "trail", "操作记录": "trail",
@@ -40,6 +41,8 @@ _LEADING_MENTION = re.compile(r"^(?:[@＠]\S+\s*)+")
 CUSTOMER_COMMANDS = frozenset(
     {"progress", "my_tickets", "rate", "help", "cancel", "reopen", "addition", "report", "escalate", "trail"}
 )
+# The managers' figures and boards, answered by reports.chat (staff only).
+REPORT_COMMANDS = frozenset({"stats", "my_stats", "team_board", "heat_map", "console"})
 
 
 @dataclass(frozen=True)

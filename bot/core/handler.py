@@ -19,7 +19,8 @@ from bot.channel import HandleResult
 from bot.config import Config
 from bot.core import states as st
 from bot.core import evidence, followup, trail
-from bot.core.commands import CUSTOMER_COMMANDS, Command, parse_command
+from bot.core.board import my_board
+from bot.core.commands import CUSTOMER_COMMANDS, REPORT_COMMANDS, Command, parse_command
 from bot.core.customer import UnknownCustomer, customer_conversation, named_customer
 from bot.core.directory import Directory, is_staff
 from bot.core.notify import Notifier
@@ -67,6 +68,8 @@ class TicketBot:
         self.answering = 0  # callbacks being accepted right now
         # The escalation engine: told of every change (start, jump or stop a chain).
         self.escalation = escalation
+        # The managers' commands (reports.chat.ReportChat), set by the runtime.
+        self.reports = None
 
     async def __call__(self, event: InboundEvent) -> HandleResult:
         """The sink: accept a message into the inbox, or handle a click at once.
@@ -253,7 +256,13 @@ class TicketBot:
             return _Reply([t("reply.followup_done" if change.changed else "reply.followup_done_again",
                              number=ticket.number)])
         if name == "my_tickets":
-            return _Reply([await self._board(s, actor.person)])
+            return _Reply([await my_board(s, svc, actor.person)])
+        if name in REPORT_COMMANDS:
+            if self.reports is None:
+                return _Reply([t("report.unavailable")])
+            for message in await self.reports.answer(s, actor.person, name, cmd.arg):
+                enqueue(s, event.conversation, message)
+            return _Reply([])
         if name == "progress":
             ticket = await self._progress_ticket(s, actor, cmd)
             return _Reply([await self._progress_text(s, ticket)])
@@ -363,31 +372,6 @@ class TicketBot:
         change = await self._apply(s, await self.service.report(s, actor, text, to, customer=customer))
         return _Reply([t("reply.reported_for", number=change.ticket.number, name=customer.name)],
                       toast=change.ticket.number)
-
-    async def _board(self, s: AsyncSession, person: Person) -> str:
-        tickets = await self.service.open_tickets_of(s, person)
-        followups = await followup.open_for(s, person) if is_staff(person) else []
-        if not tickets and not followups:
-            return t("reply.board_empty")
-        now = self.service.clock()
-        lines = [t("reply.board_title", count=len(tickets))] if tickets else []
-        if followups:
-            lines.append(t("reply.board_followups", count=len(followups)))
-        for fu, tk in followups:
-            minutes = int((fu.due_at - now).total_seconds() // 60)
-            due = t("reply.board_overdue", minutes=-minutes) if minutes < 0 else \
-                t("reply.board_left_hours", hours=minutes // 60, minutes=minutes % 60)
-            lines.append(t("reply.board_followup_line", number=tk.number, stars="★" * fu.stars,
-                           comment=fu.comment or t("reply.no_comment"), due=due))
-        for tk in tickets[:10]:
-            due = tk.respond_by if tk.state in st.UNCLAIMED else tk.resolve_by
-            minutes = int((due - now).total_seconds() // 60)
-            flag = t("reply.board_overdue", minutes=-minutes) if minutes < 0 else \
-                t("reply.board_left", minutes=minutes)
-            lines.append(t("reply.board_line", priority=tk.priority, number=tk.number,
-                           state=t(f"state.{tk.state}"), category=tk.category_name, due=flag,
-                           red="🔴" if minutes < 0 else ""))
-        return "\n".join(lines)
 
     async def _transfer_target(self, s: AsyncSession, event: InboundEvent, cmd: Command) -> Person:
         """The person named; the service refuses who may not take it (and says why)."""

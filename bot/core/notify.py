@@ -39,6 +39,8 @@ class Notifier:
         self.directory = directory
         self.service = service
         self.sops = sops
+        # Set by the runtime when tracking pages are served: the signed link of a ticket's page.
+        self.tracking_link: Callable[[Ticket], str] | None = None
         # Told of every change after the chats (outbound webhooks); each writes
         # into the same transaction.
         self.listeners: list[Callable[[AsyncSession, Change], Awaitable[None]]] = []
@@ -217,9 +219,11 @@ class Notifier:
         v = await self.view(s, ticket)
         to = self.customer_address(ticket)
         mentions = await self._customer_mentions(s, ticket)
-        enqueue(s, to, Text(t("notify.customer.received", number=ticket.number, category=v.category_name,
-                              priority=t(f"priority.{ticket.priority}"), respond_by=v.respond_by),
-                            mentions), ticket.id)
+        receipt = t("notify.customer.received", number=ticket.number, category=v.category_name,
+                    priority=t(f"priority.{ticket.priority}"), respond_by=v.respond_by)
+        if self.tracking_link is not None:
+            receipt += "\n" + t("notify.track.link", url=self.tracking_link(ticket))
+        enqueue(s, to, Text(receipt, mentions), ticket.id)
         enqueue(s, to, CardMessage(build.status_card(v)), ticket.id)
         card = await self.engineer_card(s, ticket, v)
         for group in self.directory.team_groups(ticket.team):

@@ -1,0 +1,1 @@
+"""What managers see: figures over tickets and their audit trail, charts, reports."""
