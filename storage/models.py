@@ -13,7 +13,7 @@ from sqlmodel import Field, SQLModel
 
 from storage.types import UTCDateTime, utcnow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _ts(*, index: bool = False, nullable: bool = True, default=None) -> Any:
@@ -154,7 +154,7 @@ class InboxEvent(SQLModel, table=True):
     platform: str
     event_id: str
     payload: dict = Field(sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="pending")  # pending | done | failed
+    status: str = Field(default="pending")  # pending | done | dead (parked after its last attempt)
     attempts: int = 0
     next_attempt_at: datetime = _ts(nullable=False, default=utcnow)
     last_error: Optional[str] = None
@@ -176,7 +176,11 @@ class OutboxMessage(SQLModel, table=True):
     """A message to deliver through a channel; the worker sends it after commit."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        # The sweep reads only rows that are due: (status, due time), never the whole queue.
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+        Index("ix_outbox_recipient", "channel", "to_kind", "to_id", "status"),
+    )
     id: Optional[int] = Field(default=None, primary_key=True)
     channel: str
     to_kind: str  # "user" | "group"
@@ -185,10 +189,15 @@ class OutboxMessage(SQLModel, table=True):
     ticket_id: Optional[int] = Field(default=None, index=True)
     # Cards only: later updates of this card go to every address it was sent to.
     track_key: Optional[str] = Field(default=None, index=True)
+    # 0 page (escalation card, call, SMS), 1 reply or receipt, 2 card update, 3 new card:
+    # served in that order, and in order of writing within one class and recipient.
+    msg_class: int = 3
     status: str = Field(default="pending")  # pending | sending | sent | failed
     attempts: int = 0
+    # When the row is next looked at: due time while pending, end of the lease while sending.
     next_attempt_at: datetime = _ts(nullable=False, default=utcnow)
     lease_until: Optional[datetime] = _ts()
+    lease_owner: Optional[str] = None  # the process identity holding the lease
     last_error: Optional[str] = None
     created_at: datetime = _ts(nullable=False, default=utcnow)
     sent_at: Optional[datetime] = _ts()
@@ -337,6 +346,21 @@ class PhoneCall(SQLModel, table=True):
     error: Optional[str] = None
     created_at: datetime = _ts(nullable=False, default=utcnow)
     updated_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class ProcessHeartbeat(SQLModel, table=True):
+    """One row per running process: written every second and by /healthz.
+
+    Outbox leases held by a process whose heartbeat stopped are taken back
+    after a short grace; `passes` holds each worker's last successful pass.
+    """
+
+    __tablename__ = "process_heartbeat"
+    owner: str = Field(primary_key=True)  # host:name, stable across restarts of one process slot
+    pid: int = 0
+    started_at: datetime = _ts(nullable=False, default=utcnow)
+    beat_at: datetime = _ts(nullable=False, default=utcnow)
+    passes: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class PeriodicJob(SQLModel, table=True):
