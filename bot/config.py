@@ -73,6 +73,13 @@ def _default_deadlines() -> dict[str, DeadlineConfig]:
     }
 
 
+class IncidentsConfig(_Section):
+    """Reports of one incident: same category and place while a ticket about it is open."""
+
+    enabled: bool = True
+    window: Duration = timedelta(minutes=30)
+
+
 class TicketsConfig(_Section):
     domain: str = Field(default="SRV", pattern=r"^[A-Z]{2,6}$")
     timezone: str = "Asia/Shanghai"
@@ -221,6 +228,7 @@ class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     tickets: TicketsConfig = Field(default_factory=TicketsConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
     nlp: NlpConfig = Field(default_factory=NlpConfig)
     playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
     # Unknown senders become customers who may report and follow their tickets.

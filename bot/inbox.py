@@ -12,6 +12,7 @@ event is never dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -63,10 +64,10 @@ class InboxWorker:
             if busy:
                 continue
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel at its deadline.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
 
     async def drain(self) -> int:
         """Apply everything due now; returns how many events were taken."""

@@ -26,6 +26,7 @@ holds back or re-sends the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -154,16 +155,25 @@ class OutboxWorker:
             if busy:
                 continue
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval.total_seconds())
-            except asyncio.TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel at its deadline.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.poll_interval.total_seconds()):
+                    await self._wake.wait()
 
-    async def drain(self, max_rounds: int = 50) -> None:
-        """Deliver everything that is due now (tests, CLI)."""
+    async def drain(self, max_rounds: int = 50, wait: float = 2.0) -> None:
+        """Deliver everything that is due now (tests, CLI), and what a recipient's rate
+        limit holds back for at most `wait` seconds more (never-tried rows only: a retry's
+        back-off is not waited for)."""
         for _ in range(max_rounds):
-            if not await self.deliver_due():
+            if await self.deliver_due():
+                continue
+            async with self.db.session() as s:
+                soonest = (await s.exec(select(func.min(OutboxMessage.next_attempt_at))
+                                        .where(OutboxMessage.status == PENDING, OutboxMessage.attempts == 0))).one()
+            delay = (soonest - utcnow()).total_seconds() if soonest is not None else None
+            if delay is None or delay > wait:
                 return
+            await asyncio.sleep(max(0.0, delay) + 0.01)
 
     async def deliver_due(self, limit: int = 200) -> int:
         await self.yield_to()

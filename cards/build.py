@@ -34,6 +34,7 @@ class TicketView:
     rating: int | None = None
     resolution: str | None = None
     evidence: tuple[str, ...] = ()
+    linked_reports: int = 0  # other people who reported the same incident
     # Event action -> local time it last happened ("HH:MM").
     times: Mapping[str, str] = field(default_factory=dict)
 
@@ -83,8 +84,11 @@ ENGINEER_ACTIONS: dict[str, tuple[str, ...]] = {
 
 
 def engineer_card(v: TicketView, tokens: Mapping[str, str]) -> Card:
+    reporter = v.reporter_name
+    if v.linked_reports:
+        reporter = f"{reporter}  {t('card.engineer.more_reporters', count=v.linked_reports)}"
     fields = _facts(v) + [
-        CardField(t("card.field.reporter"), v.reporter_name),
+        CardField(t("card.field.reporter"), reporter),
         CardField(t("card.field.state"), _state_label(v.state)),
     ]
     if v.assignee_name:
@@ -129,6 +133,8 @@ def status_card(v: TicketView) -> Card:
         fields.append(CardField(t("card.field.engineer"), v.assignee_name))
     if v.rating:
         fields.append(CardField(t("card.field.rating"), "★" * v.rating))
+    if v.linked_reports:
+        fields.append(CardField(t("card.field.reporters"), t("card.engineer.more_reporters", count=v.linked_reports)))
     footer = t("card.status.respond_by", time=v.respond_by) if v.state in st.UNCLAIMED else None
     return Card(
         kind="status",

@@ -68,6 +68,8 @@ class Ticket(SQLModel, table=True):
     __table_args__ = (
         Index("ix_ticket_open_assignee", "assignee_id", "state"),
         Index("ix_ticket_reporter_state", "reporter_id", "state"),
+        # An incident's open ticket: same category and place, opened recently.
+        Index("ix_ticket_incident", "category", "location", "created_at"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     number: str = Field(unique=True)
@@ -92,6 +94,7 @@ class Ticket(SQLModel, table=True):
     resolution: Optional[str] = None
     rating: Optional[int] = None
     escalation_level: int = 0
+    linked_reports: int = 0  # other people's reports of the same incident (LinkedReport), not split off
     created_at: datetime = _ts(nullable=False, default=utcnow)
     updated_at: datetime = _ts(nullable=False, default=utcnow)
     claimed_at: Optional[datetime] = _ts()
@@ -101,6 +104,25 @@ class Ticket(SQLModel, table=True):
     resolve_by: datetime = _ts(nullable=False)
     # Next escalation time; the escalation sweep reads this index.
     next_escalation_at: Optional[datetime] = _ts(index=True)
+
+
+class LinkedReport(SQLModel, table=True):
+    """Somebody else's report of an incident that already has an open ticket.
+
+    The reporter is told that ticket's number and every later update; an
+    engineer can split the report into a ticket of its own (`split_ticket_id`).
+    """
+
+    __tablename__ = "linked_report"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    person_id: str = Field(foreign_key="person.id")
+    channel: str
+    conv_kind: str  # "user" | "group"
+    conv_id: str
+    text: str
+    created_at: datetime = _ts(nullable=False, default=utcnow)
+    split_ticket_id: Optional[int] = None
 
 
 class TicketEvent(SQLModel, table=True):
