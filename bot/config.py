@@ -106,6 +106,8 @@ class OutboxConfig(_Section):
     # A channel is marked down after this many failed sends in a row, then probed.
     down_after: int = Field(default=3, ge=1)
     probe_interval: Duration = timedelta(seconds=5)
+    # A recipient at its limit with this many new-ticket cards queued gets one digest card instead (0: never).
+    digest_after: int = Field(default=3, ge=0)
 
 
 class NlpConfig(_Section):

@@ -44,6 +44,7 @@ from bot.channel import Channel, ChannelRegistry, DeliveryError, current_is_rese
 from bot.config import OutboxConfig
 from bot.events import Address, Call, CardMessage, Outbound, Sms, Text, message_from_dict, message_to_dict
 from bot.metrics import Metrics
+from cards import build
 from storage.db import Database
 from storage.models import CardRef, OutboxMessage, ProcessHeartbeat
 from storage.types import utcnow
@@ -51,6 +52,7 @@ from storage.types import utcnow
 log = logging.getLogger(__name__)
 
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
+FOLDED = "folded"  # a new-ticket card replaced by the recipient's digest card
 # Message classes, served in this order.
 PAGE, REPLY, UPDATE, BULK = 0, 1, 2, 3
 CLASS_NAMES = {PAGE: "page", REPLY: "reply", UPDATE: "update", BULK: "card"}
@@ -252,6 +254,7 @@ class OutboxWorker:
             blockers = await self._blockers(s, due, now)
             pushed: dict[datetime, list[int]] = {}  # held back behind an earlier row: look again then
             deferred: dict[Key, datetime] = {}  # recipients at their limit: all their due rows wait
+            throttled: set[Key] = set()  # of those, the ones held by their rate limit
             held: set[Key | tuple] = set()
             taken: list[int] = []
             for row in due:
@@ -275,6 +278,7 @@ class OutboxWorker:
                 wait = self._rate_wait(key, self._limit(channel, row.to_kind), len(chains.get(key, ())))
                 if wait:
                     deferred[key] = now + timedelta(seconds=wait)
+                    throttled.add(key)
                     continue
                 if probe:
                     health.probing = True  # this one row tells whether the API answers again
@@ -295,8 +299,45 @@ class OutboxWorker:
                                     OutboxMessage.to_id == to_id, OutboxMessage.status == PENDING,
                                     OutboxMessage.next_attempt_at <= now)
                              .values(next_attempt_at=until).execution_options(synchronize_session=False))
+            for key in throttled:
+                await self._fold(s, key, deferred[key], now)
             refs = await self._refs(s, [r for rows in chains.values() for r in rows])
         return list(chains.values()), refs
+
+    async def _fold(self, s: AsyncSession, key: Key, until: datetime, now: datetime) -> None:
+        """A recipient at its limit with new-ticket cards queued: one digest card instead.
+
+        The queued cards become `folded`; the recipient's digest lists every card folded
+        for it in the last day. An unsent digest is rewritten; one already sent is
+        updated in place by a new row with the same track key.
+        """
+        if self.config.digest_after <= 0:
+            return
+        mine = (OutboxMessage.channel == key[0], OutboxMessage.to_kind == key[1], OutboxMessage.to_id == key[2])
+        queued = [r for r in (await s.exec(select(OutboxMessage).where(
+            *mine, OutboxMessage.status == PENDING, OutboxMessage.msg_class == BULK)
+            .order_by(OutboxMessage.id).limit(1000))).all() if _is_new_ticket_card(r.message)]
+        if len(queued) < self.config.digest_after:
+            return
+        await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in queued]))
+                     .values(status=FOLDED, lease_until=None).execution_options(synchronize_session=False))
+        folded = (await s.exec(select(OutboxMessage.message).where(
+            *mine, OutboxMessage.status == FOLDED, OutboxMessage.created_at > now - timedelta(days=1))
+            .order_by(OutboxMessage.id))).all()
+        entries = [(m["card"].get("subtitle") or "", m["card"].get("title") or "") for m in folded]
+        card = build.digest_card(entries)
+        pending = (await s.exec(select(OutboxMessage).where(
+            *mine, OutboxMessage.status == PENDING, OutboxMessage.track_key == card.track_key))).first()
+        sent = await s.get(CardRef, (*key, card.track_key))
+        message = message_to_dict(CardMessage(card, update=sent is not None))
+        if pending is not None:
+            pending.message = message
+            s.add(pending)
+        else:
+            s.add(OutboxMessage(channel=key[0], to_kind=key[1], to_id=key[2], message=message,
+                                track_key=card.track_key, next_attempt_at=until, msg_class=BULK))
+        log.info("outbox: %d new-ticket card(s) to %s:%s:%s folded into its digest (%d listed)",
+                 len(queued), *key, len(entries))
 
     async def _blockers(self, s: AsyncSession, due: list[OutboxMessage], now: datetime) -> dict:
         """Per (recipient, class) among the due rows' recipients: the first row that is
@@ -548,3 +589,9 @@ class OutboxWorker:
 
     def channel_states(self) -> dict[str, str]:
         return {name: self.health.get(name, ChannelHealth()).state for name in self.channels.names()}
+
+
+def _is_new_ticket_card(message: dict) -> bool:
+    """A first engineer card about a ticket (not an update): what a digest may replace."""
+    return (message.get("type") == "card" and not message.get("update")
+            and (message.get("card") or {}).get("kind") == "engineer")

@@ -202,3 +202,16 @@ def transfer_card(v: TicketView, candidates: Mapping[str, tuple[str, str]]) -> C
 def sop_card(v: TicketView, title: str, steps: tuple[str, ...]) -> Card:
     body = "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1))
     return Card(kind="sop", title=t("card.sop.title", title=title), subtitle=v.number, color="blue", body=body)
+
+
+DIGEST_LINES = 20  # tickets listed on a digest card; the count covers all
+
+
+def digest_card(entries: list[tuple[str, str]]) -> Card:
+    """New tickets folded into one card for a recipient at its platform's limit:
+    (number, title) per ticket, newest last; updated in place as more arrive."""
+    lines = [t("card.digest.line", number=number, title=title) for number, title in entries[-DIGEST_LINES:]]
+    if len(entries) > DIGEST_LINES:
+        lines.insert(0, t("card.digest.more", count=len(entries) - DIGEST_LINES))
+    return Card(kind="digest", title=t("card.digest.title", count=len(entries)), color="orange",
+                body="\n".join(lines), footer=t("card.digest.footer"), track_key="digest")

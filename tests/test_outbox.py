@@ -336,3 +336,44 @@ async def test_after_an_outage_held_messages_go_within_seconds_each_once(databas
         assert sorted(oid for *_, oid in ch.sent) == [r.id for r in await _rows(db)]
     finally:
         await db.dispose()
+
+
+async def test_new_ticket_cards_beyond_the_limit_fold_into_one_digest_updated_in_place(world):
+    db, ch, worker = world  # 5 per minute per recipient
+    group = Address("fake", "group", "engineers")
+
+    async def new_tickets(first, n):
+        async with db.session() as s:
+            for i in range(first, first + n):
+                enqueue(s, group, CardMessage(Card(kind="engineer", title=f"【P0】停电 {i}", subtitle=f"SRV-{i:03d}",
+                                                   track_key=f"t{i}:eng")), ticket_id=i)
+
+    await new_tickets(0, 30)
+    await worker.drain(wait=0)
+    assert len(ch.sent) == 5
+    rows = await _rows(db)
+    assert [r.status for r in rows].count("folded") == 25
+    (digest,) = [r for r in rows if r.track_key == "digest"]
+    assert digest.status == PENDING and digest.message["card"]["title"] == "25 张新工单待认领"
+    body = digest.message["card"]["body"]
+    assert body.startswith("……另有 5 张") and "SRV-010" in body and "SRV-029" in body
+    worker._sent_at.clear()  # a minute later
+    await _make_due(db)
+    await worker.drain(wait=0)
+    assert ch.sent[-1][1].card.kind == "digest" and ch.sent[-1][2] is None
+    # More arrive while the window is full: the same digest card is updated, not a new one sent.
+    await new_tickets(30, 10)
+    await worker.drain(wait=0)
+    rows = await _rows(db)
+    update = [r for r in rows if r.track_key == "digest" and r.status == PENDING]
+    assert len(update) == 1 and update[0].message["update"] is True
+    # The digest took one of the 5 places, four new cards the rest; six more were folded.
+    assert update[0].message["card"]["title"] == "31 张新工单待认领"
+    worker._sent_at.clear()
+    await _make_due(db)
+    await worker.drain(wait=0)
+    first_digest = next(i for i, (_, m, _, _) in enumerate(ch.sent) if m.card.kind == "digest")
+    last = ch.sent[-1]
+    assert last[1].card.kind == "digest" and last[1].update
+    assert last[2] == {"message_id": f"m{first_digest + 1}"}  # the handle of the digest sent before
+    assert sum(1 for _, m, _, _ in ch.sent if isinstance(m, CardMessage) and m.card.kind == "engineer") == 9
