@@ -33,7 +33,10 @@ from storage.types import utcnow
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
-BATCH = 50  # events applied per transaction
+BATCH = 50  # events claimed per transaction
+# A transaction stops taking more events after this long, or as soon as a callback
+# waits to be answered: on SQLite it holds the one write lock the answer needs.
+BATCH_SECONDS = 0.025
 PENDING, DONE, DEAD = "pending", "done", "dead"
 
 
@@ -92,9 +95,15 @@ class InboxWorker:
             if self.db.is_postgres:
                 stmt = stmt.with_for_update(skip_locked=True)
             rows = (await s.exec(stmt)).all()
+            start = time.perf_counter()
+            taken = 0
             for row in rows:
+                if taken and (self.bot.answering or time.perf_counter() - start > BATCH_SECONDS):
+                    break  # the rest stay pending for the next transaction
+                taken += 1
                 if await self._apply(s, row, now):
                     dead.append(row)
+            rows = rows[:taken]
             for row in dead:
                 await self._alert(s, row)
         if rows:

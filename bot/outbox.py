@@ -251,7 +251,7 @@ class OutboxWorker:
             due = (await s.exec(stmt)).all()
             if not due:
                 return [], {}
-            blockers = await self._blockers(s, due, now)
+            blockers = await self._blockers(s, [r for r in due if not self._full(r)], now)
             pushed: dict[datetime, list[int]] = {}  # held back behind an earlier row: look again then
             deferred: dict[Key, datetime] = {}  # recipients at their limit: all their due rows wait
             throttled: set[Key] = set()  # of those, the ones held by their rate limit
@@ -293,14 +293,14 @@ class OutboxWorker:
                 await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(ids))
                              .values(status=PENDING, next_attempt_at=until)
                              .execution_options(synchronize_session=False))
+            for key in throttled:  # before the deferral below: it folds what is due now
+                await self._fold(s, key, deferred[key], now)
             for (ch, kind, to_id), until in deferred.items():
                 await s.exec(update(OutboxMessage)
                              .where(OutboxMessage.channel == ch, OutboxMessage.to_kind == kind,
                                     OutboxMessage.to_id == to_id, OutboxMessage.status == PENDING,
                                     OutboxMessage.next_attempt_at <= now)
                              .values(next_attempt_at=until).execution_options(synchronize_session=False))
-            for key in throttled:
-                await self._fold(s, key, deferred[key], now)
             refs = await self._refs(s, [r for rows in chains.values() for r in rows])
         return list(chains.values()), refs
 
@@ -314,17 +314,20 @@ class OutboxWorker:
         if self.config.digest_after <= 0:
             return
         mine = (OutboxMessage.channel == key[0], OutboxMessage.to_kind == key[1], OutboxMessage.to_id == key[2])
+        # Only rows due now: the ones deferred before were looked at when they came in.
         queued = [r for r in (await s.exec(select(OutboxMessage).where(
-            *mine, OutboxMessage.status == PENDING, OutboxMessage.msg_class == BULK)
-            .order_by(OutboxMessage.id).limit(1000))).all() if _is_new_ticket_card(r.message)]
-        if len(queued) < self.config.digest_after:
+            *mine, OutboxMessage.status == PENDING, OutboxMessage.next_attempt_at <= now,
+            OutboxMessage.msg_class == BULK).order_by(OutboxMessage.id).limit(1000))).all()
+            if _is_new_ticket_card(r.message)]
+        if sum(1 for r in queued if r.message["card"]["kind"] == "engineer") < self.config.digest_after:
             return
         await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in queued]))
                      .values(status=FOLDED, lease_until=None).execution_options(synchronize_session=False))
         folded = (await s.exec(select(OutboxMessage.message).where(
             *mine, OutboxMessage.status == FOLDED, OutboxMessage.created_at > now - timedelta(days=1))
             .order_by(OutboxMessage.id))).all()
-        entries = [(m["card"].get("subtitle") or "", m["card"].get("title") or "") for m in folded]
+        entries = [(m["card"].get("subtitle") or "", m["card"].get("title") or "") for m in folded
+                   if m["card"]["kind"] == "engineer"]
         card = build.digest_card(entries)
         pending = (await s.exec(select(OutboxMessage).where(
             *mine, OutboxMessage.status == PENDING, OutboxMessage.track_key == card.track_key))).first()
@@ -339,15 +342,23 @@ class OutboxWorker:
         log.info("outbox: %d new-ticket card(s) to %s:%s:%s folded into its digest (%d listed)",
                  len(queued), *key, len(entries))
 
+    def _full(self, row: OutboxMessage) -> bool:
+        """Whether the row's recipient is at its limit now (no need to look for its blockers)."""
+        return bool(self._rate_wait((row.channel, row.to_kind, row.to_id),
+                                    self._limit(self.channels.get(row.channel), row.to_kind)))
+
     async def _blockers(self, s: AsyncSession, due: list[OutboxMessage], now: datetime) -> dict:
         """Per (recipient, class) among the due rows' recipients: the first row that is
         not due yet (waiting for a retry, or leased) and when it is looked at next."""
-        ids = {r.to_id for r in due}
+        if not due:
+            return {}
         rows = (await s.exec(
             select(OutboxMessage.channel, OutboxMessage.to_kind, OutboxMessage.to_id, OutboxMessage.msg_class,
                    func.min(OutboxMessage.id), func.min(OutboxMessage.next_attempt_at))
-            .where(OutboxMessage.status.in_((PENDING, SENDING)), OutboxMessage.next_attempt_at > now,
-                   OutboxMessage.to_id.in_(ids))
+            .where(OutboxMessage.channel.in_({r.channel for r in due}),
+                   OutboxMessage.to_kind.in_({r.to_kind for r in due}),
+                   OutboxMessage.to_id.in_({r.to_id for r in due}),
+                   OutboxMessage.status.in_((PENDING, SENDING)), OutboxMessage.next_attempt_at > now)
             .group_by(OutboxMessage.channel, OutboxMessage.to_kind, OutboxMessage.to_id,
                       OutboxMessage.msg_class))).all()
         return {(c, k, i, m): (first, at) for c, k, i, m, first, at in rows}
@@ -592,6 +603,7 @@ class OutboxWorker:
 
 
 def _is_new_ticket_card(message: dict) -> bool:
-    """A first engineer card about a ticket (not an update): what a digest may replace."""
+    """A first engineer card about a ticket, or its SOP card (not an update): what a digest
+    replaces (it lists the engineer cards; the SOP is one click away once claimed)."""
     return (message.get("type") == "card" and not message.get("update")
-            and (message.get("card") or {}).get("kind") == "engineer")
+            and (message.get("card") or {}).get("kind") in ("engineer", "sop"))

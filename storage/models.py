@@ -201,7 +201,8 @@ class OutboxMessage(SQLModel, table=True):
     __table_args__ = (
         # The sweep reads only rows that are due: (status, due time), never the whole queue.
         Index("ix_outbox_due", "status", "next_attempt_at"),
-        Index("ix_outbox_recipient", "channel", "to_kind", "to_id", "status"),
+        # One recipient's queue: blockers, deferrals and digests read it, never the whole table.
+        Index("ix_outbox_recipient", "channel", "to_kind", "to_id", "status", "next_attempt_at"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     channel: str
@@ -229,6 +230,7 @@ class CardRef(SQLModel, table=True):
     """The platform's handle of a card already sent, so later changes update it."""
 
     __tablename__ = "card_ref"
+    __table_args__ = (Index("ix_card_ref_track", "track_key"),)  # the outbox looks handles up by track key
     channel: str = Field(primary_key=True)
     to_kind: str = Field(primary_key=True)
     to_id: str = Field(primary_key=True)
