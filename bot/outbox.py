@@ -253,14 +253,18 @@ class OutboxWorker:
                 return [], {}
             blockers = await self._blockers(s, [r for r in due if not self._full(r)], now)
             pushed: dict[datetime, list[int]] = {}  # held back behind an earlier row: look again then
-            deferred: dict[Key, datetime] = {}  # recipients at their limit: all their due rows wait
-            throttled: set[Key] = set()  # of those, the ones held by their rate limit
+            deferred: dict[Key, datetime] = {}  # recipients at their limit: their due rows wait
+            waiting: dict[Key, list[OutboxMessage]] = {}  # those rows (locked by this claim)
+            throttled: set[Key] = set()  # of those recipients, the ones held by their rate limit
             held: set[Key | tuple] = set()
             taken: list[int] = []
             for row in due:
                 key: Key = (row.channel, row.to_kind, row.to_id)
                 lane = (*key, row.msg_class)
-                if key in deferred or lane in held:
+                if key in deferred:
+                    waiting[key].append(row)
+                    continue
+                if lane in held:
                     continue
                 blocker = blockers.get(lane)
                 if blocker is not None and blocker[0] < row.id:
@@ -274,10 +278,12 @@ class OutboxWorker:
                 probe = health is not None and not health.up
                 if probe and (health.probing or mono < health.next_probe):
                     deferred[key] = now + timedelta(seconds=max(1.0, health.next_probe - mono))
+                    waiting[key] = [row]
                     continue
                 wait = self._rate_wait(key, self._limit(channel, row.to_kind), len(chains.get(key, ())))
                 if wait:
                     deferred[key] = now + timedelta(seconds=wait)
+                    waiting[key] = [row]
                     throttled.add(key)
                     continue
                 if probe:
@@ -293,34 +299,32 @@ class OutboxWorker:
                 await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(ids))
                              .values(status=PENDING, next_attempt_at=until)
                              .execution_options(synchronize_session=False))
-            for key in throttled:  # before the deferral below: it folds what is due now
-                await self._fold(s, key, deferred[key], now)
-            for (ch, kind, to_id), until in deferred.items():
-                await s.exec(update(OutboxMessage)
-                             .where(OutboxMessage.channel == ch, OutboxMessage.to_kind == kind,
-                                    OutboxMessage.to_id == to_id, OutboxMessage.status == PENDING,
-                                    OutboxMessage.next_attempt_at <= now)
-                             .values(next_attempt_at=until).execution_options(synchronize_session=False))
+            # Only rows this claim read (and, on PostgreSQL, locked): two processes never
+            # wait for each other's rows, so they cannot deadlock.
+            for key in throttled:
+                waiting[key] = await self._fold(s, key, waiting[key], deferred[key], now)
+            for key, until in deferred.items():
+                if waiting[key]:
+                    await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in waiting[key]]))
+                                 .values(status=PENDING, next_attempt_at=until)
+                                 .execution_options(synchronize_session=False))
             refs = await self._refs(s, [r for rows in chains.values() for r in rows])
         return list(chains.values()), refs
 
-    async def _fold(self, s: AsyncSession, key: Key, until: datetime, now: datetime) -> None:
-        """A recipient at its limit with new-ticket cards queued: one digest card instead.
+    async def _fold(self, s: AsyncSession, key: Key, rows: list[OutboxMessage], until: datetime,
+                    now: datetime) -> list[OutboxMessage]:
+        """A recipient at its limit with new-ticket cards due: one digest card instead.
 
-        The queued cards become `folded`; the recipient's digest lists every card folded
-        for it in the last day. An unsent digest is rewritten; one already sent is
-        updated in place by a new row with the same track key.
+        Of `rows` (due now, read by this claim), the new-ticket cards become `folded`;
+        the recipient's digest lists every card folded for it in the last day. An
+        unsent digest is rewritten; one already sent is updated in place by a new row
+        with the same track key. Returns the rows left to wait.
         """
-        if self.config.digest_after <= 0:
-            return
+        queued = [r for r in rows if r.status == PENDING and r.msg_class == BULK and _is_new_ticket_card(r.message)]
+        if (self.config.digest_after <= 0
+                or sum(1 for r in queued if r.message["card"]["kind"] == "engineer") < self.config.digest_after):
+            return rows
         mine = (OutboxMessage.channel == key[0], OutboxMessage.to_kind == key[1], OutboxMessage.to_id == key[2])
-        # Only rows due now: the ones deferred before were looked at when they came in.
-        queued = [r for r in (await s.exec(select(OutboxMessage).where(
-            *mine, OutboxMessage.status == PENDING, OutboxMessage.next_attempt_at <= now,
-            OutboxMessage.msg_class == BULK).order_by(OutboxMessage.id).limit(1000))).all()
-            if _is_new_ticket_card(r.message)]
-        if sum(1 for r in queued if r.message["card"]["kind"] == "engineer") < self.config.digest_after:
-            return
         await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in queued]))
                      .values(status=FOLDED, lease_until=None).execution_options(synchronize_session=False))
         folded = (await s.exec(select(OutboxMessage.message).where(
@@ -329,8 +333,11 @@ class OutboxWorker:
         entries = [(m["card"].get("subtitle") or "", m["card"].get("title") or "") for m in folded
                    if m["card"]["kind"] == "engineer"]
         card = build.digest_card(entries)
-        pending = (await s.exec(select(OutboxMessage).where(
-            *mine, OutboxMessage.status == PENDING, OutboxMessage.track_key == card.track_key))).first()
+        digest = select(OutboxMessage).where(*mine, OutboxMessage.status == PENDING,
+                                             OutboxMessage.track_key == card.track_key)
+        if self.db.is_postgres:  # another process sending it: leave it, add an update after it
+            digest = digest.with_for_update(skip_locked=True)
+        pending = (await s.exec(digest)).first()
         sent = await s.get(CardRef, (*key, card.track_key))
         message = message_to_dict(CardMessage(card, update=sent is not None))
         if pending is not None:
@@ -341,6 +348,8 @@ class OutboxWorker:
                                 track_key=card.track_key, next_attempt_at=until, msg_class=BULK))
         log.info("outbox: %d new-ticket card(s) to %s:%s:%s folded into its digest (%d listed)",
                  len(queued), *key, len(entries))
+        folded_ids = {r.id for r in queued}
+        return [r for r in rows if r.id not in folded_ids]
 
     def _full(self, row: OutboxMessage) -> bool:
         """Whether the row's recipient is at its limit now (no need to look for its blockers)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from sqlalchemy import text
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -34,6 +35,8 @@ class Directory:
     async def sync(self, db: Database) -> None:
         """Make the database's people match the config (runtime customers stay)."""
         async with db.session() as s:
+            if db.is_postgres:  # processes starting together write the people one at a time
+                await s.exec(text("SELECT pg_advisory_xact_lock(4242002)"))
             for pc in self.config.people:
                 p = await s.get(Person, pc.id)
                 if p is None:
