@@ -18,7 +18,7 @@ import random
 import time
 from datetime import timedelta
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -97,13 +97,21 @@ class InboxWorker:
             rows = (await s.exec(stmt)).all()
             start = time.perf_counter()
             taken = 0
+            done: list[int] = []
             for row in rows:
                 if taken and (self.bot.answering or time.perf_counter() - start > BATCH_SECONDS):
                     break  # the rest stay pending for the next transaction
                 taken += 1
-                if await self._apply(s, row, now):
+                outcome = await self._apply(s, row, now)
+                if outcome == DONE:
+                    done.append(row.id)
+                elif outcome == DEAD:
                     dead.append(row)
             rows = rows[:taken]
+            if done:  # one statement for the batch's applied events
+                await s.exec(update(InboxEvent).where(InboxEvent.id.in_(done))
+                             .values(status=DONE, attempts=InboxEvent.attempts + 1, processed_at=utcnow())
+                             .execution_options(synchronize_session=False))
             for row in dead:
                 await self._alert(s, row)
         if rows:
@@ -112,13 +120,14 @@ class InboxWorker:
             await self.update_gauges()
         return len(rows)
 
-    async def _apply(self, s: AsyncSession, row: InboxEvent, now) -> bool:
-        """Apply one event in its own savepoint; True when it became a dead letter."""
-        row.attempts += 1
+    async def _apply(self, s: AsyncSession, row: InboxEvent, now) -> str:
+        """Apply one event in its own savepoint: DONE (marked by the caller), PENDING (kept
+        for a retry) or DEAD (parked)."""
         try:
             async with s.begin_nested():
                 await self.bot.process(s, event_from_dict(row.payload))
         except Exception as e:  # keep the event and its error; retry later
+            row.attempts += 1
             log.exception("inbox %s (%s %s) failed, attempt %d", row.id, row.platform, row.event_id, row.attempts)
             row.last_error = f"{type(e).__name__}: {e}"[:1000]
             if row.attempts >= MAX_ATTEMPTS:
@@ -130,12 +139,9 @@ class InboxWorker:
                 delay = min(300.0, 2.0 ** row.attempts) * random.uniform(0.5, 1.0)
                 row.next_attempt_at = now + timedelta(seconds=delay)
             s.add(row)
-            return row.status == DEAD
-        row.status = DONE
-        row.processed_at = utcnow()
+            return row.status
         self.metrics.inbound.labels(row.platform, "ok").inc()
-        s.add(row)
-        return False
+        return DONE
 
     async def _alert(self, s: AsyncSession, row: InboxEvent) -> None:
         """Tell every admin who can be reached in chat that an event was parked."""

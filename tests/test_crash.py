@@ -183,6 +183,10 @@ async def test_kill9_during_a_burst_loses_no_acknowledged_report(tmp_path, fake,
             links = (await s.exec(select(LinkedReport))).all()
     finally:
         await db.dispose()
-    assert all(e.status == "done" for e in events)
+    # Acknowledged reports are applied; none is parked (reports recorded just before the
+    # kill but never answered may still be on their way when the bot was stopped).
+    assert not [e for e in events if e.status == "dead"]
+    applied = {e.payload["sender_id"] for e in events if e.status == "done"}
+    assert {f"bench_cust_{i}" for i in acked} <= applied
     reporters = {t.reporter_conv_id for t in tickets} | {lr.conv_id for lr in links}
     assert {f"bench_cust_{i}" for i in acked} <= reporters

@@ -174,6 +174,11 @@ class Notifier:
                 enqueue(s, addr, CardMessage(card, update=True), ticket.id)
 
     async def _on_report(self, s: AsyncSession, change: Change) -> None:
+        # Nothing below reads the outbox: its rows are written in one flush, not one per lookup.
+        with s.no_autoflush:
+            await self._report_messages(s, change)
+
+    async def _report_messages(self, s: AsyncSession, change: Change) -> None:
         ticket = change.ticket
         v = await self.view(s, ticket)
         to = self.customer_address(ticket)

@@ -148,7 +148,7 @@ class TicketService:
         detail = {"category": c.category, "priority": c.priority, "evidence": list(c.evidence)}
         if assignee:
             detail["suggested"] = assignee.id
-        return await self._log(s, ticket, "report", actor, None, st.NEW, detail)
+        return await self._log(s, ticket, "report", actor, None, st.NEW, detail, now=now)
 
     async def _open_incident(self, s: AsyncSession, c: Classification, now: datetime) -> Ticket | None:
         """The open ticket of the same category and place opened within the window, locked."""
@@ -355,9 +355,11 @@ class TicketService:
         return p.name if p else person_id
 
     async def _log(self, s: AsyncSession, ticket: Ticket, action: str, actor: Actor,
-                   before: str | None, after: str | None, detail: dict | None = None) -> Change:
-        now = self.clock()
-        ticket.updated_at = now
+                   before: str | None, after: str | None, detail: dict | None = None, *,
+                   now: datetime | None = None) -> Change:
+        now = now or self.clock()
+        if ticket.updated_at != now:  # a new ticket already has it: no second statement
+            ticket.updated_at = now
         s.add(ticket)
         detail = dict(detail or {})
         if actor.via != "text":
