@@ -36,7 +36,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import and_, func, or_, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -217,8 +217,8 @@ class OutboxWorker:
             result = await s.exec(
                 update(OutboxMessage)
                 .where(OutboxMessage.status == SENDING, OutboxMessage.next_attempt_at > now,
-                       OutboxMessage.lease_owner != self.owner,
-                       or_(OutboxMessage.lease_owner.is_(None), OutboxMessage.lease_owner.not_in(alive)))
+                       or_(OutboxMessage.lease_owner.is_(None),
+                           and_(OutboxMessage.lease_owner != self.owner, OutboxMessage.lease_owner.not_in(alive))))
                 .values(status=PENDING, lease_until=None, lease_owner=None, next_attempt_at=now,
                         attempts=OutboxMessage.attempts + 1)  # the interrupted send counts
                 .execution_options(synchronize_session=False))
