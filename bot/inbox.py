@@ -36,7 +36,7 @@ MAX_ATTEMPTS = 5
 BATCH = 50  # events claimed per transaction
 # A transaction stops taking more events after this long, or as soon as a callback
 # waits to be answered: on SQLite it holds the one write lock the answer needs.
-BATCH_SECONDS = 0.025
+BATCH_SECONDS = 0.01
 PENDING, DONE, DEAD = "pending", "done", "dead"
 
 
