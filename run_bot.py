@@ -6,6 +6,8 @@
     python run_bot.py check-config [--config relaydesk.toml]
     python run_bot.py worker [--config relaydesk.toml] [--slot N]
     python run_bot.py inbox list|retry [ID ...] [--config relaydesk.toml]
+    python run_bot.py api-token create --name crm --scopes tickets:read,tickets:write
+    python run_bot.py api-token list | revoke <id|name|prefix>
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=("list", "retry"))
     sp.add_argument("ids", nargs="*", type=int, help="retry only these (default: every dead letter)")
     sub.add_parser("classify", help="classify reports: one per line on stdin, JSON lines out", add_help=False)
+    from api.cli import add_parser as add_api_token
+
+    add_api_token(sub)
     _common(p)
     return p
 
@@ -62,9 +67,8 @@ def _load(args):
 def serve(args) -> int:
     config = _load(args)  # before the heavy imports: a bad config starts nothing
 
-    from aiohttp import web
-
     from bot.app import create_app
+    from bot.server import serve_forever
     from storage.db import SchemaVersionError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -77,8 +81,7 @@ def serve(args) -> int:
           + (f"  playground: http://{config.server.host}:{config.server.port}/playground"
              if config.playground.enabled else ""), flush=True)
     try:
-        web.run_app(app, host=config.server.host, port=config.server.port, print=None,
-                    access_log=None, handle_signals=True)
+        serve_forever(app, config.server.host, config.server.port)
     except SchemaVersionError as e:
         print(f"relaydesk: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -183,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args)
     if args.command == "inbox":
         return inbox(args)
+    if args.command == "api-token":
+        from api.cli import run as api_token
+
+        return api_token(args, _load(args))
     if args.command == "check-config":
         _load(args)
         print("configuration ok")

@@ -1,14 +1,14 @@
 """The aiohttp application: health, metrics, channel callbacks, the outbox worker."""
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 import logging
 import os
 import time
 
 from aiohttp import web
+
+from api.routes import api_routes
 from bot.channel import ChannelRegistry
 from bot.channels import build_channels
 from bot.config import Config
@@ -20,11 +20,18 @@ from bot.heartbeat import Heartbeat
 from bot.inbox import InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker, process_identity
+from bot.tasks import BackgroundTasks
 from escalation.engine import EscalationEngine
 from nlp import Classifier, SopLibrary
 from storage.db import Database
 
 log = logging.getLogger(__name__)
+
+
+# How long the workers get to finish the event or delivery pass they are in
+# before they are cancelled at shutdown (a delivery pass is bounded by the
+# platforms' HTTP timeouts).
+WORKER_GRACE_S = 4.0
 
 
 class Runtime:
@@ -59,7 +66,7 @@ class Runtime:
         self.outbox.yield_to = self.bot.yield_to_callbacks
         for channel in self.channels:
             channel.wake_outbox = self.outbox.wake
-        self._tasks: list[asyncio.Task] = []
+        self.tasks = BackgroundTasks("runtime")
 
     def _wake_outbox(self) -> None:
         self.outbox.wake()
@@ -83,19 +90,24 @@ class Runtime:
         if workers:
             self.heartbeat.workers = {"inbox": lambda: self.inbox.last_pass,
                                       "outbox": lambda: self.outbox.last_pass}
-            self._tasks.append(asyncio.create_task(self.heartbeat.run(), name="heartbeat"))
-            self._tasks.append(asyncio.create_task(self.inbox.run(), name="inbox"))
-            self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+            self.tasks.spawn(self.heartbeat.run(), "heartbeat")
+            self.tasks.spawn(self.inbox.run(), "inbox")
+            self.tasks.spawn(self.outbox.run(), "outbox")
             await self.escalation.start()
 
     async def stop(self) -> None:
+        """Stop the workers and channels and close the database, each within a bound.
+
+        An event or message being worked on when its worker is cancelled stays in
+        its table: its transaction rolls back (or its lease runs out) and it is
+        taken again after a restart. Calling stop twice is harmless.
+        """
         await self.escalation.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        self.inbox.stop_soon()
+        self.outbox.stop_soon()
+        self.heartbeat.stop_soon()
+        if not await self.tasks.wait(timeout=WORKER_GRACE_S):
+            await self.tasks.stop(timeout=2.0)
         for channel in self.channels:
             await channel.close()
         await self.db.dispose()
@@ -163,6 +175,7 @@ def create_app(config: Config, *, db: Database | None = None, workers: bool = Tr
     for channel in runtime.channels:
         app.router.add_routes(channel.routes())
     app.router.add_routes(runtime.escalation.routes())
+    app.router.add_routes(api_routes(runtime))
 
     async def on_startup(_app: web.Application) -> None:
         await runtime.start(workers=workers and config.server.workers, defer_inbound=workers)

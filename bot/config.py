@@ -223,6 +223,8 @@ class DingTalkConfig(_Section):
 
 # Escalation, on-call and phone sections live with the escalation engine.
 from escalation.config import EscalationConfig, OnCallConfig, TwilioConfig, check_references  # noqa: E402
+# The integration surface's sections live with the API.
+from api.config import ApiConfig, IntegrationConfig, StatusHubConfig, WebhooksConfig  # noqa: E402
 
 
 class Config(_Section):
@@ -243,6 +245,10 @@ class Config(_Section):
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     oncall: dict[str, OnCallConfig] = Field(default_factory=dict)  # team id -> schedule
     twilio: Optional[TwilioConfig] = None
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    status_hub: StatusHubConfig = Field(default_factory=StatusHubConfig)
+    integrations: dict[str, IntegrationConfig] = Field(default_factory=dict)  # system name -> its states
 
     @model_validator(mode="after")
     def _cross_refs(self):

@@ -16,6 +16,7 @@ from typing import Callable
 
 from sqlmodel import select
 
+from bot.tasks import wait_event
 from storage.db import Database
 from storage.models import ProcessHeartbeat
 from storage.types import utcnow
@@ -35,6 +36,11 @@ class Heartbeat:
         # Worker name -> its last successful pass (monotonic seconds, None: not yet).
         self.workers: dict[str, Callable[[], float | None]] = {}
         self._logged_at = 0.0
+        self._stop = asyncio.Event()
+
+    def stop_soon(self) -> None:
+        """Ask `run` to return (shutdown)."""
+        self._stop.set()
 
     def passes(self) -> dict[str, datetime | None]:
         """Each worker's last successful pass, as wall-clock time."""
@@ -56,7 +62,8 @@ class Heartbeat:
             s.add(row)
 
     async def run(self) -> None:
-        while True:
+        self._stop.clear()
+        while not self._stop.is_set():
             try:
                 await self.beat()
             except asyncio.CancelledError:
@@ -65,7 +72,7 @@ class Heartbeat:
                 if time.monotonic() - self._logged_at >= 60:
                     self._logged_at = time.monotonic()
                     log.error("heartbeat: writing to the database failed: %s", e)
-            await asyncio.sleep(self.interval)
+            await wait_event(self._stop, self.interval)
 
     def stale_workers(self) -> list[str]:
         """Reasons for a 503: workers of this process with no successful pass for too long."""

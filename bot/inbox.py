@@ -12,7 +12,6 @@ event is never dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -25,6 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.events import Text, event_from_dict
 from bot.metrics import Metrics
 from bot.outbox import PAGE, enqueue
+from bot.tasks import wait_event
 from bot.texts import t
 from storage.db import Database
 from storage.models import InboxEvent, Person
@@ -49,13 +49,22 @@ class InboxWorker:
         self.poll_interval = poll_interval
         self._wake = asyncio.Event()
         self.last_pass: float | None = None  # monotonic time of the last successful pass
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
 
+    def stop_soon(self) -> None:
+        """Ask `run` to return after the event it is applying (shutdown): cancelling
+        it inside a transaction would leave the database driver's connection to be
+        torn down by a cancelled task."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
+        self._stopping = False
         await self.update_gauges()
-        while True:
+        while not self._stopping:
             try:
                 busy = await self.process_batch()
                 self.last_pass = time.monotonic()
@@ -64,13 +73,10 @@ class InboxWorker:
             except Exception:
                 log.exception("inbox: processing failed")
                 busy = 0
-            if busy:
+            if busy or self._stopping:
                 continue
             self._wake.clear()
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel at its deadline.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
-                    await self._wake.wait()
+            await wait_event(self._wake, self.poll_interval)
 
     async def drain(self) -> int:
         """Apply everything due now; returns how many events were taken."""

@@ -26,7 +26,6 @@ holds back or re-sends the others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -44,6 +43,7 @@ from bot.channel import Channel, ChannelRegistry, DeliveryError, current_is_rese
 from bot.config import OutboxConfig
 from bot.events import Address, Call, CardMessage, Outbound, Sms, Text, message_from_dict, message_to_dict
 from bot.metrics import Metrics
+from bot.tasks import wait_event
 from cards import build
 from storage.db import Database
 from storage.models import CardRef, OutboxMessage, ProcessHeartbeat
@@ -128,6 +128,7 @@ class OutboxWorker:
         self.metrics = metrics
         self.owner = owner or process_identity(f"{os.getpid()}-{id(self):x}")
         self._wake = asyncio.Event()
+        self._stopping = False
         # Send times per recipient within its platform window; empty windows are dropped.
         self._sent_at: dict[Key, deque[float]] = {}
         self._pruned_at = time.monotonic()
@@ -143,10 +144,17 @@ class OutboxWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    def stop_soon(self) -> None:
+        """Ask `run` to return after the current delivery pass (shutdown); rows it
+        had not reached stay due for the next start."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Deliver until cancelled; wakes on `wake()` or every poll interval."""
+        """Deliver until `stop_soon()` or cancelled; wakes on `wake()` or every poll interval."""
+        self._stopping = False
         await self.take_back_own_leases()
-        while True:
+        while not self._stopping:
             try:
                 busy = await self.deliver_due()
             except asyncio.CancelledError:
@@ -154,13 +162,10 @@ class OutboxWorker:
             except Exception:
                 log.exception("outbox sweep failed")
                 busy = 0
-            if busy:
+            if busy or self._stopping:
                 continue
             self._wake.clear()
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel at its deadline.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.poll_interval.total_seconds()):
-                    await self._wake.wait()
+            await wait_event(self._wake, self.config.poll_interval.total_seconds())
 
     async def drain(self, max_rounds: int = 50, wait: float = 2.0) -> None:
         """Deliver everything that is due now (tests, CLI), and what a recipient's rate

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import models
+from storage import integration, models  # integration: its tables join the metadata
 from storage.models import SCHEMA_VERSION, SchemaMeta
 
 
@@ -159,4 +159,4 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-__all__ = ["Database", "SchemaVersionError", "models"]
+__all__ = ["Database", "SchemaVersionError", "integration", "models"]

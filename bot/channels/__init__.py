@@ -29,4 +29,7 @@ def build_channels(config: Config, sink: EventSink, db: Database) -> list[Channe
         from escalation.phone import TwilioChannel
 
         channels.append(TwilioChannel(config.twilio, sink, db, config.server.public_url))
+    from api.webhooks import WebhookChannel  # always: subscriptions are made at run time
+
+    channels.append(WebhookChannel(config.webhooks, sink, db))
     return channels
