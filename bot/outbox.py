@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
 FOLDED = "folded"  # a new-ticket card replaced by the recipient's digest card
+SUPERSEDED = "superseded"  # a card update with a newer update of the same card due behind it
 # Message classes, served in this order.
 PAGE, REPLY, UPDATE, BULK = 0, 1, 2, 3
 CLASS_NAMES = {PAGE: "page", REPLY: "reply", UPDATE: "update", BULK: "card"}
@@ -256,6 +257,7 @@ class OutboxWorker:
             due = (await s.exec(stmt)).all()
             if not due:
                 return [], {}
+            due = await self._supersede(s, due)
             blockers = await self._blockers(s, [r for r in due if not self._full(r)], now)
             pushed: dict[datetime, list[int]] = {}  # held back behind an earlier row: look again then
             deferred: dict[Key, datetime] = {}  # recipients at their limit: their due rows wait
@@ -315,6 +317,24 @@ class OutboxWorker:
                                  .execution_options(synchronize_session=False))
             refs = await self._refs(s, [r for rows in chains.values() for r in rows])
         return list(chains.values()), refs
+
+    async def _supersede(self, s: AsyncSession, due: list[OutboxMessage]) -> list[OutboxMessage]:
+        """Of several due updates of one card to one recipient, only the newest is sent:
+        each carries the whole card (forty reports of one incident are one card update
+        per recipient, not forty). Returns the rows left."""
+        newest: dict[tuple, int] = {}
+        for r in due:
+            if r.track_key and r.msg_class == UPDATE and r.status == PENDING and r.message.get("update"):
+                k = (r.channel, r.to_kind, r.to_id, r.track_key)
+                newest[k] = max(newest.get(k, 0), r.id)
+        old = [r.id for r in due if r.track_key and r.msg_class == UPDATE and r.status == PENDING
+               and r.message.get("update") and r.id < newest[(r.channel, r.to_kind, r.to_id, r.track_key)]]
+        if not old:
+            return due
+        await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(old))
+                     .values(status=SUPERSEDED, lease_until=None).execution_options(synchronize_session=False))
+        gone = set(old)
+        return [r for r in due if r.id not in gone]
 
     async def _fold(self, s: AsyncSession, key: Key, rows: list[OutboxMessage], until: datetime,
                     now: datetime) -> list[OutboxMessage]:

@@ -377,3 +377,16 @@ async def test_new_ticket_cards_beyond_the_limit_fold_into_one_digest_updated_in
     assert last[1].card.kind == "digest" and last[1].update
     assert last[2] == {"message_id": f"m{first_digest + 1}"}  # the handle of the digest sent before
     assert sum(1 for _, m, _, _ in ch.sent if isinstance(m, CardMessage) and m.card.kind == "engineer") == 9
+
+
+async def test_several_due_updates_of_one_card_send_only_the_newest(world):
+    db, ch, worker = world
+    to = Address("fake", "group", "engineers")
+    await _enqueue(db, CardMessage(Card(kind="engineer", title="v0", track_key="t1:eng")), to=to)
+    await worker.drain(wait=0)
+    await _enqueue(db, *[CardMessage(Card(kind="engineer", title=f"v{i}", track_key="t1:eng"), update=True)
+                         for i in range(1, 6)], to=to)
+    await worker.drain(wait=0)
+    assert [m.card.title for _, m, _, _ in ch.sent] == ["v0", "v5"]
+    assert ch.sent[1][2] == {"message_id": "m1"}
+    assert [r.status for r in await _rows(db)] == [SENT, "superseded", "superseded", "superseded", "superseded", SENT]
