@@ -132,14 +132,15 @@ class Api:
                 return int(m.group(1))
         return None
 
-    def staff(self, doc: dict) -> str | None:
-        blob = json.dumps(doc, ensure_ascii=False)
-        for pid, (_, _, ids) in STAFF.items():
-            if any(f'"{v}"' in blob for v in ids.values()):
-                return pid
+    def staff(self, path_qs: str, doc: dict) -> str | None:
+        """The engineers' group (first: its posts @ people) or the staff member a send is for."""
+        blob = path_qs + " " + json.dumps(doc, ensure_ascii=False)
         for module in PLATFORMS:
             if module.ENGINEERS_CHAT in blob:
                 return f"group:{module.__name__.rsplit('.', 1)[1]}"
+        for pid, (_, _, ids) in STAFF.items():
+            if any(f'"{v}"' in blob or f"={v}" in blob for v in ids.values()):
+                return pid
         return None
 
     @web.middleware
@@ -157,7 +158,7 @@ class Api:
             m = NUMBER.search(text)
             if i is not None and m and i not in self.number_at:
                 self.number_at[i] = (now, m.group(0))
-            who = self.staff(doc) if i is None else None
+            who = self.staff(request.path_qs, doc) if i is None else None
             if who:
                 card = any(k in text for k in ("template_card", "interactive", "cardData", "markdown",
                                                "sampleMarkdown", "sampleActionCard"))
