@@ -6,6 +6,8 @@
     python run_bot.py check-config [--config relaydesk.toml]
     python run_bot.py report daily [--date D] [--team T] [--json] [--out DIR]
     python run_bot.py report month [--month YYYY-MM] [--json] [--out DIR]
+    python run_bot.py worker [--config relaydesk.toml] [--slot N]
+    python run_bot.py inbox list|retry [ID ...] [--config relaydesk.toml]
     python run_bot.py api-token create --name crm --scopes tickets:read,tickets:write
     python run_bot.py api-token list | revoke <id|name|prefix>
 """
@@ -27,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
                             ("check-config", "validate the configuration and exit")):
         sp = sub.add_parser(name, help=help_text)
         _common(sp)
+    sp = sub.add_parser("worker", help="apply accepted messages and deliver the outbox, without serving HTTP")
+    _common(sp)
+    sp.add_argument("--slot", default="1", help="this worker's number on this host (stable across restarts)")
+    sp = sub.add_parser("inbox", help="dead letters: accepted messages that could not be applied")
+    _common(sp)
+    sp.add_argument("action", choices=("list", "retry"))
+    sp.add_argument("ids", nargs="*", type=int, help="retry only these (default: every dead letter)")
     sub.add_parser("classify", help="classify reports: one per line on stdin, JSON lines out", add_help=False)
     from api.cli import add_parser as add_api_token
 
@@ -67,7 +76,9 @@ def serve(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # APScheduler logs every run of the one-second sweep at INFO.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
-    app = create_app(config)
+    from bot.outbox import process_identity
+
+    app = create_app(config, owner=process_identity(f"serve-{config.server.port}"))
     print(f"RelayDesk on http://{config.server.host}:{config.server.port}"
           + (f"  playground: http://{config.server.host}:{config.server.port}/playground"
              if config.playground.enabled else ""), flush=True)
@@ -100,6 +111,70 @@ def init_db(args) -> int:
     return 0
 
 
+def worker(args) -> int:
+    """The inbox and outbox workers and the escalation sweep in their own process
+    (with `[server] workers = false` in the answering process; several on PostgreSQL)."""
+    import signal
+
+    config = _load(args)
+    from bot.app import Runtime
+    from bot.outbox import process_identity
+    from storage.db import SchemaVersionError
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+    async def run() -> None:
+        rt = Runtime(config, owner=process_identity(f"worker-{args.slot}"))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await rt.start(workers=True)
+        print(f"RelayDesk worker {rt.owner} running", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await rt.stop()
+
+    try:
+        asyncio.run(run())
+    except SchemaVersionError as e:
+        print(f"relaydesk: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def inbox(args) -> int:
+    """`list`: the dead letters; `retry [ID ...]`: apply them again (all, or those named)."""
+    config = _load(args)
+    from bot.app import Runtime
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> int:
+        rt = Runtime(config)
+        await rt.start(workers=False)
+        try:
+            if args.action == "list":
+                rows = await rt.inbox.dead_letters()
+                for r in rows:
+                    print(f"{r.id}\t{r.platform}\t{r.event_id}\t{r.attempts} attempts\t"
+                          f"{r.received_at:%Y-%m-%d %H:%M:%S}\t{r.last_error or ''}")
+                print(f"{len(rows)} dead letter(s)")
+                return 0
+            n = await rt.inbox.retry(args.ids or None)
+            await rt.inbox.drain()
+            left = len(await rt.inbox.dead_letters())
+            pending = await rt.inbox.backlog()
+            print(f"retried {n} dead letter(s); {pending} waiting for a later attempt, {left} dead letter(s) left")
+            return 0 if n and not pending else 1
+        finally:
+            await rt.stop()
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "classify":
@@ -113,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "init-db":
         return init_db(args)
+    if args.command == "worker":
+        return worker(args)
+    if args.command == "inbox":
+        return inbox(args)
     if args.command == "api-token":
         from api.cli import run as api_token
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 
 from aiohttp import web
-from sqlalchemy import text
 
 from api.routes import api_routes
 from bot.channel import ChannelRegistry
@@ -17,9 +17,10 @@ from bot.core.dispatch import unknown_skills
 from bot.core.handler import TicketBot
 from bot.core.notify import Notifier
 from bot.core.service import TicketService
-from bot.metrics import Metrics
+from bot.heartbeat import Heartbeat
 from bot.inbox import InboxWorker
-from bot.outbox import OutboxWorker
+from bot.metrics import Metrics
+from bot.outbox import OutboxWorker, process_identity
 from bot.tasks import BackgroundTasks
 from console.links import Links
 from console.routes import Console
@@ -41,8 +42,10 @@ WORKER_GRACE_S = 4.0
 class Runtime:
     """Everything one bot process holds, wired once."""
 
-    def __init__(self, config: Config, db: Database | None = None):
+    def __init__(self, config: Config, db: Database | None = None, *, owner: str | None = None):
         self.config = config
+        # This process's identity for outbox leases: stable across restarts of one slot.
+        self.owner = owner or process_identity(f"{os.getpid()}-{id(self):x}")
         self.db = db or Database(config.database_url)
         self.metrics = Metrics()
         classifier = Classifier.from_file(config.nlp.taxonomy) if config.nlp.taxonomy else Classifier.default()
@@ -72,8 +75,10 @@ class Runtime:
         for channel in build_channels(config, self.bot, self.db):
             self.channels.add(channel)
         self.directory.channels = self.channels.names()
-        self.outbox = OutboxWorker(self.db, self.channels, config.outbox, self.metrics)
-        self.inbox = InboxWorker(self.db, self.bot, self.metrics)
+        self.outbox = OutboxWorker(self.db, self.channels, config.outbox, self.metrics, owner=self.owner)
+        self.inbox = InboxWorker(self.db, self.bot, self.metrics, directory=self.directory,
+                                 poll_interval=config.outbox.poll_interval.total_seconds())
+        self.heartbeat = Heartbeat(self.db, self.owner)
         self.bot.on_accept = self.inbox.wake
         self.outbox.yield_to = self.bot.yield_to_callbacks
         for channel in self.channels:
@@ -87,7 +92,10 @@ class Runtime:
     def _wake_outbox(self) -> None:
         self.outbox.wake()
 
-    async def start(self, *, workers: bool = True) -> None:
+    async def start(self, *, workers: bool = True, defer_inbound: bool | None = None) -> None:
+        """Open everything; `workers` runs the inbox and outbox workers and the escalation
+        sweep in this process, `defer_inbound` (default: same as `workers`) answers
+        messages once recorded instead of applying them first."""
         await self.db.init()
         await self.links.load(self.db)
         await self.directory.sync(self.db)
@@ -100,8 +108,11 @@ class Runtime:
         gc.freeze()
         # With workers, messages are answered once recorded and applied by the
         # inbox worker; without (tests), the sink applies them before answering.
-        self.bot.defer_inbound = workers
+        self.bot.defer_inbound = workers if defer_inbound is None else defer_inbound
         if workers:
+            self.heartbeat.workers = {"inbox": lambda: self.inbox.last_pass,
+                                      "outbox": lambda: self.outbox.last_pass}
+            self.tasks.spawn(self.heartbeat.run(), "heartbeat")
             self.tasks.spawn(self.inbox.run(), "inbox")
             self.tasks.spawn(self.outbox.run(), "outbox")
             await self.escalation.start()
@@ -117,6 +128,7 @@ class Runtime:
         await self.escalation.stop()
         self.inbox.stop_soon()
         self.outbox.stop_soon()
+        self.heartbeat.stop_soon()
         if not await self.tasks.wait(timeout=WORKER_GRACE_S):
             await self.tasks.stop(timeout=2.0)
         for channel in self.channels:
@@ -139,13 +151,29 @@ async def _timing(request: web.Request, handler):
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 when the database accepts a write and every worker passed recently; 503 with the reasons.
+
+    A channel whose API is down is shown (`channels`), not a 503: the bot itself is fine.
+    """
     rt = request.app[RUNTIME]
+    reasons: list[str] = []
+    body: dict = {"channels": rt.outbox.channel_states()}
     try:
-        async with rt.db.session() as s:
-            await s.exec(text("SELECT 1"))
+        await rt.heartbeat.beat()
     except Exception as e:  # the database is what a health check is for
-        return web.json_response({"status": "error", "database": str(e)}, status=503)
-    return web.json_response({"status": "ok", "channels": rt.channels.names()})
+        reasons.append(f"the database does not accept writes: {type(e).__name__}: {e}"[:300])
+    else:
+        reasons += rt.heartbeat.stale_workers()
+        body["workers"] = {k: v.isoformat() if v else None for k, v in rt.heartbeat.passes().items()}
+        if not rt.config.server.workers:
+            remote = await rt.heartbeat.remote_workers()
+            body["worker_processes"] = remote
+            if not any(w["alive"] for w in remote.values()):
+                reasons.append("no worker process is running (python run_bot.py worker)")
+    body["status"] = "error" if reasons else "ok"
+    if reasons:
+        body["reasons"] = reasons
+    return web.json_response(body, status=503 if reasons else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -155,9 +183,14 @@ async def metrics(request: web.Request) -> web.Response:
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
-def create_app(config: Config, *, db: Database | None = None, workers: bool = True) -> web.Application:
-    """The bot as an aiohttp app; `workers=False` leaves delivery to `outbox.drain()` (tests)."""
-    runtime = Runtime(config, db)
+def create_app(config: Config, *, db: Database | None = None, workers: bool = True,
+               owner: str | None = None) -> web.Application:
+    """The bot as an aiohttp app; `workers=False` leaves delivery to `outbox.drain()` (tests).
+
+    With `[server] workers = false` the app records and answers only; worker
+    processes (`python run_bot.py worker`) apply and deliver.
+    """
+    runtime = Runtime(config, db, owner=owner)
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[_timing])
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
@@ -169,7 +202,7 @@ def create_app(config: Config, *, db: Database | None = None, workers: bool = Tr
     app.router.add_routes(api_routes(runtime))
 
     async def on_startup(_app: web.Application) -> None:
-        await runtime.start(workers=workers)
+        await runtime.start(workers=workers and config.server.workers, defer_inbound=workers)
 
     async def on_cleanup(_app: web.Application) -> None:
         await runtime.stop()

@@ -43,6 +43,9 @@ EventSink = Callable[[InboundEvent], Awaitable[HandleResult]]
 # The id of the outbox row being delivered, set by the outbox worker around
 # `Channel.send`, so a channel can make a repeated delivery of one row a no-op.
 current_outbox_id: ContextVar[int | None] = ContextVar("current_outbox_id", default=None)
+# True when that row was tried before (a failed attempt, or a send interrupted by a
+# crash): a channel asks its platform to drop it if the earlier one arrived.
+current_is_resend: ContextVar[bool] = ContextVar("current_is_resend", default=False)
 
 
 class DeliveryError(Exception):
@@ -72,6 +75,9 @@ class Channel(ABC):
     # Whether the outbox applies its per-recipient rate limit (the platforms
     # drop what exceeds their caps; a local page has none).
     rate_limited: ClassVar[bool] = True
+    # The platform's documented cap per recipient kind ("user" | "group"):
+    # (messages, seconds). The outbox keeps each recipient under it.
+    rate_limits: ClassVar[dict[str, tuple[int, float]]] = {"user": (20, 60.0), "group": (20, 60.0)}
 
     def __init__(self, sink: EventSink):
         self.sink = sink

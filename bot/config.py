@@ -57,6 +57,8 @@ class ServerConfig(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     public_url: str = "http://127.0.0.1:8080"
+    # false: this process only answers; `python run_bot.py worker` processes apply and deliver.
+    workers: bool = True
 
 
 class DeadlineConfig(_Section):
@@ -70,6 +72,13 @@ def _default_deadlines() -> dict[str, DeadlineConfig]:
         "P1": DeadlineConfig(respond="30m", resolve="24h"),
         "P2": DeadlineConfig(respond="4h", resolve="72h"),
     }
+
+
+class IncidentsConfig(_Section):
+    """Reports of one incident: same category and place while a ticket about it is open."""
+
+    enabled: bool = True
+    window: Duration = timedelta(minutes=30)
 
 
 class TicketsConfig(_Section):
@@ -99,8 +108,15 @@ class OutboxConfig(_Section):
     max_delay: Duration = timedelta(minutes=10)
     lease: Duration = timedelta(seconds=60)
     poll_interval: Duration = timedelta(seconds=1)
-    # Per recipient and channel; the platforms drop what exceeds their caps.
-    per_recipient_per_minute: int = Field(default=20, ge=1)
+    # Per recipient and channel; unset: each channel's documented platform limits.
+    per_recipient_per_minute: Optional[int] = Field(default=None, ge=1)
+    # Leases of a process whose heartbeat is older than this are taken back.
+    takeover_grace: Duration = timedelta(seconds=3)
+    # A channel is marked down after this many failed sends in a row, then probed.
+    down_after: int = Field(default=3, ge=1)
+    probe_interval: Duration = timedelta(seconds=5)
+    # A recipient at its limit with this many new-ticket cards queued gets one digest card instead (0: never).
+    digest_after: int = Field(default=3, ge=0)
 
 
 class NlpConfig(_Section):
@@ -304,6 +320,7 @@ class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     tickets: TicketsConfig = Field(default_factory=TicketsConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
     nlp: NlpConfig = Field(default_factory=NlpConfig)
     playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
     # Unknown senders become customers who may report and follow their tickets.

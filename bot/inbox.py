@@ -1,39 +1,54 @@
 """The inbox worker: applies accepted inbound messages after their callback was answered.
 
-Each event is claimed, applied and marked done in one transaction (row-locked
-with SKIP LOCKED on PostgreSQL), so a crash or a second process never applies
-it twice and never loses it. A failure is kept with its error and retried with
-back-off; after the last attempt the row stays `failed` and is counted in /metrics.
+Events are claimed in batches (row-locked with SKIP LOCKED on PostgreSQL) and
+applied in one transaction, each inside its own savepoint, then marked done in
+that same transaction: a crash or a second process never applies one twice
+and never loses one. A failure rolls back only its own event, which is kept
+with its error and retried with back-off. After the last attempt the event is
+parked as a dead letter: counted in /metrics, told to the admins in chat, and
+shown and replayed by `python run_bot.py inbox list|retry`. An acknowledged
+event is never dropped.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import time
 from datetime import timedelta
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.events import event_from_dict
+from bot.events import Text, event_from_dict
 from bot.metrics import Metrics
+from bot.outbox import PAGE, enqueue
 from bot.tasks import wait_event
+from bot.texts import t
 from storage.db import Database
-from storage.models import InboxEvent
+from storage.models import InboxEvent, Person
 from storage.types import utcnow
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+BATCH = 50  # events claimed per transaction
+# A transaction stops taking more events after this long, or as soon as a callback
+# waits to be answered: on SQLite it holds the one write lock the answer needs.
+BATCH_SECONDS = 0.01
+PENDING, DONE, DEAD = "pending", "done", "dead"
 
 
 class InboxWorker:
-    def __init__(self, db: Database, bot, metrics: Metrics, *, poll_interval: float = 1.0):
+    def __init__(self, db: Database, bot, metrics: Metrics, *, directory=None, poll_interval: float = 1.0):
         self.db = db
         self.bot = bot
         self.metrics = metrics
+        self.directory = directory  # finds the admins to tell about a dead letter
         self.poll_interval = poll_interval
         self._wake = asyncio.Event()
+        self.last_pass: float | None = None  # monotonic time of the last successful pass
         self._stopping = False
 
     def wake(self) -> None:
@@ -48,14 +63,16 @@ class InboxWorker:
 
     async def run(self) -> None:
         self._stopping = False
+        await self.update_gauges()
         while not self._stopping:
             try:
-                busy = await self.process_next()
+                busy = await self.process_batch()
+                self.last_pass = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("inbox: processing failed")
-                busy = False
+                busy = 0
             if busy or self._stopping:
                 continue
             self._wake.clear()
@@ -64,45 +81,111 @@ class InboxWorker:
     async def drain(self) -> int:
         """Apply everything due now; returns how many events were taken."""
         n = 0
-        while await self.process_next():
-            n += 1
+        while taken := await self.process_batch():
+            n += taken
         return n
 
     async def process_next(self) -> bool:
+        """Apply the next due event alone (tests)."""
+        return bool(await self.process_batch(1))
+
+    async def process_batch(self, limit: int = BATCH) -> int:
+        """Claim up to `limit` due events and apply them in one transaction; returns how many."""
         await self.bot.yield_to_callbacks()
         now = utcnow()
+        dead: list[InboxEvent] = []
         async with self.db.session() as s:
             stmt = (select(InboxEvent)
-                    .where(InboxEvent.status == "pending", InboxEvent.next_attempt_at <= now)
-                    .order_by(InboxEvent.id).limit(1))
+                    .where(InboxEvent.status == PENDING, InboxEvent.next_attempt_at <= now)
+                    .order_by(InboxEvent.id).limit(limit))
             if self.db.is_postgres:
                 stmt = stmt.with_for_update(skip_locked=True)
-            row = (await s.exec(stmt)).first()
-            if row is None:
-                return False
+            rows = (await s.exec(stmt)).all()
+            start = time.perf_counter()
+            taken = 0
+            done: list[int] = []
+            for row in rows:
+                if taken and (self.bot.answering or time.perf_counter() - start > BATCH_SECONDS):
+                    break  # the rest stay pending for the next transaction
+                taken += 1
+                outcome = await self._apply(s, row, now)
+                if outcome == DONE:
+                    done.append(row.id)
+                elif outcome == DEAD:
+                    dead.append(row)
+            rows = rows[:taken]
+            if done:  # one statement for the batch's applied events
+                await s.exec(update(InboxEvent).where(InboxEvent.id.in_(done))
+                             .values(status=DONE, attempts=InboxEvent.attempts + 1, processed_at=utcnow())
+                             .execution_options(synchronize_session=False))
+            for row in dead:
+                await self._alert(s, row)
+        if rows:
+            self.bot.on_commit()
+        if dead:
+            await self.update_gauges()
+        return len(rows)
+
+    async def _apply(self, s: AsyncSession, row: InboxEvent, now) -> str:
+        """Apply one event in its own savepoint: DONE (marked by the caller), PENDING (kept
+        for a retry) or DEAD (parked)."""
+        try:
+            async with s.begin_nested():
+                await self.bot.process(s, event_from_dict(row.payload))
+        except Exception as e:  # keep the event and its error; retry later
             row.attempts += 1
-            try:
-                async with s.begin_nested():
-                    await self.bot.process(s, event_from_dict(row.payload))
-            except Exception as e:  # keep the event and its error; retry later
-                log.exception("inbox %s (%s %s) failed, attempt %d", row.id, row.platform, row.event_id,
-                              row.attempts)
-                row.last_error = f"{type(e).__name__}: {e}"[:1000]
-                if row.attempts >= MAX_ATTEMPTS:
-                    row.status = "failed"
-                    self.metrics.inbox_failed.labels(row.platform).inc()
-                else:
-                    delay = min(300.0, 2.0 ** row.attempts) * random.uniform(0.5, 1.0)
-                    row.next_attempt_at = now + timedelta(seconds=delay)
+            log.exception("inbox %s (%s %s) failed, attempt %d", row.id, row.platform, row.event_id, row.attempts)
+            row.last_error = f"{type(e).__name__}: {e}"[:1000]
+            if row.attempts >= MAX_ATTEMPTS:
+                row.status = DEAD
+                self.metrics.inbox_failed.labels(row.platform).inc()
+                log.error("inbox %s parked as a dead letter after %d attempts: python run_bot.py inbox retry %s",
+                          row.id, row.attempts, row.id)
             else:
-                row.status = "done"
-                row.processed_at = utcnow()
-                self.metrics.inbound.labels(row.platform, "ok").inc()
+                delay = min(300.0, 2.0 ** row.attempts) * random.uniform(0.5, 1.0)
+                row.next_attempt_at = now + timedelta(seconds=delay)
             s.add(row)
-        self.bot.on_commit()
-        return True
+            return row.status
+        self.metrics.inbound.labels(row.platform, "ok").inc()
+        return DONE
+
+    async def _alert(self, s: AsyncSession, row: InboxEvent) -> None:
+        """Tell every admin who can be reached in chat that an event was parked."""
+        if self.directory is None:
+            return
+        text = t("notify.staff.inbox_dead", platform=row.platform, id=row.id, attempts=row.attempts,
+                 error=(row.last_error or "")[:200])
+        admins = (await s.exec(select(Person.id).where(Person.role == "admin", Person.active.is_(True)))).all()
+        for pid in admins:
+            to = await self.directory.direct_address(s, pid)
+            if to is not None:
+                enqueue(s, to, Text(text), msg_class=PAGE)
+
+    async def update_gauges(self) -> None:
+        async with self.db.session() as s:
+            n = (await s.exec(select(func.count()).select_from(InboxEvent).where(InboxEvent.status == DEAD))).one()
+        self.metrics.inbox_dead.set(n)
 
     async def backlog(self) -> int:
         async with self.db.session() as s:
             return (await s.exec(select(func.count()).select_from(InboxEvent)
-                                 .where(InboxEvent.status == "pending"))).one()
+                                 .where(InboxEvent.status == PENDING))).one()
+
+    # ---- dead letters (python run_bot.py inbox list|retry) -------------------
+
+    async def dead_letters(self) -> list[InboxEvent]:
+        async with self.db.session() as s:
+            return list((await s.exec(select(InboxEvent).where(InboxEvent.status == DEAD)
+                                      .order_by(InboxEvent.id))).all())
+
+    async def retry(self, ids: list[int] | None = None) -> int:
+        """Make dead letters (all, or those in `ids`) due again with fresh attempts; returns how many."""
+        async with self.db.session() as s:
+            stmt = select(InboxEvent).where(InboxEvent.status == DEAD)
+            if ids:
+                stmt = stmt.where(InboxEvent.id.in_(ids))
+            rows = (await s.exec(stmt)).all()
+            for row in rows:
+                row.status, row.attempts, row.next_attempt_at = PENDING, 0, utcnow()
+                s.add(row)
+        return len(rows)

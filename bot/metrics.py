@@ -30,5 +30,10 @@ class Metrics:
         self.outbox_failed_rows = Gauge("relaydesk_outbox_undeliverable", "Outbound messages given up on, still in the outbox",
                                         registry=r)
 
+        self.channel_up = Gauge("relaydesk_channel_up", "1 while a channel's API answers, 0 while marked down",
+                                ["channel"], registry=r)
+        self.inbox_dead = Gauge("relaydesk_inbox_dead_letters", "Accepted inbound events parked after their last "
+                                "attempt (python run_bot.py inbox list)", registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,59 +2,143 @@
 change that caused them, and a worker delivers them after commit.
 
 Delivery is at least once: a row is leased while it is being sent, and a lease
-that runs out (the process died mid-send) makes the row due again. Channels
-make a repeat harmless where the platform allows it (the playground keys its
-rows by outbox id). Rows to the same recipient go out in order.
+held by a process that stopped heartbeating makes the row due again after a
+short grace. Channels make a repeat harmless where the platform allows it (the
+playground keys its rows by outbox id, Feishu sends carry a uuid).
+
+What goes first in a storm:
+- a sweep reads only rows that are due (index on status and due time), so a
+  queue of throttled cards to one engineer is never read, let alone in the way;
+- every message has a class (page, reply, card update, new card); a sweep
+  serves due rows in class order, and one recipient's chain sends its page
+  before its queued cards. Order holds within one class and recipient: a row
+  waiting for a retry holds back the later rows of its class to that recipient;
+- a recipient at its platform limit has all its due rows moved to when its
+  window has room, in one statement; nobody else waits for it;
+- a channel whose API keeps failing is marked down and probed with one message
+  at a time; the first success makes everything it held due at once.
+
+Bookkeeping (lease, result, card handles) is one transaction per pass; when
+that fails, each row is written on its own, and a row that still cannot be
+written is kept in memory and written again next pass, so one bad row never
+holds back or re-sends the others.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 import time
-from collections import defaultdict, deque
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import and_, func, or_, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.channel import ChannelRegistry, DeliveryError, current_outbox_id
+from bot.channel import Channel, ChannelRegistry, DeliveryError, current_is_resend, current_outbox_id
 from bot.config import OutboxConfig
-from bot.events import Address, CardMessage, Outbound, message_from_dict, message_to_dict
+from bot.events import Address, Call, CardMessage, Outbound, Sms, Text, message_from_dict, message_to_dict
 from bot.metrics import Metrics
 from bot.tasks import wait_event
+from cards import build
 from storage.db import Database
-from storage.models import CardRef, OutboxMessage
+from storage.models import CardRef, OutboxMessage, ProcessHeartbeat
 from storage.types import utcnow
 
 log = logging.getLogger(__name__)
 
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
+FOLDED = "folded"  # a new-ticket card replaced by the recipient's digest card
+SUPERSEDED = "superseded"  # a card update with a newer update of the same card due behind it
+# Message classes, served in this order.
+PAGE, REPLY, UPDATE, BULK = 0, 1, 2, 3
+CLASS_NAMES = {PAGE: "page", REPLY: "reply", UPDATE: "update", BULK: "card"}
+
+Key = tuple[str, str, str]  # channel, to_kind, to_id
 
 
-def enqueue(s: AsyncSession, to: Address, message: Outbound, ticket_id: int | None = None) -> OutboxMessage:
+def message_class(message: Outbound) -> int:
+    """Pages (escalation cards, calls, SMS), then texts, then card updates, then new cards."""
+    if isinstance(message, (Call, Sms)):
+        return PAGE
+    if isinstance(message, CardMessage):
+        if message.card.kind == "escalation":
+            return PAGE
+        return UPDATE if message.update else BULK
+    if isinstance(message, Text):
+        return REPLY
+    return BULK
+
+
+def enqueue(s: AsyncSession, to: Address, message: Outbound, ticket_id: int | None = None, *,
+            msg_class: int | None = None) -> OutboxMessage:
+    """Write a message to deliver after commit; its class follows from the message unless given."""
     track_key = message.card.track_key if isinstance(message, CardMessage) else None
     row = OutboxMessage(channel=to.channel, to_kind=to.kind, to_id=to.id, message=message_to_dict(message),
-                        ticket_id=ticket_id, track_key=track_key, next_attempt_at=utcnow())
+                        ticket_id=ticket_id, track_key=track_key, next_attempt_at=utcnow(),
+                        msg_class=message_class(message) if msg_class is None else msg_class)
     s.add(row)
     return row
+
+
+def process_identity(name: str | None = None) -> str:
+    """`host:name`: stable across restarts of the same slot (a port, a worker number),
+    so a restarted process takes back its predecessor's leases at once."""
+    return f"{socket.gethostname()}:{name or os.getpid()}"
 
 
 async def _no_wait() -> None:
     return None
 
 
+@dataclass
+class ChannelHealth:
+    """Whether a channel's API answers: down after consecutive failures, one probe at a time."""
+
+    up: bool = True
+    failures: int = 0
+    probing: bool = False
+    next_probe: float = 0.0  # monotonic time of the next probe while down
+    since: float = field(default_factory=time.monotonic)
+
+    @property
+    def state(self) -> str:
+        return "up" if self.up else "down"
+
+
+@dataclass
+class _Result:
+    row: OutboxMessage
+    ref_key: tuple | None = None
+    new_ref: dict | None = None
+    error: DeliveryError | None = None
+    released: bool = False  # not sent: an earlier row of its chain failed
+    tries: int = 0  # failed bookkeeping writes so far
+
+
 class OutboxWorker:
-    def __init__(self, db: Database, channels: ChannelRegistry, config: OutboxConfig, metrics: Metrics):
+    def __init__(self, db: Database, channels: ChannelRegistry, config: OutboxConfig, metrics: Metrics,
+                 *, owner: str | None = None):
         self.db = db
         self.channels = channels
         self.config = config
         self.metrics = metrics
+        self.owner = owner or process_identity(f"{os.getpid()}-{id(self):x}")
         self._wake = asyncio.Event()
         self._stopping = False
-        self._sent_at: dict[tuple[str, str, str], deque[float]] = defaultdict(deque)
+        # Send times per recipient within its platform window; empty windows are dropped.
+        self._sent_at: dict[Key, deque[float]] = {}
+        self._pruned_at = time.monotonic()
         self._gauges_at = 0.0
+        self._reaped_at = 0.0
+        self.health: dict[str, ChannelHealth] = {}
+        self._recovered: set[str] = set()  # channels that answered again since the last pass
+        self._unfinished: list[_Result] = []
+        self.last_pass: float | None = None  # monotonic time of the last successful pass
         # Awaited before each sweep: lets callbacks being answered go first.
         self.yield_to = _no_wait
 
@@ -70,6 +154,7 @@ class OutboxWorker:
     async def run(self) -> None:
         """Deliver until `stop_soon()` or cancelled; wakes on `wake()` or every poll interval."""
         self._stopping = False
+        await self.take_back_own_leases()
         while not self._stopping:
             try:
                 busy = await self.deliver_due()
@@ -83,141 +168,441 @@ class OutboxWorker:
             self._wake.clear()
             await wait_event(self._wake, self.config.poll_interval.total_seconds())
 
-    async def drain(self, max_rounds: int = 50) -> None:
-        """Deliver everything that is due now (tests, CLI)."""
+    async def drain(self, max_rounds: int = 50, wait: float = 2.0) -> None:
+        """Deliver everything that is due now (tests, CLI), and what a recipient's rate
+        limit holds back for at most `wait` seconds more (never-tried rows only: a retry's
+        back-off is not waited for)."""
         for _ in range(max_rounds):
-            if not await self.deliver_due():
+            if await self.deliver_due():
+                continue
+            async with self.db.session() as s:
+                soonest = (await s.exec(select(func.min(OutboxMessage.next_attempt_at))
+                                        .where(OutboxMessage.status == PENDING, OutboxMessage.attempts == 0))).one()
+            delay = (soonest - utcnow()).total_seconds() if soonest is not None else None
+            if delay is None or delay > wait:
                 return
+            await asyncio.sleep(max(0.0, delay) + 0.01)
 
     async def deliver_due(self, limit: int = 200) -> int:
         await self.yield_to()
-        chains = await self._claim(limit)
+        if self._unfinished:
+            await self._retry_unfinished()
+        if time.monotonic() - self._reaped_at >= 1.0:
+            await self.take_back_dead_leases()
+        chains, refs = await self._claim(limit)
         if chains:
-            await asyncio.gather(*(self._deliver_chain(rows) for rows in chains))
-        if time.monotonic() - self._gauges_at >= 1.0:
+            results = await asyncio.gather(*(self._deliver_chain(rows, refs) for rows in chains))
+            await self._finish([r for chain in results for r in chain])
+        self.last_pass = time.monotonic()
+        if self.last_pass - self._gauges_at >= 1.0:
             await self.update_gauges()
         return sum(len(rows) for rows in chains)
 
-    async def _claim(self, limit: int) -> list[list[OutboxMessage]]:
-        """Due rows, leased, grouped per recipient in the order they were written."""
+    # ---- leases ------------------------------------------------------------
+
+    async def take_back_own_leases(self) -> int:
+        """Rows this identity leased before a restart: its sends died with it, due now."""
         now = utcnow()
         async with self.db.session() as s:
+            result = await s.exec(update(OutboxMessage)
+                                  .where(OutboxMessage.status == SENDING, OutboxMessage.lease_owner == self.owner)
+                                  .values(status=PENDING, lease_until=None, lease_owner=None, next_attempt_at=now,
+                                          attempts=OutboxMessage.attempts + 1))
+        n = result.rowcount or 0
+        if n:
+            log.warning("outbox: took back %d message(s) leased before this process restarted", n)
+        return n
+
+    async def take_back_dead_leases(self) -> int:
+        """Rows leased by a process whose heartbeat stopped more than the grace ago: due now."""
+        self._reaped_at = time.monotonic()
+        now = utcnow()
+        alive = (select(ProcessHeartbeat.owner)
+                 .where(ProcessHeartbeat.beat_at > now - self.config.takeover_grace))
+        async with self.db.session() as s:
+            result = await s.exec(
+                update(OutboxMessage)
+                .where(OutboxMessage.status == SENDING, OutboxMessage.next_attempt_at > now,
+                       or_(OutboxMessage.lease_owner.is_(None),
+                           and_(OutboxMessage.lease_owner != self.owner, OutboxMessage.lease_owner.not_in(alive))))
+                .values(status=PENDING, lease_until=None, lease_owner=None, next_attempt_at=now,
+                        attempts=OutboxMessage.attempts + 1)  # the interrupted send counts
+                .execution_options(synchronize_session=False))
+        n = result.rowcount or 0
+        if n:
+            log.warning("outbox: took back %d message(s) leased by a process that stopped", n)
+        return n
+
+    # ---- claiming ----------------------------------------------------------
+
+    def _limit(self, channel: Channel | None, kind: str) -> tuple[int, float] | None:
+        """(messages, seconds) one recipient may receive, or None (no limit)."""
+        if channel is None or not channel.rate_limited:
+            return None
+        if self.config.per_recipient_per_minute is not None:
+            return self.config.per_recipient_per_minute, 60.0
+        return channel.rate_limits.get(kind, (20, 60.0))
+
+    async def _claim(self, limit: int) -> tuple[list[list[OutboxMessage]], dict]:
+        """Due rows, leased, grouped per recipient in class order, then in the order written."""
+        now = utcnow()
+        mono = time.monotonic()
+        chains: dict[Key, list[OutboxMessage]] = {}
+        async with self.db.session() as s:
             stmt = (select(OutboxMessage)
-                    .where(OutboxMessage.status.in_((PENDING, SENDING)))
-                    .order_by(OutboxMessage.id).limit(limit * 2))
+                    .where(OutboxMessage.status.in_((PENDING, SENDING)), OutboxMessage.next_attempt_at <= now)
+                    .order_by(OutboxMessage.msg_class, OutboxMessage.id).limit(limit * 2))
             if self.db.is_postgres:
                 stmt = stmt.with_for_update(skip_locked=True)
-            candidates = (await s.exec(stmt)).all()
-            chains: dict[tuple[str, str, str], list[OutboxMessage]] = {}
-            blocked: set[tuple[str, str, str]] = set()
-            taken = 0
-            for row in candidates:
-                key = (row.channel, row.to_kind, row.to_id)
-                if key in blocked:
+            due = (await s.exec(stmt)).all()
+            if not due:
+                return [], {}
+            due = await self._supersede(s, due)
+            blockers = await self._blockers(s, [r for r in due if not self._full(r)], now)
+            pushed: dict[datetime, list[int]] = {}  # held back behind an earlier row: look again then
+            deferred: dict[Key, datetime] = {}  # recipients at their limit: their due rows wait
+            waiting: dict[Key, list[OutboxMessage]] = {}  # those rows (locked by this claim)
+            throttled: set[Key] = set()  # of those recipients, the ones held by their rate limit
+            held: set[Key | tuple] = set()
+            taken: list[int] = []
+            for row in due:
+                key: Key = (row.channel, row.to_kind, row.to_id)
+                lane = (*key, row.msg_class)
+                if key in deferred:
+                    waiting[key].append(row)
                     continue
-                due = row.next_attempt_at <= now if row.status == PENDING else (
-                    row.lease_until is None or row.lease_until <= now)
-                if not due or taken >= limit:
-                    blocked.add(key)  # later rows to this recipient wait for this one
+                if lane in held:
+                    continue
+                blocker = blockers.get(lane)
+                if blocker is not None and blocker[0] < row.id:
+                    pushed.setdefault(min(blocker[1], now + timedelta(seconds=5)), []).append(row.id)
+                    continue
+                if len(taken) >= limit:
+                    held.add(lane)
                     continue
                 channel = self.channels.get(row.channel)
-                if channel is not None and channel.rate_limited:
-                    wait = self._rate_wait(key, pending=len(chains.get(key, ())))
-                    if wait:
-                        row.status, row.next_attempt_at = PENDING, now + timedelta(seconds=wait)
-                        s.add(row)
-                        blocked.add(key)
-                        continue
-                row.status = SENDING
-                row.lease_until = now + self.config.lease
-                s.add(row)
+                health = self.health.get(row.channel)
+                probe = health is not None and not health.up
+                if probe and (health.probing or mono < health.next_probe):
+                    deferred[key] = now + timedelta(seconds=max(1.0, health.next_probe - mono))
+                    waiting[key] = [row]
+                    continue
+                wait = self._rate_wait(key, self._limit(channel, row.to_kind), len(chains.get(key, ())))
+                if wait:
+                    deferred[key] = now + timedelta(seconds=wait)
+                    waiting[key] = [row]
+                    throttled.add(key)
+                    continue
+                if probe:
+                    health.probing = True  # this one row tells whether the API answers again
                 chains.setdefault(key, []).append(row)
-                taken += 1
-        return list(chains.values())
+                taken.append(row.id)
+            if taken:
+                lease_until = now + self.config.lease
+                await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(taken))
+                             .values(status=SENDING, lease_until=lease_until, next_attempt_at=lease_until,
+                                     lease_owner=self.owner).execution_options(synchronize_session=False))
+            for until, ids in pushed.items():
+                await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(ids))
+                             .values(status=PENDING, next_attempt_at=until)
+                             .execution_options(synchronize_session=False))
+            # Only rows this claim read (and, on PostgreSQL, locked): two processes never
+            # wait for each other's rows, so they cannot deadlock.
+            for key in throttled:
+                waiting[key] = await self._fold(s, key, waiting[key], deferred[key], now)
+            for key, until in deferred.items():
+                if waiting[key]:
+                    await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in waiting[key]]))
+                                 .values(status=PENDING, next_attempt_at=until)
+                                 .execution_options(synchronize_session=False))
+            refs = await self._refs(s, [r for rows in chains.values() for r in rows])
+        return list(chains.values()), refs
 
-    async def _deliver_chain(self, rows: list[OutboxMessage]) -> None:
-        """One recipient's messages, strictly in order; a failure holds back the rest."""
-        for i, row in enumerate(rows):
-            await self.yield_to()
-            if not await self._deliver(row):
-                rest = [r.id for r in rows[i + 1:]]
-                if rest:
-                    async with self.db.session() as s:
-                        await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(rest))
-                                     .values(status=PENDING, lease_until=None))
-                return
+    async def _supersede(self, s: AsyncSession, due: list[OutboxMessage]) -> list[OutboxMessage]:
+        """Of several due updates of one card to one recipient, only the newest is sent:
+        each carries the whole card (forty reports of one incident are one card update
+        per recipient, not forty). Returns the rows left."""
+        newest: dict[tuple, int] = {}
+        for r in due:
+            if r.track_key and r.msg_class == UPDATE and r.status == PENDING and r.message.get("update"):
+                k = (r.channel, r.to_kind, r.to_id, r.track_key)
+                newest[k] = max(newest.get(k, 0), r.id)
+        old = [r.id for r in due if r.track_key and r.msg_class == UPDATE and r.status == PENDING
+               and r.message.get("update") and r.id < newest[(r.channel, r.to_kind, r.to_id, r.track_key)]]
+        if not old:
+            return due
+        await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(old))
+                     .values(status=SUPERSEDED, lease_until=None).execution_options(synchronize_session=False))
+        gone = set(old)
+        return [r for r in due if r.id not in gone]
 
-    def _rate_wait(self, key: tuple[str, str, str], pending: int = 0) -> float:
+    async def _fold(self, s: AsyncSession, key: Key, rows: list[OutboxMessage], until: datetime,
+                    now: datetime) -> list[OutboxMessage]:
+        """A recipient at its limit with new-ticket cards due: one digest card instead.
+
+        Of `rows` (due now, read by this claim), the new-ticket cards become `folded`;
+        the recipient's digest lists every card folded for it in the last day. An
+        unsent digest is rewritten; one already sent is updated in place by a new row
+        with the same track key. Returns the rows left to wait.
+        """
+        queued = [r for r in rows if r.status == PENDING and r.msg_class == BULK and _is_new_ticket_card(r.message)]
+        if (self.config.digest_after <= 0
+                or sum(1 for r in queued if r.message["card"]["kind"] == "engineer") < self.config.digest_after):
+            return rows
+        mine = (OutboxMessage.channel == key[0], OutboxMessage.to_kind == key[1], OutboxMessage.to_id == key[2])
+        await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in queued]))
+                     .values(status=FOLDED, lease_until=None).execution_options(synchronize_session=False))
+        folded = (await s.exec(select(OutboxMessage.message).where(
+            *mine, OutboxMessage.status == FOLDED, OutboxMessage.created_at > now - timedelta(days=1))
+            .order_by(OutboxMessage.id))).all()
+        entries = [(m["card"].get("subtitle") or "", m["card"].get("title") or "") for m in folded
+                   if m["card"]["kind"] == "engineer"]
+        card = build.digest_card(entries)
+        digest = select(OutboxMessage).where(*mine, OutboxMessage.status == PENDING,
+                                             OutboxMessage.track_key == card.track_key)
+        if self.db.is_postgres:  # another process sending it: leave it, add an update after it
+            digest = digest.with_for_update(skip_locked=True)
+        pending = (await s.exec(digest)).first()
+        sent = await s.get(CardRef, (*key, card.track_key))
+        message = message_to_dict(CardMessage(card, update=sent is not None))
+        if pending is not None:
+            pending.message = message
+            s.add(pending)
+        else:
+            s.add(OutboxMessage(channel=key[0], to_kind=key[1], to_id=key[2], message=message,
+                                track_key=card.track_key, next_attempt_at=until, msg_class=BULK))
+        log.info("outbox: %d new-ticket card(s) to %s:%s:%s folded into its digest (%d listed)",
+                 len(queued), *key, len(entries))
+        folded_ids = {r.id for r in queued}
+        return [r for r in rows if r.id not in folded_ids]
+
+    def _full(self, row: OutboxMessage) -> bool:
+        """Whether the row's recipient is at its limit now (no need to look for its blockers)."""
+        return bool(self._rate_wait((row.channel, row.to_kind, row.to_id),
+                                    self._limit(self.channels.get(row.channel), row.to_kind)))
+
+    async def _blockers(self, s: AsyncSession, due: list[OutboxMessage], now: datetime) -> dict:
+        """Per (recipient, class) among the due rows' recipients: the first row that is
+        not due yet (waiting for a retry, or leased) and when it is looked at next."""
+        if not due:
+            return {}
+        rows = (await s.exec(
+            select(OutboxMessage.channel, OutboxMessage.to_kind, OutboxMessage.to_id, OutboxMessage.msg_class,
+                   func.min(OutboxMessage.id), func.min(OutboxMessage.next_attempt_at))
+            .where(OutboxMessage.channel.in_({r.channel for r in due}),
+                   OutboxMessage.to_kind.in_({r.to_kind for r in due}),
+                   OutboxMessage.to_id.in_({r.to_id for r in due}),
+                   OutboxMessage.status.in_((PENDING, SENDING)), OutboxMessage.next_attempt_at > now)
+            .group_by(OutboxMessage.channel, OutboxMessage.to_kind, OutboxMessage.to_id,
+                      OutboxMessage.msg_class))).all()
+        return {(c, k, i, m): (first, at) for c, k, i, m, first, at in rows}
+
+    async def _refs(self, s: AsyncSession, rows: list[OutboxMessage]) -> dict:
+        """Stored card handles for the claimed card rows, in one query."""
+        keys = {r.track_key for r in rows if r.track_key}
+        if not keys:
+            return {}
+        stored = (await s.exec(select(CardRef).where(CardRef.track_key.in_(keys)))).all()
+        return {(c.channel, c.to_kind, c.to_id, c.track_key): c.ref for c in stored}
+
+    def _rate_wait(self, key: Key, limit: tuple[int, float] | None, pending: int = 0) -> float:
         """Seconds until `key` may receive one more message (0: now)."""
-        window = self._sent_at[key]
+        if limit is None:
+            return 0.0
+        cap, period = limit
+        window = self._sent_at.get(key)
+        if window is None:
+            return 0.0 if pending < cap else period
         now = time.monotonic()
-        while window and window[0] <= now - 60:
+        while window and window[0] <= now - period:
             window.popleft()
-        cap = self.config.per_recipient_per_minute
         if len(window) + pending >= cap:
             index = len(window) + pending - cap
-            return (window[index] + 60 - now) if index < len(window) else 60.0
+            return max(0.05, window[index] + period - now) if index < len(window) else period
         return 0.0
 
-    async def _deliver(self, row: OutboxMessage) -> bool:
+    # ---- sending -------------------------------------------------------------
+
+    async def _deliver_chain(self, rows: list[OutboxMessage], refs: dict) -> list[_Result]:
+        """One recipient's messages, strictly in order; a failure holds back the rest."""
+        results: list[_Result] = []
+        for i, row in enumerate(rows):
+            await self.yield_to()
+            result = await self._send(row, refs)
+            results.append(result)
+            if result.error is not None:
+                results += [_Result(r, released=True) for r in rows[i + 1:]]
+                break
+        return results
+
+    async def _send(self, row: OutboxMessage, refs: dict) -> _Result:
         channel = self.channels.get(row.channel)
         to = Address(row.channel, row.to_kind, row.to_id)  # type: ignore[arg-type]
         ref_key = (row.channel, row.to_kind, row.to_id, row.track_key) if row.track_key else None
-        error: DeliveryError | None = None
-        new_ref = None
+        result = _Result(row, ref_key)
         try:
             if channel is None:
                 raise DeliveryError(f"channel {row.channel!r} is not configured", retryable=False)
             message = message_from_dict(row.message)
-            ref = None
-            if ref_key:
-                async with self.db.session() as s:
-                    stored = await s.get(CardRef, ref_key)
-                    ref = stored.ref if stored else None
-            token = current_outbox_id.set(row.id)
+            token, resend = current_outbox_id.set(row.id), current_is_resend.set(row.attempts > 0)
             try:
-                new_ref = await channel.send(to, message, ref)
+                result.new_ref = await channel.send(to, message, refs.get(ref_key) if ref_key else None)
             finally:
                 current_outbox_id.reset(token)
+                current_is_resend.reset(resend)
+            if ref_key and result.new_ref is not None:
+                refs[ref_key] = result.new_ref  # a later update in this pass edits this card
         except DeliveryError as e:
-            error = e
+            result.error = e
         except Exception as e:  # a bug or an unexpected transport error: retry, keep it visible
             log.exception("outbox %s: sending to %s failed", row.id, to)
-            error = DeliveryError(f"{type(e).__name__}: {e}")
-        self._sent_at[(row.channel, row.to_kind, row.to_id)].append(time.monotonic())
-        await self._finish(row, ref_key, new_ref, error)
-        return error is None
+            result.error = DeliveryError(f"{type(e).__name__}: {e}")
+        key = (row.channel, row.to_kind, row.to_id)
+        self._sent_at.setdefault(key, deque()).append(time.monotonic())
+        self._observe_health(row.channel, result.error)
+        return result
 
-    async def _finish(self, row: OutboxMessage, ref_key, new_ref, error: DeliveryError | None) -> None:
+    def _observe_health(self, name: str, error: DeliveryError | None) -> None:
+        health = self.health.setdefault(name, ChannelHealth())
+        health.probing = False
+        if error is None:
+            health.failures = 0
+            if not health.up:
+                health.up, health.since = True, time.monotonic()
+                log.warning("outbox: channel %s answers again: its held messages are due now", name)
+                self._recovered.add(name)
+            return
+        # A rate-limit answer or a refused message says nothing about the API being down.
+        if error.retry_after or not error.retryable:
+            return
+        health.failures += 1
+        now = time.monotonic()
+        if health.up and health.failures >= self.config.down_after:
+            health.up, health.since = False, now
+            log.warning("outbox: channel %s is down after %d failures in a row; probing every %.0fs",
+                        name, health.failures, self.config.probe_interval.total_seconds())
+        if not health.up:
+            health.next_probe = now + self.config.probe_interval.total_seconds()
+
+    # ---- bookkeeping ---------------------------------------------------------
+
+    def _values(self, r: _Result, now: datetime) -> dict:
+        """What the row becomes after this attempt (also counts and logs it)."""
+        row = r.row
+        if r.released:
+            return {"status": PENDING, "lease_until": None, "lease_owner": None, "next_attempt_at": now}
+        values: dict = {"attempts": row.attempts + 1, "lease_until": None, "lease_owner": None}
+        error = r.error
+        if error is None:
+            values.update(status=SENT, sent_at=now, last_error=None)
+        elif not error.retryable or row.attempts + 1 >= self.config.max_attempts:
+            values.update(status=FAILED, last_error=str(error)[:1000])
+        else:
+            delay = self.backoff(row.attempts + 1)
+            health = self.health.get(row.channel)
+            if health is not None and not health.up:
+                # Held while the channel is down: the recovery makes it due, not its own back-off.
+                delay = max(delay, self.config.probe_interval.total_seconds())
+            if error.retry_after:
+                delay = max(delay, error.retry_after)
+            values.update(status=PENDING, last_error=str(error)[:1000], next_attempt_at=now + timedelta(seconds=delay))
+        return values
+
+    def _count(self, r: _Result, values: dict) -> None:
+        row = r.row
+        if r.released:
+            return
+        status = values["status"]
+        if status == SENT:
+            self.metrics.outbox_sent.labels(row.channel).inc()
+        elif status == FAILED:
+            self.metrics.outbox_failed.labels(row.channel).inc()
+            log.error("outbox %s to %s:%s:%s failed for good after %d attempt(s): %s",
+                      row.id, row.channel, row.to_kind, row.to_id, row.attempts + 1, r.error)
+        else:
+            self.metrics.outbox_retries.labels(row.channel).inc()
+            log.warning("outbox %s to %s:%s failed (attempt %d), retrying at %s: %s",
+                        row.id, row.channel, row.to_id, row.attempts + 1, values["next_attempt_at"], r.error)
+
+    async def _finish(self, results: list[_Result]) -> None:
+        """Write a pass's outcomes in one transaction; on failure row by row."""
+        now = utcnow()
+        outcomes = [(r, self._values(r, now)) for r in results]
+        try:
+            async with self.db.session() as s:
+                # Rows with the same outcome (sent on their first attempt, released) share one statement.
+                groups: dict[tuple, list[int]] = {}
+                for r, values in outcomes:
+                    groups.setdefault(tuple(sorted(values.items())), []).append(r.row.id)
+                for items, ids in groups.items():
+                    await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(**dict(items))
+                                 .execution_options(synchronize_session=False))
+                await self._store_refs(s, [r for r in results if r.error is None and not r.released], now)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("outbox: writing %d outcome(s) at once failed; writing them one by one", len(results))
+            for r in results:
+                await self._finish_one(r, now)
+        else:
+            for r, values in outcomes:
+                self._count(r, values)
+        await self._after_recovery()
+
+    async def _finish_one(self, r: _Result, now: datetime) -> bool:
+        r.tries += 1
+        try:
+            async with self.db.session() as s:
+                values = self._values(r, now)
+                await s.exec(update(OutboxMessage).where(OutboxMessage.id == r.row.id).values(**values))
+                # After a few failed writes, the card handle is what is dropped (a later
+                # update then sends a new card); the send itself is never repeated.
+                if r.tries <= 3 and r.error is None and not r.released:
+                    await self._store_refs(s, [r], now)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("outbox %s: recording its outcome failed (try %d); kept to write again",
+                          r.row.id, r.tries)
+            if r not in self._unfinished:
+                self._unfinished.append(r)
+            return False
+        self._count(r, values)
+        return True
+
+    async def _retry_unfinished(self) -> None:
+        pending, self._unfinished = self._unfinished, []
+        now = utcnow()
+        for r in pending:
+            await self._finish_one(r, now)
+
+    async def _store_refs(self, s: AsyncSession, results: list[_Result], now: datetime) -> None:
+        latest = {r.ref_key: r.new_ref for r in results if r.ref_key and r.new_ref is not None}
+        if not latest:
+            return
+        stored = {(c.channel, c.to_kind, c.to_id, c.track_key): c for c in (await s.exec(
+            select(CardRef).where(CardRef.track_key.in_({k[3] for k in latest})))).all()}
+        for key, ref in latest.items():
+            row = stored.get(key)
+            if row is None:
+                s.add(CardRef(channel=key[0], to_kind=key[1], to_id=key[2], track_key=key[3], ref=ref,
+                              updated_at=now))
+            else:
+                row.ref, row.updated_at = ref, now
+                s.add(row)
+
+    async def _after_recovery(self) -> None:
+        """A channel that answers again: everything it held is due now (in order, within limits)."""
+        if not self._recovered:
+            return
+        names, self._recovered = self._recovered, set()
         now = utcnow()
         async with self.db.session() as s:
-            values: dict = {"attempts": row.attempts + 1, "lease_until": None}
-            if error is None:
-                values.update(status=SENT, sent_at=now, last_error=None)
-                if ref_key and new_ref is not None:
-                    stored = await s.get(CardRef, ref_key)
-                    if stored is None:
-                        s.add(CardRef(channel=ref_key[0], to_kind=ref_key[1], to_id=ref_key[2],
-                                      track_key=ref_key[3], ref=new_ref, updated_at=now))
-                    else:
-                        stored.ref, stored.updated_at = new_ref, now
-                        s.add(stored)
-                self.metrics.outbox_sent.labels(row.channel).inc()
-            elif not error.retryable or row.attempts + 1 >= self.config.max_attempts:
-                values.update(status=FAILED, last_error=str(error)[:1000])
-                self.metrics.outbox_failed.labels(row.channel).inc()
-                log.error("outbox %s to %s:%s:%s failed for good after %d attempt(s): %s",
-                          row.id, row.channel, row.to_kind, row.to_id, row.attempts + 1, error)
-            else:
-                delay = self.backoff(row.attempts + 1)
-                if error.retry_after:
-                    delay = max(delay, error.retry_after)
-                values.update(status=PENDING, last_error=str(error)[:1000],
-                              next_attempt_at=now + timedelta(seconds=delay))
-                self.metrics.outbox_retries.labels(row.channel).inc()
-                log.warning("outbox %s to %s:%s failed (attempt %d), retrying in %.1fs: %s",
-                            row.id, row.channel, row.to_id, row.attempts + 1, delay, error)
-            await s.exec(update(OutboxMessage).where(OutboxMessage.id == row.id).values(**values))
+            await s.exec(update(OutboxMessage)
+                         .where(OutboxMessage.channel.in_(names), OutboxMessage.status == PENDING,
+                                OutboxMessage.next_attempt_at > now)
+                         .values(next_attempt_at=now).execution_options(synchronize_session=False))
+        self.wake()
 
     def backoff(self, attempt: int) -> float:
         """Exponential back-off with jitter: half fixed, half random."""
@@ -225,12 +610,34 @@ class OutboxWorker:
         delay = min(cap, self.config.base_delay.total_seconds() * 2 ** (attempt - 1))
         return delay / 2 + random.uniform(0, delay / 2)
 
+    def prune(self) -> None:
+        """Forget recipients whose window is empty: memory follows recent traffic, not history."""
+        now = time.monotonic()
+        for key in [k for k, w in self._sent_at.items() if not w or w[-1] <= now - 3600]:
+            del self._sent_at[key]
+        self._pruned_at = now
+
     async def update_gauges(self) -> None:
         self._gauges_at = time.monotonic()
+        if self._gauges_at - self._pruned_at >= 60:
+            self.prune()
         async with self.db.session() as s:
             rows = (await s.exec(
-                select(OutboxMessage.status, func.count()).where(OutboxMessage.status != SENT)
+                select(OutboxMessage.status, func.count())
+                .where(OutboxMessage.status.in_((PENDING, SENDING, FAILED)))
                 .group_by(OutboxMessage.status))).all()
         counts = dict(rows)
         self.metrics.outbox_pending.set(counts.get(PENDING, 0) + counts.get(SENDING, 0))
         self.metrics.outbox_failed_rows.set(counts.get(FAILED, 0))
+        for name in self.channels.names():
+            self.metrics.channel_up.labels(name).set(1 if self.health.get(name, ChannelHealth()).up else 0)
+
+    def channel_states(self) -> dict[str, str]:
+        return {name: self.health.get(name, ChannelHealth()).state for name in self.channels.names()}
+
+
+def _is_new_ticket_card(message: dict) -> bool:
+    """A first engineer card about a ticket, or its SOP card (not an update): what a digest
+    replaces (it lists the engineer cards; the SOP is one click away once claimed)."""
+    return (message.get("type") == "card" and not message.get("update")
+            and (message.get("card") or {}).get("kind") in ("engineer", "sop"))

@@ -34,6 +34,7 @@ class TicketView:
     rating: int | None = None
     resolution: str | None = None
     evidence: tuple[str, ...] = ()
+    linked_reports: int = 0  # other people who reported the same incident
     # Event action -> local time it last happened ("HH:MM").
     times: Mapping[str, str] = field(default_factory=dict)
     # The assignee has claimed it (False: only suggested, or nobody).
@@ -127,8 +128,11 @@ ENGINEER_ACTIONS: dict[str, tuple[str, ...]] = {
 
 
 def engineer_card(v: TicketView, tokens: Mapping[str, str]) -> Card:
+    reporter = v.reporter_name
+    if v.linked_reports:
+        reporter = f"{reporter}  {t('card.engineer.more_reporters', count=v.linked_reports)}"
     fields = _facts(v) + [
-        CardField(t("card.field.reporter"), v.reporter_name),
+        CardField(t("card.field.reporter"), reporter),
         CardField(t("card.field.state"), _state_label(v.state)),
     ] + _people_fields(v) + _ack_fields(v)
     if v.countdown and v.state in st.OPEN:
@@ -174,6 +178,8 @@ def status_card(v: TicketView) -> Card:
         fields.append(CardField(t("card.field.engineer"), v.assignee_name))
     if v.rating:
         fields.append(CardField(t("card.field.rating"), "★" * v.rating))
+    if v.linked_reports:
+        fields.append(CardField(t("card.field.reporters"), t("card.engineer.more_reporters", count=v.linked_reports)))
     footer = t("card.status.respond_by", time=v.respond_by) if v.state in st.UNCLAIMED else None
     return Card(
         kind="status",
@@ -262,3 +268,16 @@ def transfer_card(v: TicketView, candidates: Mapping[str, tuple[str, str]]) -> C
 def sop_card(v: TicketView, title: str, steps: tuple[str, ...]) -> Card:
     body = "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1))
     return Card(kind="sop", title=t("card.sop.title", title=title), subtitle=v.number, color="blue", body=body)
+
+
+DIGEST_LINES = 20  # tickets listed on a digest card; the count covers all
+
+
+def digest_card(entries: list[tuple[str, str]]) -> Card:
+    """New tickets folded into one card for a recipient at its platform's limit:
+    (number, title) per ticket, newest last; updated in place as more arrive."""
+    lines = [t("card.digest.line", number=number, title=title) for number, title in entries[-DIGEST_LINES:]]
+    if len(entries) > DIGEST_LINES:
+        lines.insert(0, t("card.digest.more", count=len(entries) - DIGEST_LINES))
+    return Card(kind="digest", title=t("card.digest.title", count=len(entries)), color="orange",
+                body="\n".join(lines), footer=t("card.digest.footer"), track_key="digest")

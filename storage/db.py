@@ -89,6 +89,8 @@ class Database:
     async def init(self) -> None:
         """Create missing tables; refuse a database written by a newer RelayDesk."""
         async with self.engine.begin() as conn:
+            if self.is_postgres:  # processes starting together create the schema one at a time
+                await conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
             await conn.run_sync(SQLModel.metadata.create_all)
             for stmt in _APPEND_ONLY_PG if self.is_postgres else _APPEND_ONLY_SQLITE:
                 await conn.execute(text(stmt))

@@ -13,7 +13,7 @@ from sqlmodel import Field, SQLModel
 
 from storage.types import UTCDateTime, utcnow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _ts(*, index: bool = False, nullable: bool = True, default=None) -> Any:
@@ -68,6 +68,8 @@ class Ticket(SQLModel, table=True):
     __table_args__ = (
         Index("ix_ticket_open_assignee", "assignee_id", "state"),
         Index("ix_ticket_reporter_state", "reporter_id", "state"),
+        # An incident's open ticket: same category and place, opened recently.
+        Index("ix_ticket_incident", "category", "location", "created_at"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     number: str = Field(unique=True)
@@ -92,6 +94,7 @@ class Ticket(SQLModel, table=True):
     resolution: Optional[str] = None
     rating: Optional[int] = None
     escalation_level: int = 0
+    linked_reports: int = 0  # other people's reports of the same incident (LinkedReport), not split off
     created_at: datetime = _ts(nullable=False, default=utcnow)
     updated_at: datetime = _ts(nullable=False, default=utcnow)
     claimed_at: Optional[datetime] = _ts()
@@ -101,6 +104,25 @@ class Ticket(SQLModel, table=True):
     resolve_by: datetime = _ts(nullable=False)
     # Next escalation time; the escalation sweep reads this index.
     next_escalation_at: Optional[datetime] = _ts(index=True)
+
+
+class LinkedReport(SQLModel, table=True):
+    """Somebody else's report of an incident that already has an open ticket.
+
+    The reporter is told that ticket's number and every later update; an
+    engineer can split the report into a ticket of its own (`split_ticket_id`).
+    """
+
+    __tablename__ = "linked_report"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    person_id: str = Field(foreign_key="person.id")
+    channel: str
+    conv_kind: str  # "user" | "group"
+    conv_id: str
+    text: str
+    created_at: datetime = _ts(nullable=False, default=utcnow)
+    split_ticket_id: Optional[int] = None
 
 
 class TicketEvent(SQLModel, table=True):
@@ -174,7 +196,7 @@ class InboxEvent(SQLModel, table=True):
     platform: str
     event_id: str
     payload: dict = Field(sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="pending")  # pending | done | failed
+    status: str = Field(default="pending")  # pending | done | dead (parked after its last attempt)
     attempts: int = 0
     next_attempt_at: datetime = _ts(nullable=False, default=utcnow)
     last_error: Optional[str] = None
@@ -196,7 +218,12 @@ class OutboxMessage(SQLModel, table=True):
     """A message to deliver through a channel; the worker sends it after commit."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        # The sweep reads only rows that are due: (status, due time), never the whole queue.
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+        # One recipient's queue: blockers, deferrals and digests read it, never the whole table.
+        Index("ix_outbox_recipient", "channel", "to_kind", "to_id", "status", "next_attempt_at"),
+    )
     id: Optional[int] = Field(default=None, primary_key=True)
     channel: str
     to_kind: str  # "user" | "group"
@@ -205,10 +232,15 @@ class OutboxMessage(SQLModel, table=True):
     ticket_id: Optional[int] = Field(default=None, index=True)
     # Cards only: later updates of this card go to every address it was sent to.
     track_key: Optional[str] = Field(default=None, index=True)
+    # 0 page (escalation card, call, SMS), 1 reply or receipt, 2 card update, 3 new card:
+    # served in that order, and in order of writing within one class and recipient.
+    msg_class: int = 3
     status: str = Field(default="pending")  # pending | sending | sent | failed
     attempts: int = 0
+    # When the row is next looked at: due time while pending, end of the lease while sending.
     next_attempt_at: datetime = _ts(nullable=False, default=utcnow)
     lease_until: Optional[datetime] = _ts()
+    lease_owner: Optional[str] = None  # the process identity holding the lease
     last_error: Optional[str] = None
     created_at: datetime = _ts(nullable=False, default=utcnow)
     sent_at: Optional[datetime] = _ts()
@@ -218,6 +250,7 @@ class CardRef(SQLModel, table=True):
     """The platform's handle of a card already sent, so later changes update it."""
 
     __tablename__ = "card_ref"
+    __table_args__ = (Index("ix_card_ref_track", "track_key"),)  # the outbox looks handles up by track key
     channel: str = Field(primary_key=True)
     to_kind: str = Field(primary_key=True)
     to_id: str = Field(primary_key=True)
@@ -359,6 +392,21 @@ class PhoneCall(SQLModel, table=True):
     error: Optional[str] = None
     created_at: datetime = _ts(nullable=False, default=utcnow)
     updated_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class ProcessHeartbeat(SQLModel, table=True):
+    """One row per running process: written every second and by /healthz.
+
+    Outbox leases held by a process whose heartbeat stopped are taken back
+    after a short grace; `passes` holds each worker's last successful pass.
+    """
+
+    __tablename__ = "process_heartbeat"
+    owner: str = Field(primary_key=True)  # host:name, stable across restarts of one process slot
+    pid: int = 0
+    started_at: datetime = _ts(nullable=False, default=utcnow)
+    beat_at: datetime = _ts(nullable=False, default=utcnow)
+    passes: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class PeriodicJob(SQLModel, table=True):

@@ -40,7 +40,9 @@ async def chat(rt, person: str, text: str, n=[0]):
                                      conversation=Address("playground", "user", person), kind="text", text=text))
     await rt.outbox.drain()
     async with rt.db.session() as s:
-        rows = (await s.exec(select(PlaygroundMessage).where(PlaygroundMessage.conversation == f"user:{person}")
+        # The newest text: the reply goes before cards queued earlier (the outbox serves replies first).
+        rows = (await s.exec(select(PlaygroundMessage).where(PlaygroundMessage.conversation == f"user:{person}",
+                                                             PlaygroundMessage.kind == "text")
                              .order_by(PlaygroundMessage.id.desc()))).all()
     return rows[0].payload["html"]
 

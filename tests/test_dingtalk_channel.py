@@ -245,7 +245,7 @@ class Bot:
             return await s.get(Person, pid)
 
     async def failed(self) -> list[OutboxMessage]:
-        return await self.q(select(OutboxMessage).where(OutboxMessage.status != "sent"))
+        return await self.q(select(OutboxMessage).where(OutboxMessage.status.in_(("pending", "sending", "failed"))))
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ async def test_failure_is_kept_retried_and_finally_visible(make_config, sqlite_u
             s.add(row)
     async with rt.db.session() as s:
         row = (await s.exec(select(InboxEvent))).one()
-    assert row.status == "failed" and row.attempts == MAX_ATTEMPTS and "hiccup" in row.last_error
+    assert row.status == "dead" and row.attempts == MAX_ATTEMPTS and "hiccup" in row.last_error
     assert rt.metrics.inbox_failed.labels("playground")._value.get() == 1
     assert await _count(rt, Ticket) == 0
 
@@ -105,3 +105,71 @@ async def test_running_bot_applies_and_delivers(make_config, sqlite_url, aiohttp
             break
         await asyncio.sleep(0.05)
     assert ("group:engineers", "card") in kinds
+
+
+ADMIN = '''
+[[people]]
+id = "admin_qian"
+name = "钱管理员"
+role = "admin"
+identities = { playground = "admin_qian" }
+'''
+
+
+async def test_an_event_failing_five_times_is_a_dead_letter_that_inbox_retry_applies_once(
+        tmp_path, aiohttp_client, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bot.config import DEFAULT_CONFIG_PATH, load_config
+    from storage.models import OutboxMessage
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/relaydesk.db"
+    text = DEFAULT_CONFIG_PATH.read_text(encoding="utf-8").replace(
+        'database_url = "sqlite+aiosqlite:///./data/relaydesk.db"', f'database_url = "{url}"') + ADMIN
+    path = tmp_path / "relaydesk.toml"
+    path.write_text(text, encoding="utf-8")
+    app = create_app(load_config(path, env={}), workers=False)
+    await aiohttp_client(app)
+    rt = app[RUNTIME]
+    rt.bot.defer_inbound = True
+    await rt.bot(report("m1"))
+    real = rt.bot.process
+
+    async def broken(s, event):
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr(rt.bot, "process", broken)
+    for _ in range(MAX_ATTEMPTS):
+        assert await rt.inbox.process_next()
+        async with rt.db.session() as s:
+            row = (await s.exec(select(InboxEvent))).one()
+            row.next_attempt_at = row.received_at
+            s.add(row)
+    async with rt.db.session() as s:
+        row = (await s.exec(select(InboxEvent))).one()
+        alerts = (await s.exec(select(OutboxMessage).where(OutboxMessage.to_id == "admin_qian"))).all()
+    assert row.status == "dead" and "hiccup" in row.last_error
+    assert len(alerts) == 1 and f"inbox retry {row.id}" in alerts[0].message["text"]
+    assert not await rt.inbox.process_next()  # parked: not retried on its own
+    await rt.inbox.update_gauges()
+    assert b"relaydesk_inbox_dead_letters 1.0" in rt.metrics.render()
+    monkeypatch.setattr(rt.bot, "process", real)
+
+    root = Path(__file__).resolve().parents[1]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, str(root / "run_bot.py"), "inbox", *args, "--config", str(path),
+                               "--log-level", "WARNING"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    listed = cli("list")
+    assert listed.returncode == 0 and f"{row.id}\tplayground\tm1" in listed.stdout and "hiccup" in listed.stdout
+    retried = cli("retry")
+    assert retried.returncode == 0, retried.stderr
+    assert "retried 1" in retried.stdout
+    assert await _count(rt, Ticket) == 1
+    assert await _count(rt, InboxEvent, InboxEvent.status == "done") == 1
+    again = cli("retry")
+    assert "retried 0" in again.stdout
+    assert await _count(rt, Ticket) == 1  # applied once

@@ -2,6 +2,8 @@
 order per recipient, rate limits, and no duplicate after a crash mid-send."""
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import timedelta
 
 import pytest
@@ -14,7 +16,7 @@ from bot.metrics import Metrics
 from bot.outbox import FAILED, PENDING, SENDING, SENT, OutboxWorker, enqueue
 from cards.model import Card
 from storage.db import Database
-from storage.models import CardRef, OutboxMessage
+from storage.models import CardRef, OutboxMessage, ProcessHeartbeat
 from storage.types import utcnow
 
 
@@ -138,23 +140,45 @@ async def test_per_recipient_rate_limit_defers_instead_of_dropping(world):
     assert len(ch.sent) == 5
 
 
-async def test_expired_lease_is_delivered_again_once(world):
-    """A process that died mid-send leaves a row 'sending'; after its lease it goes again."""
+async def _lease_to(db, owner: str, seconds: float = 60):
+    async with db.session() as s:
+        for row in (await s.exec(select(OutboxMessage))).all():
+            row.status, row.lease_owner = SENDING, owner
+            row.lease_until = row.next_attempt_at = utcnow() + timedelta(seconds=seconds)
+            s.add(row)
+
+
+async def _beat(db, owner: str, ago: float = 0):
+    async with db.session() as s:
+        row = await s.get(ProcessHeartbeat, owner) or ProcessHeartbeat(owner=owner)
+        row.beat_at = utcnow() - timedelta(seconds=ago)
+        s.add(row)
+
+
+async def test_a_live_process_keeps_its_lease_a_dead_one_loses_it_within_seconds(world):
+    """A process that died mid-send leaves a row 'sending': once its heartbeat is older than
+    the grace, the row goes again (once), without waiting out the 60 s lease."""
     db, ch, worker = world
     await _enqueue(db, Text("x"))
-    async with db.session() as s:
-        row = (await s.exec(select(OutboxMessage))).one()
-        row.status, row.lease_until = SENDING, utcnow() + timedelta(seconds=30)
-        s.add(row)
+    await _lease_to(db, "host:other")
+    await _beat(db, "host:other")
     await worker.drain()
-    assert ch.sent == []  # still leased by the other process
-    async with db.session() as s:
-        row = (await s.exec(select(OutboxMessage))).one()
-        row.lease_until = utcnow() - timedelta(seconds=1)
-        s.add(row)
+    assert ch.sent == []  # still leased by a live process
+    await _beat(db, "host:other", ago=10)
+    worker._reaped_at = 0
     await worker.drain()
     await worker.drain()
     assert len(ch.sent) == 1
+
+
+async def test_a_restarted_process_takes_back_its_own_leases_at_once(world):
+    db, ch, worker = world
+    await _enqueue(db, Text("x"), Text("y"))
+    await _lease_to(db, worker.owner)
+    await _beat(db, worker.owner)  # the heartbeat of the process before the restart is fresh
+    assert await worker.take_back_own_leases() == 2
+    await worker.drain()
+    assert [m.text for _, m, _, _ in ch.sent] == ["x", "y"]
 
 
 async def test_card_updates_get_the_stored_platform_handle(world):
@@ -183,3 +207,186 @@ def test_backoff_grows_and_is_capped():
     for attempt, (lo, hi) in {1: (1, 2), 2: (2, 4), 3: (4, 8), 10: (30, 60)}.items():
         for _ in range(20):
             assert lo <= worker.backoff(attempt) <= hi
+
+
+# ---- storms: classes, no head-of-line blocking, faults ----------------------------
+
+
+async def _until(worker, done, seconds: float) -> float:
+    """Run delivery passes until `done()`; returns the seconds it took (fails after `seconds`)."""
+    start = time.monotonic()
+    while not done():
+        assert time.monotonic() - start < seconds, "not delivered in time"
+        if not await worker.deliver_due():
+            await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def test_a_thousand_throttled_cards_delay_neither_a_receipt_nor_a_page(world):
+    db, ch, worker = world
+    engineer, customer, director = (Address("fake", "user", u) for u in ("eng", "cust", "director"))
+    card = Card(kind="engineer", title="t", track_key=None)
+    async with db.session() as s:
+        for i in range(1000):
+            enqueue(s, engineer, CardMessage(Card(kind="engineer", title=f"#{i}")))
+    await worker.deliver_due()  # the engineer's window is full now: 995 cards wait for it
+    assert len(ch.sent) == 5
+    async with db.session() as s:
+        enqueue(s, customer, Text("您的工单号 SRV-1"))
+        enqueue(s, director, CardMessage(Card(kind="escalation", title="P0")))
+    took = await _until(worker, lambda: {a.id for a, *_ in ch.sent} >= {"cust", "director"}, 2.0)
+    assert took < 2.0
+    assert len(ch.sent) == 7  # nothing more to the engineer than the limit allows
+    assert card.title == "t"
+
+
+async def test_a_page_goes_before_a_recipients_queued_cards_and_order_holds_within_a_class(world):
+    db, ch, worker = world
+    worker.config.per_recipient_per_minute = 1000
+    lead = Address("fake", "user", "lead")
+    async with db.session() as s:
+        for i in range(3):
+            enqueue(s, lead, CardMessage(Card(kind="engineer", title=f"card{i}")))
+        enqueue(s, lead, Text("reply0"))
+        enqueue(s, lead, CardMessage(Card(kind="escalation", title="page")))
+        enqueue(s, lead, Text("reply1"))
+    await worker.drain()
+    titles = [m.text if isinstance(m, Text) else m.card.title for _, m, _, _ in ch.sent]
+    assert titles == ["page", "reply0", "reply1", "card0", "card1", "card2"]
+
+
+async def test_a_retry_holds_back_its_class_to_that_recipient_only(world):
+    db, ch, worker = world
+    ch.failures = [DeliveryError("busy", retry_after=30)]
+    lead = Address("fake", "user", "lead")
+    await _enqueue(db, Text("first"), Text("second"), to=lead)
+    await worker.drain()
+    async with db.session() as s:
+        enqueue(s, lead, CardMessage(Card(kind="escalation", title="page")))
+        enqueue(s, Address("fake", "user", "other"), Text("other"))
+    await worker.drain()
+    sent = [m.text if isinstance(m, Text) else m.card.title for _, m, _, _ in ch.sent]
+    assert sent == ["page", "other"]  # "second" waits behind "first", the page does not
+
+
+async def test_a_bookkeeping_failure_on_one_row_leaves_the_others_delivered_once(world):
+    db, ch, worker = world
+    worker.config.per_recipient_per_minute = 1000
+    bad = Card(kind="engineer", title="bad", track_key="t1:eng")
+
+    async def send(to, message, ref):
+        ch.sent.append((to, message, ref, current_outbox_id.get()))
+        if isinstance(message, CardMessage) and message.card.title == "bad":
+            return {"handle": {1, 2}}  # cannot be stored as JSON: that row's write fails
+        return None
+
+    ch.send = send
+    async with db.session() as s:
+        enqueue(s, Address("fake", "user", "u1"), CardMessage(bad))
+        for i in range(5):
+            enqueue(s, Address("fake", "user", f"v{i}"), Text(f"t{i}"))
+    for _ in range(6):
+        await worker.deliver_due()
+    rows = await _rows(db)
+    assert [r.status for r in rows] == [SENT] * 6
+    assert sorted(oid for *_, oid in ch.sent) == [r.id for r in rows]  # each sent exactly once
+
+
+class Outage(FakeChannel):
+    name = "fake"
+
+    def __init__(self):
+        super().__init__()
+        self.down = True
+        self.attempts = 0
+
+    async def send(self, to, message, ref):
+        self.attempts += 1
+        if self.down:
+            raise DeliveryError("502 bad gateway")
+        return await super().send(to, message, ref)
+
+
+async def test_after_an_outage_held_messages_go_within_seconds_each_once(database_url):
+    db = Database(database_url)
+    await db.init()
+    ch = Outage()
+    reg = ChannelRegistry()
+    reg.add(ch)
+    cfg = OutboxConfig(base_delay="1s", max_delay="10m", max_attempts=50, per_recipient_per_minute=1000,
+                       down_after=3, probe_interval="1s")
+    worker = OutboxWorker(db, reg, cfg, Metrics())
+    try:
+        async with db.session() as s:
+            for i in range(10):
+                enqueue(s, Address("fake", "group", f"g{i}"), CardMessage(Card(kind="engineer", title=f"c{i}")))
+        for seconds in (2, 3):
+            ch.attempts = 0
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                await worker.deliver_due()
+                await asyncio.sleep(0.05)
+        assert worker.channel_states() == {"fake": "down"}
+        assert 1 <= ch.attempts <= 4  # while down: one probe at a time, one a second
+        await worker.update_gauges()
+        assert b'relaydesk_channel_up{channel="fake"} 0.0' in worker.metrics.render()
+        ch.down = False
+        took = await _until(worker, lambda: len(ch.sent) == 10, 10.0)
+        assert took < 10.0 and worker.channel_states() == {"fake": "up"}
+        assert sorted(oid for *_, oid in ch.sent) == [r.id for r in await _rows(db)]
+    finally:
+        await db.dispose()
+
+
+async def test_new_ticket_cards_beyond_the_limit_fold_into_one_digest_updated_in_place(world):
+    db, ch, worker = world  # 5 per minute per recipient
+    group = Address("fake", "group", "engineers")
+
+    async def new_tickets(first, n):
+        async with db.session() as s:
+            for i in range(first, first + n):
+                enqueue(s, group, CardMessage(Card(kind="engineer", title=f"【P0】停电 {i}", subtitle=f"SRV-{i:03d}",
+                                                   track_key=f"t{i}:eng")), ticket_id=i)
+
+    await new_tickets(0, 30)
+    await worker.drain(wait=0)
+    assert len(ch.sent) == 5
+    rows = await _rows(db)
+    assert [r.status for r in rows].count("folded") == 25
+    (digest,) = [r for r in rows if r.track_key == "digest"]
+    assert digest.status == PENDING and digest.message["card"]["title"] == "25 张新工单待认领"
+    body = digest.message["card"]["body"]
+    assert body.startswith("……另有 5 张") and "SRV-010" in body and "SRV-029" in body
+    worker._sent_at.clear()  # a minute later
+    await _make_due(db)
+    await worker.drain(wait=0)
+    assert ch.sent[-1][1].card.kind == "digest" and ch.sent[-1][2] is None
+    # More arrive while the window is full: the same digest card is updated, not a new one sent.
+    await new_tickets(30, 10)
+    await worker.drain(wait=0)
+    rows = await _rows(db)
+    update = [r for r in rows if r.track_key == "digest" and r.status == PENDING]
+    assert len(update) == 1 and update[0].message["update"] is True
+    # The digest took one of the 5 places, four new cards the rest; six more were folded.
+    assert update[0].message["card"]["title"] == "31 张新工单待认领"
+    worker._sent_at.clear()
+    await _make_due(db)
+    await worker.drain(wait=0)
+    first_digest = next(i for i, (_, m, _, _) in enumerate(ch.sent) if m.card.kind == "digest")
+    last = ch.sent[-1]
+    assert last[1].card.kind == "digest" and last[1].update
+    assert last[2] == {"message_id": f"m{first_digest + 1}"}  # the handle of the digest sent before
+    assert sum(1 for _, m, _, _ in ch.sent if isinstance(m, CardMessage) and m.card.kind == "engineer") == 9
+
+
+async def test_several_due_updates_of_one_card_send_only_the_newest(world):
+    db, ch, worker = world
+    to = Address("fake", "group", "engineers")
+    await _enqueue(db, CardMessage(Card(kind="engineer", title="v0", track_key="t1:eng")), to=to)
+    await worker.drain(wait=0)
+    await _enqueue(db, *[CardMessage(Card(kind="engineer", title=f"v{i}", track_key="t1:eng"), update=True)
+                         for i in range(1, 6)], to=to)
+    await worker.drain(wait=0)
+    assert [m.card.title for _, m, _, _ in ch.sent] == ["v0", "v5"]
+    assert ch.sent[1][2] == {"message_id": "m1"}
+    assert [r.status for r in await _rows(db)] == [SENT, "superseded", "superseded", "superseded", "superseded", SENT]

@@ -103,6 +103,9 @@ def _refusal(e: _Refuse) -> web.Response:
 
 class DingTalkChannel(Channel):
     name = "dingtalk"
+    # 20 messages/min per robot webhook, then throttled for 10 min; the robot
+    # OpenAPI publishes no per-user figure, the same is kept (docs/channels/dingtalk.md).
+    rate_limits = {"user": (20, 60.0), "group": (20, 60.0)}
 
     def __init__(self, config: DingTalkConfig, sink: EventSink, db: Database):
         super().__init__(sink)

@@ -210,6 +210,8 @@ def _json_object(raw: bytes | str) -> dict:
 
 class FeishuChannel(Channel):
     name = "feishu"
+    # 5 QPS per user and 5 QPS per group, shared by all bots (docs/channels/feishu.md).
+    rate_limits = {"user": (5, 1.0), "group": (5, 1.0)}
 
     def __init__(self, config: FeishuConfig, sink: EventSink, db: Database):
         super().__init__(sink)

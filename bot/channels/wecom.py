@@ -46,7 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy import delete, update
 from sqlmodel import select
 
-from bot.channel import Channel, DeliveryError, EventSink, HandleResult, current_outbox_id
+from bot.channel import Channel, DeliveryError, EventSink, HandleResult, current_is_resend, current_outbox_id
 from bot.channels.wecom_api import WeComAPI, WeComAPIError
 from bot.channels.wecom_crypto import DecryptError, MalformedRequest, SignatureError, WeComCrypto, parse_xml
 from bot.tasks import wait_event
@@ -79,6 +79,9 @@ _IMAGE_EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "i
 
 class WeComChannel(Channel):
     name = PLATFORM
+    # App messages: 30/min per member (excess silently dropped); group posts: 20/min
+    # per group robot (docs/channels/wecom.md).
+    rate_limits = {"user": (30, 60.0), "group": (20, 60.0)}
 
     def __init__(self, config: WeComConfig, sink: EventSink, db: Database):
         super().__init__(sink)
@@ -336,8 +339,11 @@ class WeComChannel(Channel):
         limit = self.config.member_per_minute
         if not limit:
             return
-        window = self._sent[userid]
         now = time.monotonic()
+        if len(self._sent) > 256:  # forget members with no send in the last minute: bounded memory
+            for key in [k for k, w in self._sent.items() if not w or w[-1] <= now - 60]:
+                del self._sent[key]
+        window = self._sent[userid]
         while window and window[0] <= now - 60:
             window.popleft()
         if len(window) + count > limit:
@@ -347,6 +353,10 @@ class WeComChannel(Channel):
 
     async def _to_user(self, userid: str, body: dict) -> dict:
         self._pace(userid)
+        if current_is_resend.get():
+            # WeCom drops an app message identical to one sent to the same member within the
+            # interval: a resend after a crash or a timeout is not shown twice.
+            body = {**body, "enable_duplicate_check": 1, "duplicate_check_interval": 1800}
         answer = await self.api.send_message({"touser": userid, **body})
         invalid = str(answer.get("invaliduser") or "")
         if userid in invalid.split("|"):

@@ -27,6 +27,7 @@ KEYWORDS: dict[str, str] = {
     "确认": "ack", "收到处理": "ack",
     "值班": "oncall",
     "统计": "stats", "我的统计": "my_stats", "团队工单": "team_board", "热力图": "heat_map", "看板": "console",
+    "拆分": "split",
     "解冻": "unfreeze",
     "回访完成": "followup_done", "已回访": "followup_done",
     "记录": "trail", "操作记录": "trail",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from sqlalchemy import text
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -34,6 +35,8 @@ class Directory:
     async def sync(self, db: Database) -> None:
         """Make the database's people match the config (runtime customers stay)."""
         async with db.session() as s:
+            if db.is_postgres:  # processes starting together write the people one at a time
+                await s.exec(text("SELECT pg_advisory_xact_lock(4242002)"))
             for pc in self.config.people:
                 p = await s.get(Person, pc.id)
                 if p is None:
@@ -62,13 +65,11 @@ class Directory:
         if not self.config.allow_unknown_reporters:
             return None
         pid = f"{platform}:{external_id}"
-        person = await s.get(Person, pid)
-        if person is None:
-            name = (display_name or "").strip() or f"{platform}用户{external_id[-4:]}"
-            await insert_ignore(s, Person, id=pid, name=name[:64], role="customer", skills=[], active=True)
-            person = await s.get(Person, pid)
+        name = (display_name or "").strip() or f"{platform}用户{external_id[-4:]}"
+        # Insert first (a no-op when the person exists): one statement less than looking first.
+        await insert_ignore(s, Person, id=pid, name=name[:64], role="customer", skills=[], active=True)
         await insert_ignore(s, Identity, platform=platform, external_id=external_id, person_id=pid)
-        return person
+        return await s.get(Person, pid)
 
     async def known(self, s: AsyncSession, platform: str, external_id: str) -> Person | None:
         """The person behind a platform user id, without registering strangers."""

@@ -313,6 +313,15 @@ class TicketBot:
             await self._apply(s, await fn(s, actor, ticket, cmd.arg or None))
             return _Reply([] if actor.person.id == ticket.reporter_id else
                           [t(f"reply.{name}", number=ticket.number)])
+        if name == "split":
+            ticket = await self._target_ticket(s, actor, cmd)
+            index = re.match(r"\s*(\d+)", cmd.arg)
+            created, change = await svc.split(s, actor, ticket, int(index.group(1)) if index else None)
+            await self._apply(s, created)
+            await self._apply(s, change)
+            reporter = created.actor.person.name
+            return _Reply([t("notify.staff.split", name=reporter, number=ticket.number,
+                             new_number=created.ticket.number)])
         if name == "unfreeze":
             ticket = await svc.by_number(s, cmd.number) if cmd.number else None
             if ticket is None:

@@ -85,6 +85,7 @@ class Notifier:
             rating=ticket.rating, resolution=ticket.resolution, evidence=tuple(ticket.evidence), times=times,
             owned=assignee is not None and ticket.claimed_at is not None and ticket.state not in st.UNCLAIMED,
             suggestion=suggestion, photos=photos, photo_count=photo_count, countdown=self._countdown(ticket), acknowledged=acknowledged,
+            linked_reports=ticket.linked_reports,
         )
 
     def _why(self, ticket: Ticket, report: dict) -> str | None:
@@ -191,8 +192,15 @@ class Notifier:
         text = t(CUSTOMER_TOLD[change.action], number=ticket.number, name=v.assignee_name or "",
                  phone=(assignee.phone if assignee and assignee.phone else "—"),
                  resolution=ticket.resolution or t("notify.no_resolution"))
-        to = self.customer_address(ticket)
-        enqueue(s, to, Text(text, await self._customer_mentions(s, ticket)), ticket.id)
+        enqueue(s, self.customer_address(ticket), Text(text, await self._customer_mentions(s, ticket)), ticket.id)
+        # Everybody who reported the same incident hears every update too.
+        told = {self.customer_address(ticket)}
+        for link in await self.service.linked(s, ticket):
+            to = Address(link.channel, link.conv_kind, link.conv_id)  # type: ignore[arg-type]
+            if to not in told:
+                told.add(to)
+                mentions = await self._mention_of(s, link.person_id, link.channel) if link.conv_kind == "group" else ()
+                enqueue(s, to, Text(text, mentions), ticket.id)
 
     async def _update_cards(self, s: AsyncSession, ticket: Ticket, change: Change) -> None:
         v = await self.view(s, ticket)
@@ -215,6 +223,11 @@ class Notifier:
                 enqueue(s, addr, CardMessage(card, update=True), ticket.id)
 
     async def _on_report(self, s: AsyncSession, change: Change) -> None:
+        # Nothing below reads the outbox: its rows are written in one flush, not one per lookup.
+        with s.no_autoflush:
+            await self._report_messages(s, change)
+
+    async def _report_messages(self, s: AsyncSession, change: Change) -> None:
         ticket = change.ticket
         v = await self.view(s, ticket)
         to = self.customer_address(ticket)
@@ -234,6 +247,16 @@ class Notifier:
             if dm:
                 enqueue(s, dm, CardMessage(card), ticket.id)
                 await self._send_sop(s, ticket, v, dm)
+
+    async def _on_link(self, s: AsyncSession, change: Change) -> None:
+        """The new reporter of a known incident: its number, at once."""
+        ticket = change.ticket
+        to = change.detail.get("conversation")
+        if to is None:
+            return
+        mentions = await self._mention_of(s, change.actor.person.id, to.channel) if to.kind == "group" else ()
+        enqueue(s, to, Text(t("notify.customer.linked", number=ticket.number,
+                              count=change.detail.get("reporters", ticket.linked_reports + 1)), mentions), ticket.id)
 
     async def _send_sop(self, s: AsyncSession, ticket: Ticket, v: build.TicketView, to: Address) -> None:
         sop = self.sops.lookup(ticket)

@@ -24,7 +24,7 @@ from bot.events import Address
 from bot.texts import t
 from nlp import Classification, Classifier
 from storage.integration import ExternalStatus, TicketFreeze
-from storage.models import Attachment, Person, Ticket, TicketEvent
+from storage.models import Attachment, LinkedReport, Person, Ticket, TicketEvent
 from storage.queries import next_sequence
 from storage.types import utcnow
 
@@ -119,16 +119,23 @@ class TicketService:
     # ---- commands ------------------------------------------------------
 
     async def report(self, s: AsyncSession, actor: Actor, text: str, conversation: Address,
-                     classification: Classification | None = None, customer: Person | None = None) -> Change:
-        """File a ticket; `customer` when staff report on someone's behalf (updates go to them)."""
+                     classification: Classification | None = None, customer: Person | None = None,
+                     *, group: bool = True) -> Change:
+        """File a ticket, or (`group` and [incidents] on) link the report to the open ticket of the
+        same incident; `customer` when staff report on someone's behalf (updates go to them)."""
         text = text.strip()
         if not text:
             raise Refused("empty_report")
         c = classification or self.classifier.classify(text)
         now = self.clock()
+        reporter = customer or actor.person
+        if group and self.config.incidents.enabled:
+            incident = await self._open_incident(s, c, now)
+            # The ticket's own reporter reporting again is a second fault of theirs, not a second witness.
+            if incident is not None and incident.reporter_id != reporter.id:
+                return await self._link(s, actor, incident, text, conversation)
         day = now.astimezone(self.tz).strftime("%Y%m%d")
         seq = await next_sequence(s, day)
-        reporter = customer or actor.person
         suggestion = await self.dispatcher.suggest(s, reporter, c.category, c.phone, now)
         team_id, assignee = suggestion.team, suggestion.engineer
         deadlines = self.deadlines(team_id, c.priority)
@@ -151,7 +158,64 @@ class TicketService:
             detail.update(suggestion.detail())
         if customer is not None:
             detail["customer"] = customer.id
-        return await self._log(s, ticket, "report", actor, None, st.NEW, detail)
+        return await self._log(s, ticket, "report", actor, None, st.NEW, detail, now=now)
+
+    async def _open_incident(self, s: AsyncSession, c: Classification, now: datetime) -> Ticket | None:
+        """The open ticket of the same category and place opened within the window, locked."""
+        if not c.location or c.category == "other":
+            return None
+        stmt = (select(Ticket)
+                .where(Ticket.category == c.category, Ticket.location == c.location,
+                       Ticket.created_at >= now - self.config.incidents.window, Ticket.state.in_(st.OPEN))
+                .order_by(Ticket.created_at.desc(), Ticket.id.desc()).limit(1).with_for_update())
+        return (await s.exec(stmt)).first()
+
+    async def _link(self, s: AsyncSession, actor: Actor, ticket: Ticket, text: str,
+                    conversation: Address) -> Change:
+        link = LinkedReport(ticket_id=ticket.id, person_id=actor.person.id, channel=conversation.channel,
+                            conv_kind=conversation.kind, conv_id=conversation.id, text=text[:2000])
+        s.add(link)
+        await s.flush()
+        ticket.linked_reports += 1
+        change = await self._log(s, ticket, "link", actor, ticket.state, ticket.state,
+                                 {"linked": link.id, "reporters": ticket.linked_reports + 1})
+        change.detail = {**change.detail, "conversation": conversation}  # for the notifier, not the audit log
+        return change
+
+    async def linked(self, s: AsyncSession, ticket: Ticket) -> list[LinkedReport]:
+        """The reports linked to a ticket and not split off, in the order they came."""
+        if not ticket.linked_reports:
+            return []
+        return list((await s.exec(select(LinkedReport).where(LinkedReport.ticket_id == ticket.id,
+                                                             LinkedReport.split_ticket_id.is_(None))
+                                  .order_by(LinkedReport.id))).all())
+
+    async def split(self, s: AsyncSession, actor: Actor, ticket: Ticket, index: int | None) -> tuple[Change, Change]:
+        """Make linked report `index` (1-based, as listed) a ticket of its own.
+
+        Returns the new ticket's report and the original ticket's split change.
+        """
+        await self.require_owner_or_lead(s, actor, ticket, allow_unclaimed_staff=True)
+        links = await self.linked(s, ticket)
+        if not links:
+            raise Refused("nothing_to_split", number=ticket.number)
+        if index is None or not 1 <= index <= len(links):
+            names = {p.id: p.name for p in (await s.exec(
+                select(Person).where(Person.id.in_([lr.person_id for lr in links])))).all()}
+            listing = "；".join(f"{i} {names.get(lr.person_id, lr.person_id)}：{lr.text[:20]}"
+                               for i, lr in enumerate(links[:10], start=1))
+            raise Refused("split_which", number=ticket.number, reports=listing)
+        link = links[index - 1]
+        reporter = await s.get(Person, link.person_id)
+        conversation = Address(link.channel, link.conv_kind, link.conv_id)  # type: ignore[arg-type]
+        created = await self.report(s, Actor(reporter, link.channel, actor.via), link.text, conversation,
+                                    group=False)
+        link.split_ticket_id = created.ticket.id
+        s.add(link)
+        ticket.linked_reports -= 1
+        change = await self._log(s, ticket, "split", actor, ticket.state, ticket.state,
+                                 {"linked": link.id, "ticket": created.ticket.number})
+        return created, change
 
     async def claim(self, s: AsyncSession, actor: Actor, ticket: Ticket) -> Change:
         p = actor.person
@@ -440,11 +504,13 @@ class TicketService:
         return p.name if p else person_id
 
     async def _log(self, s: AsyncSession, ticket: Ticket, action: str, actor: Actor,
-                   before: str | None, after: str | None, detail: dict | None = None) -> Change:
+                   before: str | None, after: str | None, detail: dict | None = None, *,
+                   now: datetime | None = None) -> Change:
         if before != after and before is not None and action != "unfreeze":
             await self._refuse_if_frozen(s, ticket)
-        now = self.clock()
-        ticket.updated_at = now
+        now = now or self.clock()
+        if ticket.updated_at != now:  # a new ticket already has it: no second statement
+            ticket.updated_at = now
         s.add(ticket)
         detail = dict(detail or {})
         if actor.via != "text":
