@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 from sqlmodel import select
 
+from bot.channels.playground import MEDIA_PREFIX
 from bot.config import Config
 from bot.core import states as st
 from bot.core.directory import is_staff
@@ -148,7 +149,7 @@ class Console:
                                 ("text", "card", "phone", "api") else str(e.detail.get("via")),
                                 _change(e.from_state, e.to_state), _detail(e.detail))
                  for e in events]
-        srcs = [a.url or a.media_ref for a in photos if (a.url or a.media_ref).startswith(("/playground/media/", "https://"))]
+        srcs = [src for a in photos if (src := _photo_url(a))]
         return _html(pages.ticket_page(request.query["t"], person.name, self._until(grant), ticket.number,
                                        ticket.summary, card, audit, srcs))
 
@@ -185,6 +186,15 @@ class Console:
                 return _html(pages.not_found_page(), 404)
             card = build.status_card(await self.notifier.view(s, ticket))
         return _html(pages.tracking_page(ticket.number, ticket.summary, card, self._until(grant)))
+
+
+def _photo_url(a: Attachment) -> str | None:
+    """Where this page can show a photo: the playground serves its own by file name;
+    photos from IM platforms are shown when they carry an https URL."""
+    if a.channel == "playground":
+        return MEDIA_PREFIX + Path(a.media_ref).name
+    url = a.url or a.media_ref
+    return url if url.startswith("https://") else None
 
 
 async def _data_uri(path: Path | None) -> str | None:

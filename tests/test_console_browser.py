@@ -86,6 +86,17 @@ def wait_for(base: str, conversation: str, pattern: str) -> re.Match:
     raise AssertionError(f"nothing like {pattern!r} in {conversation}")
 
 
+def send_photo(base: str, person: str, tmp_path: Path) -> None:
+    """A picture sent in the person's chat (a chart drawn for the purpose: a real PNG)."""
+    from reports import charts
+
+    png = charts.text_sample(tmp_path / "photo.png", "现场照片").read_bytes()
+    query = f"conversation=user:{person}&sender_id={person}&client_id=p{next(_n)}"
+    req = urllib.request.Request(f"{base}/playground/api/photo?{query}", png, {"content-type": "image/png"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+
+
 def keep(shot: Path) -> None:
     folder = os.environ.get("RELAYDESK_SCREENSHOT_DIR")
     if folder:
@@ -117,6 +128,7 @@ def test_console_tracking_page_and_forged_links(bot, browser, tmp_path):
     say(bot, "eng_zhang", f"认领 {number}")
     say(bot, "eng_zhang", f"出发 {number}")
     say(bot, "eng_zhang", f"备注 {number} 内部：密封圈库存不足")
+    send_photo(bot, "eng_zhang", tmp_path)
     say(bot, "lead_zhao", "看板")
     console = wait_for(bot, "user:lead_zhao", re.escape(bot) + r"/console\?t=[A-Za-z0-9_.\-]+").group(0)
 
@@ -145,6 +157,9 @@ def test_console_tracking_page_and_forged_links(bot, browser, tmp_path):
     audit = page.locator("table.audit")
     expect(audit).to_contain_text("认领")
     expect(audit).to_contain_text("密封圈库存不足")
+    photo = page.locator(".photos img")
+    expect(photo).to_have_count(1)
+    assert photo.evaluate("img => img.complete && img.naturalWidth > 0")  # the picture loads
     shot = tmp_path / "console-ticket.png"
     page.screenshot(path=str(shot), full_page=True)
     keep(shot)
