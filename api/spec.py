@@ -85,6 +85,8 @@ class Operation:
     problems: tuple[str, ...] = ()
     idempotency: Literal["required", "optional"] | None = None
     produces: str = "application/json"
+    # The request body's cap from the [api] section, when not max_body_bytes (photos are larger).
+    body_limit: Callable[[Any], int] | None = None
 
     @property
     def operation_id(self) -> str:
@@ -360,7 +362,8 @@ class _Dispatcher:
     async def _body(self, request: web.Request) -> tuple[bytes, Any]:
         if self.op.body is None:
             return b"", None
-        limit = self.runtime.config.api.max_body_bytes
+        api = self.runtime.config.api
+        limit = self.op.body_limit(api) if self.op.body_limit else api.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise Problem("body-too-large", f"at most {limit} bytes", max_bytes=limit)
         if request.content_type != "application/json":

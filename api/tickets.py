@@ -199,9 +199,9 @@ async def act(ctx: Context, body: m.ActAs, command) -> Reply:
     return Reply(200, m.ActionResult(changed=change.changed, ticket=await ticket_out(s, change.ticket)))
 
 
-def _action(path: str, summary: str, body):
+def _action(path: str, summary: str, body, problems: tuple[str, ...] = ()):
     return API.route("POST", f"/tickets/{{number}}/{path}", summary=summary, scope="tickets:write",
-                     tag="actions", body=body, responses={200: m.ActionResult}, problems=ACTION_PROBLEMS,
+                     tag="actions", body=body, responses={200: m.ActionResult}, problems=ACTION_PROBLEMS + problems,
                      idempotency="optional")
 
 
@@ -228,8 +228,11 @@ async def comment_ticket(ctx: Context, body: m.Comment) -> Reply:
     return await act(ctx, body, lambda actor, tk: ctx.runtime.service.note(ctx.s, actor, tk, body.text))
 
 
-@_action("resolve", "Resolve a ticket (the customer is asked to rate it)", m.Resolve)
+@_action("resolve", "Resolve a ticket (the customer is asked to rate it)", m.Resolve, ("evidence-missing",))
 async def resolve_ticket(ctx: Context, body: m.Resolve) -> Reply:
+    """The chat's 完工 and its closing rules: a note, and for on-site categories photos taken after
+    开始维修 (POST .../photos); without them 409 evidence-missing says how many are missing. Where a
+    check is configured the ticket goes to `verifying` first and is resolved once it passes."""
     return await act(ctx, body, lambda actor, tk: ctx.runtime.service.stage(ctx.s, actor, tk, "resolve", body.note))
 
 
