@@ -373,3 +373,21 @@ async def test_unknown_paths_and_methods_are_problems_too(bot):
     assert r.headers["Allow"] == "POST"
     r = await bot.client.get("/api/v1/openapi.json")  # the document and docs need no token
     assert r.status == 200
+
+
+async def test_nul_characters_are_refused_before_the_database(bot):
+    """PostgreSQL stores no U+0000: a request carrying one is a 422, never a server error."""
+    token = await bot.token()
+    c = bot.client
+    r = await c.post("/api/v1/tickets", json=REPORT, headers=auth(token, **{"Idempotency-Key": "k-1"}))
+    number = (await r.json())["number"]
+    before = await bot.count(TicketEvent)
+    body = await problem(await c.post(f"/api/v1/tickets/{number}/transfer", json={"actor": "eng_zhang", "to": "a\x00b"},
+                                      headers=auth(token)), 422, "validation-failed")
+    assert "NUL" in body["detail"] and body["errors"][0]["loc"] == "body.to"
+    await problem(await c.post(f"/api/v1/tickets/{number}/comment", json={"actor": "eng_zhang", "text": "漏\x00水"},
+                               headers=auth(token)), 422, "validation-failed")
+    await problem(await c.get("/api/v1/tickets", params={"assignee": "x\x00"}, headers=auth(token)), 422,
+                  "validation-failed")
+    await problem(await c.get("/api/v1/tickets/SRV%00", headers=auth(token)), 404, "not-found")
+    assert await bot.count(TicketEvent) == before
