@@ -356,6 +356,14 @@ async def test_openapi_document_and_docs_page(bot):
     assert {"201", "400", "401", "403", "413", "415", "422", "429"} <= set(create["responses"])
     assert "application/problem+json" in create["responses"]["422"]["content"]
     assert any(p["name"] == "Idempotency-Key" and p["required"] for p in create["parameters"])
+    schemas = spec["components"]["schemas"]
+    assert "verifying" in schemas["TicketOut"]["properties"]["state"]["enum"]
+    photos = spec["paths"]["/api/v1/tickets/{number}/photos"]["post"]
+    body = photos["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert set(schemas[body]["required"]) == {"actor", "content_base64"}
+    assert {"200", "404", "409", "413", "422"} <= set(photos["responses"])
+    resolve = spec["paths"]["/api/v1/tickets/{number}/resolve"]["post"]
+    assert "evidence-missing" in json.dumps(resolve["responses"]["409"])
     r = await bot.client.get("/api/v1/docs")
     html = await r.text()
     assert r.status == 200 and "POST" in html and "/api/v1/tickets/{number}/claim" in html
