@@ -23,7 +23,7 @@ from api import models as m
 from api.operations import API
 from api.problems import Problem
 from api.spec import Context, Reply
-from api.tickets import ACTION_PROBLEMS, api_actor, ticket_by_number, ticket_out
+from api.tickets import ACTION_PROBLEMS, api_actor, photo_id, ticket_by_number, ticket_out
 from bot.core import evidence
 from storage.models import Attachment, Person
 
@@ -36,12 +36,6 @@ def photo_dir(config) -> Path:
     if config.api.photo_dir is not None:
         return Path(config.api.photo_dir)
     return Path(os.environ.get("RELAYDESK_DATA_DIR") or "data") / "api-media"
-
-
-def photo_id(media_ref: str) -> str:
-    """A photo's id as the API shows it: a local file by its name (never the server's
-    path), a platform's media id as it is."""
-    return Path(media_ref).name if os.path.isabs(media_ref) else media_ref
 
 
 def _decode(text: str, limit: int) -> bytes:

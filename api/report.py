@@ -12,9 +12,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.models import PersonRef, State
 from api.operations import API
-from api.photos import photo_id
 from api.spec import Context, Reply
-from api.tickets import ticket_by_number
+from api.tickets import photo_id, ticket_by_number
 from bot.texts import t
 from storage.models import Attachment, Person, Ticket, TicketEvent
 
