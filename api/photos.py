@@ -17,15 +17,13 @@ import os
 import shutil
 from pathlib import Path
 
-from sqlmodel import select
-
 from api import models as m
 from api.operations import API
 from api.problems import Problem
 from api.spec import Context, Reply
 from api.tickets import ACTION_PROBLEMS, api_actor, photo_id, ticket_by_number, ticket_out
 from bot.core import evidence
-from storage.models import Attachment, Person
+from storage.models import Person
 
 # Pillow's format name -> the file's suffix. Formats a phone or a browser shows everywhere.
 IMAGE_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
@@ -96,15 +94,11 @@ async def attach_photo(ctx: Context, body: m.PhotoIn) -> Reply:
         raise Problem("unknown-person", f"no active person with id {body.actor!r}")
     path = await asyncio.to_thread(_store, photo_dir(rt.config), data, suffix)
     ref = str(path)
-    seen = (await s.exec(select(Attachment.id).where(Attachment.ticket_id == ticket.id,
-                                                     Attachment.media_ref == ref).limit(1))).first()
-    changed = seen is None
-    if changed:
-        await rt.bot._apply(s, await rt.service.photo(s, api_actor(ctx, person), ticket, ref))
-        await s.flush()
+    change = await rt.bot._apply(s, await rt.service.photo(s, api_actor(ctx, person), ticket, ref))
+    await s.flush()
     photos = await evidence.photos(s, ticket)
-    ctx.wrote = changed
+    ctx.wrote = change.changed
     return Reply(200, m.PhotoResult(
-        changed=changed, photo=photo_id(ref), counts=any(p.counts for p in photos if p.media_ref == ref),
+        changed=change.changed, photo=photo_id(ref), counts=any(p.counts for p in photos if p.media_ref == ref),
         photos_required=evidence.required_photos(rt.config, ticket), photos_counted=sum(p.counts for p in photos),
         ticket=await ticket_out(s, ticket)))

@@ -293,6 +293,12 @@ class TicketService:
             raise Refused("not_your_ticket", number=ticket.number)
         if ticket.state not in st.OPEN:  # chat attaches to open tickets only; so does everyone else
             raise Refused("closed_ticket", number=ticket.number, state=t(f"state.{ticket.state}"))
+        attached = (await s.exec(select(Attachment.id).where(Attachment.ticket_id == ticket.id,
+                                                             Attachment.media_ref == media_ref).limit(1))).first()
+        if attached is not None:  # the same picture again proves nothing more
+            counts = any(p.counts for p in await evidence.photos(s, ticket) if p.media_ref == media_ref)
+            return Change(ticket, "photo", actor, ticket.state, ticket.state, changed=False,
+                          detail={"media_ref": media_ref, "counts": counts})
         now = self.clock()
         s.add(Attachment(ticket_id=ticket.id, kind="image", channel=actor.channel,
                          media_ref=media_ref, uploaded_by=actor.person.id, created_at=now))
