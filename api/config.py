@@ -26,6 +26,10 @@ class ApiConfig(_Section):
     rate_per_second: float = Field(default=20.0, gt=0)
     burst: int = Field(default=40, ge=1)
     page_size: int = Field(default=50, ge=1, le=500)
+    # POST /tickets/{number}/photos: the largest picture taken (decoded bytes), and
+    # where pictures are kept (default: <data dir>/api-media), named by their content.
+    max_photo_bytes: int = Field(default=5_242_880, gt=0)
+    photo_dir: Optional[Path] = None
     # A TTF with Chinese glyphs for the service report PDF (default: Noto Sans SC,
     # installed with the justmytype-intl-cjk package).
     report_font: Optional[Path] = None

@@ -46,7 +46,7 @@ class Freeze(BaseModel):
 class TicketOut(BaseModel):
     model_config = ConfigDict(title="Ticket")
     number: str
-    state: str = Field(description="one of: " + ", ".join(st.ALL))
+    state: State = Field(description="verifying: 完工 submitted, its check not passed yet")
     state_name: str
     category: str
     category_name: str
@@ -131,6 +131,22 @@ class Resolve(ActAs):
 
 class Cancel(ActAs):
     reason: Optional[Text] = None
+
+
+class PhotoIn(ActAs):
+    """A picture of the work, base64-encoded; JPEG, PNG or WebP up to [api] max_photo_bytes."""
+
+    content_base64: Annotated[str, StringConstraints(min_length=4)] = Field(
+        description="the image file, base64 (standard alphabet); its EXIF time counts as when it was taken")
+
+
+class PhotoResult(BaseModel):
+    changed: bool = Field(description="false when this very picture was already attached to the ticket")
+    photo: str = Field(description="the photo's id, as the service report lists it")
+    counts: bool = Field(description="taken after 开始维修 of the current claim: counts toward 完工")
+    photos_required: int = Field(description="how many counting photos 完工 needs for this ticket")
+    photos_counted: int = Field(description="how many count now")
+    ticket: TicketOut
 
 
 class ActionResult(BaseModel):

@@ -37,6 +37,8 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "unsafe-url": (422, "The webhook URL may not be used"),
     "forbidden": (403, "The rules do not allow this person to do this"),
     "refused": (409, "The ticket's state does not allow this"),
+    "evidence-missing": (409, "Completion needs more evidence: photos after the repair started, or a note"),
+    "not-an-image": (422, "The photo is not a JPEG, PNG or WebP image"),
     "frozen": (409, "The ticket is frozen: its systems contradict each other"),
 }
 
@@ -46,6 +48,8 @@ _PERMISSION_REFUSALS = frozenset({
     "not_your_ticket", "reporter_only_rate", "reporter_or_lead", "customer_command", "unfreeze_lead_only",
 })
 _NOT_FOUND_REFUSALS = frozenset({"bad_number", "no_such_ticket"})
+# The closing rule's refusals (bot/core/evidence.py): what 完工 still lacks.
+_EVIDENCE_REFUSALS = frozenset({"photos_needed", "note_needed"})
 
 
 class Problem(Exception):
@@ -76,6 +80,12 @@ def from_refusal(r: Refused) -> Problem:
     """A service refusal as a problem: the chat's own sentence in `detail`, its key in `reason`."""
     if r.key in _NOT_FOUND_REFUSALS:
         return Problem("not-found", r.text, reason=r.key)
+    if r.key in _EVIDENCE_REFUSALS:
+        v = r.values
+        need, have = v.get("need"), v.get("have")
+        counts = {} if need is None else {"photos_required": need, "photos_counted": have,
+                                          "photos_missing": max(need - have, 0)}
+        return Problem("evidence-missing", r.text, reason=r.key, note_missing=r.key == "note_needed" or bool(v.get("note_missing")), **counts)
     if r.key == "frozen":
         return Problem("frozen", r.text, reason=r.key)
     return Problem("forbidden" if r.key in _PERMISSION_REFUSALS else "refused", r.text, reason=r.key)

@@ -10,10 +10,10 @@ from pydantic import BaseModel, Field
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from api.models import PersonRef
+from api.models import PersonRef, State
 from api.operations import API
 from api.spec import Context, Reply
-from api.tickets import ticket_by_number
+from api.tickets import photo_id, ticket_by_number
 from bot.texts import t
 from storage.models import Attachment, Person, Ticket, TicketEvent
 
@@ -33,7 +33,7 @@ class ServiceReport(BaseModel):
     """What was done for a ticket, by whom and when."""
 
     number: str
-    state: str
+    state: State
     category_name: str
     priority: str
     summary: str
@@ -97,7 +97,7 @@ async def service_report(s: AsyncSession, ticket: Ticket) -> ServiceReport:
         created_at=ticket.created_at, claimed_at=ticket.claimed_at, resolved_at=ticket.resolved_at,
         closed_at=ticket.closed_at, response_minutes=_minutes(ticket.created_at, ticket.claimed_at),
         repair_minutes=_minutes(ticket.claimed_at, ticket.resolved_at), resolution=ticket.resolution,
-        items=items, parts=parts, photos=list(photos), rating=ticket.rating,
+        items=items, parts=parts, photos=[photo_id(ref) for ref in photos], rating=ticket.rating,
     )
 
 

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from api import hub, report, report_pdf, tickets, webhooks  # noqa: F401  (each registers its operations)
+from api import hub, photos, report, report_pdf, tickets, webhooks  # noqa: F401  (each registers its operations)
 from api.operations import API
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -85,6 +85,8 @@ class Operation:
     problems: tuple[str, ...] = ()
     idempotency: Literal["required", "optional"] | None = None
     produces: str = "application/json"
+    # The request body's cap from the [api] section, when not max_body_bytes (photos are larger).
+    body_limit: Callable[[Any], int] | None = None
 
     @property
     def operation_id(self) -> str:
@@ -286,6 +288,8 @@ class _Dispatcher:
         if wait:
             raise Problem("rate-limited", f"at most {rt.config.api.rate_per_second:g} requests/s per token",
                           headers={"Retry-After": RateLimiter.retry_after(wait)})
+        if any("\x00" in value for value in request.match_info.values()):
+            raise Problem("not-found", "no resource has NUL (U+0000) in its name")
         query = self._query(request)
         raw, body = await self._body(request)
         key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -352,15 +356,18 @@ class _Dispatcher:
     def _query(self, request: web.Request) -> Any:
         if self.op.query is None:
             return None
+        params = {k: request.query.getone(k) for k in request.query}
+        _refuse_nul(params, "query")
         try:
-            return self.op.query.model_validate({k: request.query.getone(k) for k in request.query})
+            return self.op.query.model_validate(params)
         except ValidationError as e:
             raise Problem("validation-failed", _errors_text(e), errors=_errors(e)) from None
 
     async def _body(self, request: web.Request) -> tuple[bytes, Any]:
         if self.op.body is None:
             return b"", None
-        limit = self.runtime.config.api.max_body_bytes
+        api = self.runtime.config.api
+        limit = self.op.body_limit(api) if self.op.body_limit else api.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise Problem("body-too-large", f"at most {limit} bytes", max_bytes=limit)
         if request.content_type != "application/json":
@@ -374,12 +381,29 @@ class _Dispatcher:
             data = json.loads(raw.decode(request.charset or "utf-8"))
         except (ValueError, UnicodeDecodeError, LookupError) as e:
             raise Problem("malformed-json", f"the body is not valid JSON: {e}") from None
+        _refuse_nul(data, "body")
         try:
             model = self.op.body.model_validate(data)
         except ValidationError as e:
             raise Problem("validation-failed", _errors_text(e), errors=_errors(e)) from None
         canonical = json.dumps(model.model_dump(mode="json"), sort_keys=True, ensure_ascii=False).encode()
         return canonical, model
+
+
+def _refuse_nul(data: Any, where: str) -> None:
+    """NUL (U+0000) is valid JSON and URL text but no text PostgreSQL can store or compare:
+    refuse it up front, anywhere in a request, instead of failing in the database."""
+    if isinstance(data, str):
+        if "\x00" in data:
+            raise Problem("validation-failed", f"{where}: text may not contain NUL (U+0000)",
+                          errors=[{"loc": where, "msg": "contains NUL (U+0000)"}])
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            _refuse_nul(k, where)
+            _refuse_nul(v, f"{where}.{k}")
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _refuse_nul(v, f"{where}[{i}]")
 
 
 def _errors(e: ValidationError) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 
 from sqlmodel import select
@@ -70,6 +71,20 @@ async def tickets_out(s: AsyncSession, tickets: list[Ticket]) -> list[m.TicketOu
             external_ids=refs.get(tk.id, {}),
         ))
     return out
+
+
+def photo_id(media_ref: str) -> str:
+    """A photo's id as the API shows it: a local file by its name (never the server's
+    path), a platform's media id as it is."""
+    return os.path.basename(media_ref) if os.path.isabs(media_ref) else media_ref
+
+
+def event_out(e: TicketEvent) -> m.Event:
+    """An audit event as the API shows it: a photo by its id, not where the server keeps it."""
+    event = m.Event.model_validate(e, from_attributes=True)
+    if e.action == "photo" and isinstance(event.detail.get("media_ref"), str):
+        event.detail = {**event.detail, "media_ref": photo_id(event.detail["media_ref"])}
+    return event
 
 
 async def ticket_out(s: AsyncSession, ticket: Ticket) -> m.TicketOut:
@@ -180,7 +195,7 @@ async def ticket_events(ctx: Context) -> Reply:
     ticket = await ticket_by_number(ctx, ctx.path["number"], lock=False)
     rows = (await ctx.s.exec(select(TicketEvent).where(TicketEvent.ticket_id == ticket.id)
                              .order_by(TicketEvent.id))).all()
-    return Reply(200, m.EventList(items=[m.Event.model_validate(r, from_attributes=True) for r in rows]))
+    return Reply(200, m.EventList(items=[event_out(r) for r in rows]))
 
 
 # ---- actions ---------------------------------------------------------------------
@@ -199,9 +214,9 @@ async def act(ctx: Context, body: m.ActAs, command) -> Reply:
     return Reply(200, m.ActionResult(changed=change.changed, ticket=await ticket_out(s, change.ticket)))
 
 
-def _action(path: str, summary: str, body):
+def _action(path: str, summary: str, body, problems: tuple[str, ...] = ()):
     return API.route("POST", f"/tickets/{{number}}/{path}", summary=summary, scope="tickets:write",
-                     tag="actions", body=body, responses={200: m.ActionResult}, problems=ACTION_PROBLEMS,
+                     tag="actions", body=body, responses={200: m.ActionResult}, problems=ACTION_PROBLEMS + problems,
                      idempotency="optional")
 
 
@@ -228,8 +243,11 @@ async def comment_ticket(ctx: Context, body: m.Comment) -> Reply:
     return await act(ctx, body, lambda actor, tk: ctx.runtime.service.note(ctx.s, actor, tk, body.text))
 
 
-@_action("resolve", "Resolve a ticket (the customer is asked to rate it)", m.Resolve)
+@_action("resolve", "Resolve a ticket (the customer is asked to rate it)", m.Resolve, ("evidence-missing",))
 async def resolve_ticket(ctx: Context, body: m.Resolve) -> Reply:
+    """The chat's 完工 and its closing rules: a note, and for on-site categories photos taken after
+    开始维修 (POST .../photos); without them 409 evidence-missing says how many are missing. Where a
+    check is configured the ticket goes to `verifying` first and is resolved once it passes."""
     return await act(ctx, body, lambda actor, tk: ctx.runtime.service.stage(ctx.s, actor, tk, "resolve", body.note))
 
 

@@ -53,7 +53,8 @@ CHANNEL = "webhook"
 EVENT_TYPES = ("ticket.created", "ticket.claim", "ticket.transfer", "ticket.escalate", "ticket.ack",
                "ticket.depart", "ticket.arrive", "ticket.start_repair", "ticket.resolve", "ticket.rate",
                "ticket.reopen", "ticket.cancel", "ticket.note", "ticket.photo", "ticket.external_status",
-               "ticket.freeze", "ticket.unfreeze")
+               "ticket.freeze", "ticket.unfreeze", "ticket.verify_submitted", "ticket.verify_failed",
+               "ticket.followup_done")
 
 
 def event_type(action: str) -> str:

@@ -46,3 +46,15 @@ async def quick_token(db, name: str, scopes: str) -> str:
 
 def auth(token: str, **headers) -> dict:
     return {"Authorization": f"Bearer {token}", **headers}
+
+
+def photo_b64(seed: int, fmt: str = "PNG") -> str:
+    """A small, distinct picture (its colour from `seed`), base64 as the photos operation takes it."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (seed * 40 % 256, 90, 200)).save(buf, fmt)
+    return base64.b64encode(buf.getvalue()).decode()

@@ -7,15 +7,16 @@ Runs on SQLite and on the real PostgreSQL (the `database_url` fixture).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import pytest
 from sqlmodel import func, select
 
-from api_support import auth, cli, demo_config, new_token, quick_token
+from api_support import auth, cli, demo_config, new_token, photo_b64, quick_token
 from bot.app import RUNTIME, create_app
 from storage.integration import ApiIdempotency, ApiToken
-from storage.models import PlaygroundMessage, Ticket, TicketEvent
+from storage.models import Attachment, PlaygroundMessage, Ticket, TicketEvent
 
 PROBLEM = "application/problem+json"
 
@@ -84,6 +85,17 @@ async def test_ticket_created_claimed_resolved_through_the_api_and_chat_follows(
     r = await c.post(f"/api/v1/tickets/{number}/claim", json={"actor": "eng_zhang"}, headers=auth(token))
     assert (await r.json())["changed"] is False  # a repeat is not an error
 
+    # On site the work starts, two photos are taken, then 完工 with a note — as the chat asks.
+    r = await c.post(f"/api/v1/tickets/{number}/stage", json={"actor": "eng_zhang", "stage": "start_repair"},
+                     headers=auth(token))
+    assert r.status == 200 and (await r.json())["ticket"]["state"] == "repairing"
+    for i in (1, 2):
+        r = await c.post(f"/api/v1/tickets/{number}/photos", json={"actor": "eng_zhang", "content_base64": photo_b64(i)},
+                         headers=auth(token))
+        assert r.status == 200, await r.text()
+        body = await r.json()
+        assert (body["changed"], body["counts"], body["photos_required"], body["photos_counted"]) == (True, True, 2, i)
+        assert body["photo"].endswith(".png") and "/" not in body["photo"]
     r = await c.post(f"/api/v1/tickets/{number}/resolve", json={"actor": "eng_zhang", "note": "更换密封圈，试机正常"},
                      headers=auth(token))
     assert r.status == 200 and (await r.json())["ticket"]["state"] == "resolved"
@@ -103,7 +115,20 @@ async def test_ticket_created_claimed_resolved_through_the_api_and_chat_follows(
     assert [(e["action"], e["actor_id"], e["channel"], e["detail"].get("via"), e["detail"].get("token"))
             for e in events] == [("report", "cust_wang", "api", "api", "crm"),
                                  ("claim", "eng_zhang", "api", "api", "crm"),
+                                 ("start_repair", "eng_zhang", "api", "api", "crm"),
+                                 ("photo", "eng_zhang", "api", "api", "crm"),
+                                 ("photo", "eng_zhang", "api", "api", "crm"),
                                  ("resolve", "eng_zhang", "api", "api", "crm")]
+    assert all(e["detail"]["counts"] and e["detail"]["time_source"] == "received" and "/" not in e["detail"]["media_ref"]
+               for e in events if e["action"] == "photo")
+    # The engineer's 记录 in chat names the API and the system that acted.
+    from bot.events import Address, InboundEvent
+
+    result = await bot.rt.bot.handle(InboundEvent(platform="playground", event_id="trail-1", sender_id="eng_zhang",
+                                                  conversation=Address("playground", "user", "eng_zhang"),
+                                                  kind="text", text=f"记录 {number}"))
+    trail = "\n".join(await bot.chat("user:eng_zhang"))
+    assert "上传照片" in trail and "接口 · 接口 crm" in trail and "计入完工照片" in trail, (result, trail)
 
     r = await c.get("/api/v1/tickets", headers=auth(token))
     page = await r.json()
@@ -131,6 +156,59 @@ async def test_refusals_are_the_chats_and_change_nothing(bot):
     assert await bot.count(TicketEvent) == before
     async with bot.rt.db.session() as s:
         assert (await s.exec(select(Ticket))).one().state == "new"
+
+
+async def test_resolve_without_the_evidence_is_refused_and_writes_nothing(bot):
+    """The default rule: an on-site ticket needs 2 photos taken after 开始维修, and a note."""
+    token = await bot.token()
+    c = bot.client
+    r = await c.post("/api/v1/tickets", json=REPORT, headers=auth(token, **{"Idempotency-Key": "k-1"}))
+    number = (await r.json())["number"]
+    act = lambda path, **body: c.post(f"/api/v1/tickets/{number}/{path}", json={"actor": "eng_zhang", **body},  # noqa: E731
+                                      headers=auth(token))
+    assert (await act("claim")).status == 200
+    # A photo before the work started is kept but does not count.
+    body = await (await act("photos", content_base64=photo_b64(7))).json()
+    assert (body["changed"], body["counts"], body["photos_counted"]) == (True, False, 0)
+    assert (await act("stage", stage="start_repair")).status == 200
+    before = (await bot.count(TicketEvent), await bot.count(PlaygroundMessage))
+
+    body = await problem(await act("resolve", note="更换密封圈"), 409, "evidence-missing")
+    assert body["reason"] == "photos_needed" and "还差 2 张" in body["detail"] and number in body["detail"]
+    assert (body["photos_required"], body["photos_counted"], body["photos_missing"], body["note_missing"]) == \
+        (2, 0, 2, False)
+    body = await problem(await act("resolve"), 409, "evidence-missing")
+    assert body["photos_missing"] == 2 and body["note_missing"] is True
+
+    # Bad pictures: a clear problem each, nothing attached.
+    await problem(await act("photos", content_base64=base64.b64encode(b"GIF89a not really").decode()), 422,
+                  "not-an-image")
+    await problem(await act("photos", content_base64=photo_b64(1, "GIF")), 422, "not-an-image")
+    await problem(await act("photos", content_base64="%%%not base64%%%"), 422, "validation-failed")
+    await problem(await act("photos"), 422, "validation-failed")
+    r = await c.post(f"/api/v1/tickets/{number}/photos", data="x", headers=auth(token, **{"Content-Type": "image/png"}))
+    await problem(r, 415, "unsupported-media-type")
+    bot.rt.config.api.max_photo_bytes = 100
+    body = await problem(await act("photos", content_base64=photo_b64(2, "JPEG")), 413, "body-too-large")
+    assert body["max_bytes"] == 100
+    bot.rt.config.api.max_photo_bytes = 5_242_880
+    assert (await bot.count(TicketEvent), await bot.count(PlaygroundMessage)) == before
+    async with bot.rt.db.session() as s:
+        assert (await s.exec(select(Ticket))).one().state == "repairing"
+
+    # One photo counts; the same picture again is attached once; 完工 still lacks one.
+    body = await (await act("photos", content_base64=photo_b64(1))).json()
+    assert (body["changed"], body["counts"], body["photos_counted"]) == (True, True, 1)
+    body = await (await act("photos", content_base64=photo_b64(1))).json()
+    assert (body["changed"], body["photos_counted"]) == (False, 1)
+    assert await bot.count(Attachment) == 2
+    body = await problem(await act("resolve", note="更换密封圈"), 409, "evidence-missing")
+    assert body["photos_missing"] == 1
+    assert (await act("photos", content_base64=photo_b64(2))).status == 200
+    assert (await act("resolve", note="更换密封圈")).status == 200
+    # Evidence belongs to the work: a resolved ticket takes no more photos.
+    body = await problem(await act("photos", content_base64=photo_b64(4)), 409, "refused")
+    assert body["reason"] == "closed_ticket"
 
 
 async def test_idempotency_key_replay_gives_the_first_answer_and_writes_nothing(bot):
@@ -278,6 +356,14 @@ async def test_openapi_document_and_docs_page(bot):
     assert {"201", "400", "401", "403", "413", "415", "422", "429"} <= set(create["responses"])
     assert "application/problem+json" in create["responses"]["422"]["content"]
     assert any(p["name"] == "Idempotency-Key" and p["required"] for p in create["parameters"])
+    schemas = spec["components"]["schemas"]
+    assert "verifying" in schemas["TicketOut"]["properties"]["state"]["enum"]
+    photos = spec["paths"]["/api/v1/tickets/{number}/photos"]["post"]
+    body = photos["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert set(schemas[body]["required"]) == {"actor", "content_base64"}
+    assert {"200", "404", "409", "413", "422"} <= set(photos["responses"])
+    resolve = spec["paths"]["/api/v1/tickets/{number}/resolve"]["post"]
+    assert "evidence-missing" in json.dumps(resolve["responses"]["409"])
     r = await bot.client.get("/api/v1/docs")
     html = await r.text()
     assert r.status == 200 and "POST" in html and "/api/v1/tickets/{number}/claim" in html
@@ -295,3 +381,21 @@ async def test_unknown_paths_and_methods_are_problems_too(bot):
     assert r.headers["Allow"] == "POST"
     r = await bot.client.get("/api/v1/openapi.json")  # the document and docs need no token
     assert r.status == 200
+
+
+async def test_nul_characters_are_refused_before_the_database(bot):
+    """PostgreSQL stores no U+0000: a request carrying one is a 422, never a server error."""
+    token = await bot.token()
+    c = bot.client
+    r = await c.post("/api/v1/tickets", json=REPORT, headers=auth(token, **{"Idempotency-Key": "k-1"}))
+    number = (await r.json())["number"]
+    before = await bot.count(TicketEvent)
+    body = await problem(await c.post(f"/api/v1/tickets/{number}/transfer", json={"actor": "eng_zhang", "to": "a\x00b"},
+                                      headers=auth(token)), 422, "validation-failed")
+    assert "NUL" in body["detail"] and body["errors"][0]["loc"] == "body.to"
+    await problem(await c.post(f"/api/v1/tickets/{number}/comment", json={"actor": "eng_zhang", "text": "漏\x00水"},
+                               headers=auth(token)), 422, "validation-failed")
+    await problem(await c.get("/api/v1/tickets", params={"assignee": "x\x00"}, headers=auth(token)), 422,
+                  "validation-failed")
+    await problem(await c.get("/api/v1/tickets/SRV%00", headers=auth(token)), 404, "not-found")
+    assert await bot.count(TicketEvent) == before

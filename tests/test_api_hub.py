@@ -101,6 +101,12 @@ async def test_contradiction_freezes_refuses_notifies_and_a_lead_unfreezes(hub):
         ("freeze", "mes"), ("note", "张工"), ("unfreeze", "赵组长")]
     assert events[-1]["detail"]["decision"] == "crm" and (events[-1]["from_state"], events[-1]["to_state"]) == \
         ("claimed", "resolved")
+    # The 记录 in chat names the hub's actions readably, and which system did them through the API.
+    trail = await chat(rt, "lead_zhao", f"记录 {number}")
+    for expected in ("外部系统状态", "crm 报告“Closed”", "mes 报告“Reopened”", "冻结", "接口 mes", "解冻",
+                     "按 crm 的状态解冻"):
+        assert expected in trail, (expected, trail)
+    assert "external_status" not in trail and "freeze" not in trail
 
 
 async def test_no_freeze_outside_the_window_or_without_contradiction(hub):

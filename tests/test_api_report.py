@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from api_support import auth, demo_config, quick_token
+from api_support import auth, demo_config, photo_b64, quick_token
 from bot.app import RUNTIME, create_app
 from bot.events import Address, InboundEvent
 from conftest import IN_CI
@@ -36,7 +36,9 @@ async def resolved(tmp_path, sqlite_url, aiohttp_client):
     await api("stage", {"actor": "eng_zhang", "stage": "depart"})
     await api("stage", {"actor": "eng_zhang", "stage": "arrive"})
     await api("comment", {"actor": "eng_zhang", "text": "机械密封磨损，备件：机械密封 1 套"})
+    await api("stage", {"actor": "eng_zhang", "stage": "start_repair"})
     await chat(1, "eng_zhang", "image", ref="media-0001")  # a photo from the site, sent in chat
+    await api("photos", {"actor": "eng_zhang", "content_base64": photo_b64(1)})  # one through the API
     await api("resolve", {"actor": "eng_zhang", "note": "更换机械密封和轴承，试机 30 分钟无渗漏"})
     await chat(2, "cust_wang", "text", "评价 5")  # the customer's rating
     return client, token, number, tmp_path
@@ -49,9 +51,10 @@ async def test_report_json(resolved):
     assert r.status == 200 and report["number"] == number and report["state"] == "closed"
     assert report["engineer"] == {"id": "eng_zhang", "name": "张工"} and report["rating"] == 5
     assert report["parts"] == ["机械密封 1 套", "机械密封和轴承"]
-    assert [i["action"] for i in report["items"]] == ["report", "claim", "depart", "arrive", "note", "photo",
-                                                      "resolve", "rate"]
-    assert report["photos"] == ["media-0001"]
+    assert [i["action"] for i in report["items"]] == ["report", "claim", "depart", "arrive", "note", "start_repair",
+                                                      "photo", "photo", "resolve", "rate"]
+    # Photo ids: the platform's media id, and the API picture by its name (never a server path).
+    assert report["photos"][0] == "media-0001" and re.fullmatch(r"[0-9a-f]{32}\.png", report["photos"][1])
     assert report["response_minutes"] == 0 and report["resolution"].startswith("更换机械密封")
 
 

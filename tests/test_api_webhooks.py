@@ -82,7 +82,8 @@ async def test_signed_events_arrive_in_order_after_the_receiver_was_down(tmp_pat
     assert [s["id"] for s in listed] == [sub["id"]] and listed[0]["secret"] is None  # shown once
 
     receiver.down = True
-    r = await client.post("/api/v1/tickets", json={"text": "3号线水泵漏水停机了", "reporter_phone": "13800000001"},
+    # A software report: 完工 needs a note but no site photos, so the test stays on delivery.
+    r = await client.post("/api/v1/tickets", json={"text": "MES系统登录不了", "reporter_phone": "13800000001"},
                           headers=auth(token, **{"Idempotency-Key": "w1"}))
     number = (await r.json())["number"]
     for path, body in (("claim", {"actor": "eng_zhang"}), ("stage", {"actor": "eng_zhang", "stage": "depart"}),
@@ -186,3 +187,56 @@ async def test_subscription_ids_are_ascii_digits(tmp_path, database_url, aiohttp
     for raw in ("%C2%B9", "1.5", "-1", "9999999999", "99999999999999999999"):  # "¹" passes str.isdigit
         r = await client.get(f"/api/v1/webhooks/{raw}/deliveries", headers=auth(token))
         assert r.status == 404, raw
+
+
+async def test_verification_states_reach_the_api_and_the_webhooks(tmp_path, database_url, aiohttp_client,
+                                                                  aiohttp_server):
+    """With a completion check configured, the API's resolve leaves the ticket `verifying`
+    until the check passes; each step is published to subscribers."""
+    health = {"status": 503}
+
+    async def check(request):
+        return web.Response(status=health["status"])
+
+    target = web.Application()
+    target.router.add_get("/health/{number}", check)
+    server = await aiohttp_server(target)
+    config, _ = demo_config(tmp_path, database_url, f"""
+[[probes]]
+category = "software"
+url = "http://127.0.0.1:{server.port}/health/{{number}}"
+expect_status = 200
+retries = 0
+""", RELAYDESK_WEBHOOKS__ALLOW_PRIVATE="true")
+    app = create_app(config, workers=False)
+    client = await aiohttp_client(app)
+    rt = app[RUNTIME]
+    token = await quick_token(rt.db, "crm", "tickets:read,tickets:write,webhooks:write")
+    r = await client.post("/api/v1/webhooks", json={"url": "http://127.0.0.1:9/hooks", "event_types": [
+        "ticket.verify_submitted", "ticket.verify_failed", "ticket.resolve"]}, headers=auth(token))
+    assert r.status == 201, await r.text()
+    r = await client.post("/api/v1/tickets", json={"text": "MES系统登录不了"}, headers=auth(token, **{"Idempotency-Key": "v1"}))
+    number = (await r.json())["number"]
+    act = lambda path, **body: client.post(f"/api/v1/tickets/{number}/{path}",  # noqa: E731
+                                           json={"actor": "eng_zhang", **body}, headers=auth(token))
+    assert (await act("claim")).status == 200
+    r = await act("resolve", note="重置了账号权限")
+    body = await r.json()
+    assert r.status == 200 and body["ticket"]["state"] == "verifying" and body["ticket"]["state_name"] == "待验证"
+    listed = (await (await client.get("/api/v1/tickets?state=verifying", headers=auth(token))).json())["items"]
+    assert [t["number"] for t in listed] == [number]
+    assert await rt.escalation.run_verifications() == 1  # 503: still verifying
+    assert (await (await client.get(f"/api/v1/tickets/{number}", headers=auth(token))).json())["state"] == "verifying"
+    health["status"] = 200
+    assert (await act("resolve", note="重置了账号权限，复测正常")).status == 200
+    assert await rt.escalation.run_verifications() == 1
+    got = await (await client.get(f"/api/v1/tickets/{number}", headers=auth(token))).json()
+    assert (got["state"], got["resolution"]) == ("resolved", "重置了账号权限，复测正常")
+
+    async with rt.db.session() as s:
+        rows = (await s.exec(select(OutboxMessage).where(OutboxMessage.channel == "webhook",
+                                                         OutboxMessage.to_kind == "group")  # subscriptions
+                             .order_by(OutboxMessage.id))).all()
+    sent = [json.dumps(r.message, ensure_ascii=False) for r in rows]
+    order = ["ticket.verify_submitted", "ticket.verify_failed", "ticket.verify_submitted", "ticket.resolve"]
+    assert [[t for t in order if f'"{t}"' in m][:1] for m in sent] == [[t] for t in order], sent

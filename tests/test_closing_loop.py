@@ -118,6 +118,16 @@ async def test_completion_needs_two_photos_taken_after_start_and_a_note(h, tmp_p
     assert sum("已完工" in x for x in await h.texts_to("user", "cust_wang")) == 1
 
 
+async def test_the_same_picture_twice_counts_once(h):
+    t = await repairing(h)
+    await h.photo("eng_zhang", "media-same")
+    await h.photo("eng_zhang", "media-same", event_id="again")  # forwarded once more: not a second proof
+    assert "还差 1 张" in await last(h, "eng_zhang")
+    assert [e.action for e in await h.events(t.id)].count("photo") == 1
+    await h.say("eng_zhang", "完工 更换了机封")
+    assert "还差 1 张" in await last(h, "eng_zhang") and (await h.ticket()).state == "repairing"
+
+
 async def test_software_needs_a_note_but_no_photo(h):
     t = await repairing(h, SOFTWARE)
     assert t.category == "software"

@@ -309,6 +309,8 @@ class TicketService:
         before = ticket.state
         detail: dict = {"note": note} if note else {}
         if action == "resolve":
+            # A frozen ticket first says so: no photo or note would make 完工 possible.
+            await self._refuse_if_frozen(s, ticket)
             await self._require_evidence(s, ticket, note)
             if probe.probe_for(self.config, ticket) is not None:
                 # Resolved only once the check passes (bot/core/verify.py runs it
@@ -324,7 +326,8 @@ class TicketService:
         short = await evidence.check(self.config, s, ticket, note)
         if short.photos_have < short.photos_needed:
             raise Refused("photos_needed", number=ticket.number, need=short.photos_needed,
-                          have=short.photos_have, more=short.photos_needed - short.photos_have)
+                          have=short.photos_have, more=short.photos_needed - short.photos_have,
+                          note_missing=short.note_missing)
         if short.note_missing:
             raise Refused("note_needed", number=ticket.number)
 
@@ -352,6 +355,14 @@ class TicketService:
     async def photo(self, s: AsyncSession, actor: Actor, ticket: Ticket, media_ref: str) -> Change:
         if not is_staff(actor.person) and actor.person.id != ticket.reporter_id:
             raise Refused("not_your_ticket", number=ticket.number)
+        if ticket.state not in st.OPEN:  # chat attaches to open tickets only; so does everyone else
+            raise Refused("closed_ticket", number=ticket.number, state=t(f"state.{ticket.state}"))
+        attached = (await s.exec(select(Attachment.id).where(Attachment.ticket_id == ticket.id,
+                                                             Attachment.media_ref == media_ref).limit(1))).first()
+        if attached is not None:  # the same picture again proves nothing more
+            counts = any(p.counts for p in await evidence.photos(s, ticket) if p.media_ref == media_ref)
+            return Change(ticket, "photo", actor, ticket.state, ticket.state, changed=False,
+                          detail={"media_ref": media_ref, "counts": counts})
         now = self.clock()
         s.add(Attachment(ticket_id=ticket.id, kind="image", channel=actor.channel,
                          media_ref=media_ref, uploaded_by=actor.person.id, created_at=now))

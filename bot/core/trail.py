@@ -37,6 +37,10 @@ def _extra(e: TicketEvent) -> str:
         result = d.get("status") if d.get("status") is not None else (d.get("error") or "")
         return t("trail.extra.probe_ok" if d.get("ok") else "trail.extra.probe_failed", result=result,
                  attempts=d.get("attempts", 1), url=d.get("url", ""))
+    if e.action == "external_status":
+        return t("trail.extra.external_status", system=d.get("system", ""), state=d.get("state", ""))
+    if e.action == "unfreeze" and d.get("decision"):
+        return t("trail.extra.unfreeze", decision=d["decision"])
     if e.action == "rate":
         return "★" * int(d.get("stars") or 0) + (f" {d['comment']}" if d.get("comment") else "")
     for key in ("note", "text", "reason"):
@@ -54,11 +58,13 @@ async def staff_trail(s: AsyncSession, service: TicketService, ticket: Ticket) -
     events = await _events(s, ticket)
     lines = [t("trail.title", number=ticket.number, count=len(events))]
     for e in events[-MAX_LINES:]:
-        via = (e.detail or {}).get("via", "text")
+        d = e.detail or {}
         extra = _extra(e)
+        # Through the API: which system (the token's name) did it.
+        via = _label("via", d.get("via", "text")) + (f" {d['token']}" if d.get("token") else "")
         lines.append(t("trail.line", at=service.local(e.at, with_date=True), who=e.actor_name,
                        what=_label("action", e.action), channel=_label("channel", e.channel),
-                       via=_label("via", via), extra=f"：{extra}" if extra else ""))
+                       via=via, extra=f"：{extra}" if extra else ""))
     return "\n".join(lines)
 
 
