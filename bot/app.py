@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -17,6 +18,7 @@ from bot.core.directory import Directory
 from bot.core.handler import TicketBot
 from bot.core.notify import Notifier
 from bot.core.service import TicketService
+from bot.inbound import guard
 from bot.metrics import Metrics
 from bot.inbox import InboxWorker
 from bot.outbox import OutboxWorker
@@ -55,10 +57,15 @@ class Runtime:
         self.outbox.yield_to = self.bot.yield_to_callbacks
         for channel in self.channels:
             channel.wake_outbox = self.outbox.wake
+            channel.count = functools.partial(self.count_inbound, channel.name)
         self._tasks: list[asyncio.Task] = []
 
     def _wake_outbox(self) -> None:
         self.outbox.wake()
+
+    def count_inbound(self, platform: str, result: str) -> None:
+        """/metrics: an inbound event's fate when it did not reach the core (rejected, ignored)."""
+        self.metrics.inbound.labels(platform, result).inc()
 
     async def start(self, *, workers: bool = True) -> None:
         await self.db.init()
@@ -125,7 +132,9 @@ async def metrics(request: web.Request) -> web.Response:
 def create_app(config: Config, *, db: Database | None = None, workers: bool = True) -> web.Application:
     """The bot as an aiohttp app; `workers=False` leaves delivery to `outbox.drain()` (tests)."""
     runtime = Runtime(config, db)
-    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[_timing])
+    server = config.server
+    body_guard = guard(server.max_body_bytes, server.body_timeout.total_seconds(), runtime.count_inbound)
+    app = web.Application(client_max_size=server.max_body_bytes, middlewares=[_timing, body_guard])
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

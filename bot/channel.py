@@ -78,6 +78,9 @@ class Channel(ABC):
         # Set by the runtime: a channel that enqueues messages itself (click
         # feedback) calls it so they go out now rather than at the next poll.
         self.wake_outbox: Callable[[], None] = lambda: None
+        # Set by the runtime: counts an inbound event that did not reach the core
+        # ("ignored", "rejected") in /metrics.
+        self.count: Callable[[str], None] = lambda result: None
 
     def routes(self) -> list[web.AbstractRouteDef]:
         """The callback routes this channel serves."""

@@ -55,6 +55,9 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    # A request body must have arrived in full within this time (408 otherwise): the
+    # platforms post a few KiB from their data centres; a trickled body is an attack.
+    body_timeout: Duration = timedelta(seconds=1)
     public_url: str = "http://127.0.0.1:8080"
 
 

@@ -63,6 +63,7 @@ from bot.channels.dingtalk_api import (
     timestamp_ms,
 )
 from bot.config import DingTalkConfig
+from bot.inbound import Refusal, json_object, parse_json, text as _str
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
 from bot.outbox import enqueue
 from cards.dingtalk import action_value, card_markdown, card_params
@@ -88,17 +89,6 @@ SYNC_MAX_ATTEMPTS = 10
 HANDSHAKE_EVENTS = frozenset({"check_url", "check_create_suite_url", "check_update_suite_url"})
 USER_EVENTS = frozenset({"user_add_org", "user_modify_org", "user_leave_org", "user_active_org"})
 _OUT_TRACK_RE = re.compile(r"^rd(\d+)-[0-9a-f]+$")
-
-
-class _Refuse(Exception):
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def _refusal(e: _Refuse) -> web.Response:
-    return web.json_response({"error": e.reason}, status=e.status)
 
 
 class DingTalkChannel(Channel):
@@ -162,13 +152,11 @@ class DingTalkChannel(Channel):
     # ---- robot messages --------------------------------------------------
 
     async def on_robot(self, request: web.Request) -> web.Response:
-        body = await request.read()  # over [server] max_body_bytes: 413 from aiohttp
-        try:
-            self._check_robot_sign(request)
-            msg = _json_object(body)
-            event = self.parse_robot(msg)
-        except _Refuse as e:
-            return _refusal(e)
+        body = await request.read()
+        # The sign covers the timestamp only: checked first, then the body is parsed (depth-limited).
+        self._check_robot_sign(request)
+        msg = json_object(body)
+        event = self.parse_robot(msg)
         if event is None:
             return web.Response(status=200)  # acknowledged, nothing for the core
         self._remember_session(event.conversation, msg)
@@ -179,11 +167,9 @@ class DingTalkChannel(Channel):
         ts, sign = request.headers.get("timestamp", ""), request.headers.get("sign", "")
         ts_ms = timestamp_ms(ts)
         if ts_ms is None or not sign or not same(robot_sign(ts, self.config.app_secret), sign):
-            log.warning("dingtalk: robot message with a bad sign refused (timestamp %r)", ts[:20])
-            raise _Refuse(403, "bad signature")
+            raise Refusal(403, "bad signature", hint="check [dingtalk] app_secret")
         if not fresh(ts_ms, self._now_ms(), self.window):
-            log.warning("dingtalk: robot message with a stale timestamp refused (%s)", ts)
-            raise _Refuse(403, "stale timestamp")
+            raise Refusal(403, "stale timestamp", hint=f"timestamp {ts[:20]}; check this server's clock")
 
     def parse_robot(self, msg: dict) -> InboundEvent | None:
         """The robot message as a neutral event; None when there is nothing to hand over."""
@@ -191,9 +177,9 @@ class DingTalkChannel(Channel):
         conv_type = str(msg.get("conversationType") or "")
         conv_id = msg.get("conversationId")
         if not isinstance(msg_id, str) or not msg_id or conv_type not in ("1", "2"):
-            raise _Refuse(400, "not a DingTalk robot message (msgId, conversationType)")
+            raise Refusal(400, "not a DingTalk robot message (msgId, conversationType)")
         if conv_type == "2" and not (isinstance(conv_id, str) and conv_id):
-            raise _Refuse(400, "group message without conversationId")
+            raise Refusal(400, "group message without conversationId")
         staff = msg.get("senderStaffId")
         if not isinstance(staff, str) or not staff:
             self.api.log_once("staffid", "dingtalk: robot messages arrive without senderStaffId, so nobody can be "
@@ -221,12 +207,12 @@ class DingTalkChannel(Channel):
         if msgtype == "text":
             text = msg.get("text")
             if not isinstance(text, dict) or not isinstance(text.get("content"), str):
-                raise _Refuse(400, "text message without text.content")
+                raise Refusal(400, "text message without text.content")
             return InboundEvent(kind="text", text=text["content"].strip(), **common)
         if msgtype == "picture":
             code = _str(content.get("downloadCode")) or _str(content.get("pictureDownloadCode"))
             if not code:
-                raise _Refuse(400, "picture message without downloadCode")
+                raise Refusal(400, "picture message without downloadCode")
             return InboundEvent(kind="image", image_ref=code, **common)
         if msgtype == "richText":
             parts = content.get("richText") if isinstance(content.get("richText"), list) else []
@@ -337,29 +323,23 @@ class DingTalkChannel(Channel):
 
     async def on_card(self, request: web.Request) -> web.Response:
         body = await request.read()
-        try:
-            ts = self._check_card_signature(request)
-            data = _json_object(body)
-            if data.get("type", "actionCallback") != "actionCallback":
-                return web.json_response({})  # not a button click: nothing to do
-            user_id, out_track_id = _str(data.get("userId")), _str(data.get("outTrackId"))
-            content = data.get("content")
-            if isinstance(content, str):
-                try:
-                    content = json.loads(content)
-                except ValueError:
-                    raise _Refuse(400, "content is not JSON") from None
-            if not user_id or not out_track_id or not isinstance(content, dict):
-                raise _Refuse(400, "not a card callback (userId, outTrackId, content)")
-            private = content.get("cardPrivateData") if isinstance(content.get("cardPrivateData"), dict) else {}
-            value = action_value(private.get("params"))
-            if value is None:
-                self.api.log_once("card_params", "dingtalk: a card button sent no `value` parameter: in the card "
-                                  "template, set the button's 回传请求 parameters to {\"value\": <the button's "
-                                  "value>} (docs/channels/dingtalk.md)")
-                raise _Refuse(400, "button without a value parameter")
-        except _Refuse as e:
-            return _refusal(e)
+        ts = self._check_card_signature(request)
+        data = json_object(body)
+        if data.get("type", "actionCallback") != "actionCallback":
+            return web.json_response({})  # not a button click: nothing to do
+        user_id, out_track_id = _str(data.get("userId")), _str(data.get("outTrackId"))
+        content = data.get("content")
+        if isinstance(content, str):
+            content = parse_json(content, "content")
+        if not user_id or not out_track_id or not isinstance(content, dict):
+            raise Refusal(400, "not a card callback (userId, outTrackId, content)")
+        private = content.get("cardPrivateData") if isinstance(content.get("cardPrivateData"), dict) else {}
+        value = action_value(private.get("params"))
+        if value is None:
+            self.api.log_once("card_params", "dingtalk: a card button sent no `value` parameter: in the card "
+                              "template, set the button's 回传请求 parameters to {\"value\": <the button's "
+                              "value>} (docs/channels/dingtalk.md)")
+            raise Refusal(400, "button without a value parameter")
         conversation, track_key = await self._card_origin(out_track_id, user_id)
         digest = hashlib.sha256(f"{out_track_id}\n{user_id}\n{value}\n{ts}".encode()).hexdigest()[:32]
         event = InboundEvent(platform=self.name, event_id=f"card:{digest}", sender_id=user_id,
@@ -388,10 +368,9 @@ class DingTalkChannel(Channel):
         ts_ms = timestamp_ms(ts)
         secret = self.config.card_api_secret or ""
         if ts_ms is None or not sig or not secret or not same(card_signature(ts, secret), sig):
-            log.warning("dingtalk: card callback with a bad signature refused (timestamp %r)", ts[:20])
-            raise _Refuse(403, "bad signature")
+            raise Refusal(403, "bad signature", hint="check [dingtalk] card_api_secret")
         if not fresh(ts_ms, self._now_ms(), self.window):
-            raise _Refuse(403, "stale timestamp")
+            raise Refusal(403, "stale timestamp", hint=f"timestamp {ts[:20]}; check this server's clock")
         return ts
 
     async def _card_origin(self, out_track_id: str, user_id: str) -> tuple[Address, str | None]:
@@ -419,31 +398,25 @@ class DingTalkChannel(Channel):
         signature = q.get("msg_signature") or q.get("signature") or ""
         ts = q.get("timestamp") or q.get("timeStamp") or ""
         nonce = q.get("nonce") or ""
+        # DingTalk signs the `encrypt` field, not the body: the envelope is parsed first (depth-limited).
+        envelope = json_object(body)
+        encrypt = envelope.get("encrypt")
+        if not isinstance(encrypt, str) or not encrypt:
+            raise Refusal(400, "no encrypt field")
+        if not signature or not ts or not nonce:
+            raise Refusal(403, "missing msg_signature/timestamp/nonce")
         try:
-            envelope = _json_object(body)
-            encrypt = envelope.get("encrypt")
-            if not isinstance(encrypt, str) or not encrypt:
-                raise _Refuse(400, "no encrypt field")
-            if not signature or not ts or not nonce:
-                raise _Refuse(403, "missing msg_signature/timestamp/nonce")
-            try:
-                plain = self.events_crypto.decrypt(signature, ts, nonce, encrypt)
-            except BadSignature as e:
-                log.warning("dingtalk: event refused (%s); query %s", e, request.query_string[:200])
-                raise _Refuse(403, "bad signature") from None
-            except BadPayload as e:
-                raise _Refuse(400, f"cannot decrypt: {e}") from None
-            ts_ms = timestamp_ms(ts)
-            if ts_ms is None or not fresh(ts_ms, self._now_ms(), self.window):
-                raise _Refuse(403, "stale timestamp")
-            try:
-                event = json.loads(plain)
-            except ValueError:
-                raise _Refuse(400, "the decrypted event is not JSON") from None
-            if not isinstance(event, dict) or not isinstance(event.get("EventType"), str):
-                raise _Refuse(400, "the decrypted event has no EventType")
-        except _Refuse as e:
-            return _refusal(e)
+            plain = self.events_crypto.decrypt(signature, ts, nonce, encrypt)
+        except BadSignature:
+            raise Refusal(403, "bad signature", hint="check [dingtalk] event_token / event_aes_key") from None
+        except BadPayload as e:
+            raise Refusal(400, f"cannot decrypt: {e}") from None
+        ts_ms = timestamp_ms(ts)
+        if ts_ms is None or not fresh(ts_ms, self._now_ms(), self.window):
+            raise Refusal(403, "stale timestamp")
+        event = json_object(plain, "the decrypted event")
+        if not isinstance(event.get("EventType"), str):
+            raise Refusal(400, "the decrypted event has no EventType")
         etype = event["EventType"]
         if etype in USER_EVENTS:
             ids = event.get("UserId") or event.get("UserIds") or []
@@ -706,20 +679,6 @@ class DingTalkChannel(Channel):
 
 
 # ---- helpers ---------------------------------------------------------------
-
-
-def _json_object(body: bytes) -> dict:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise _Refuse(400, "body is not JSON") from None
-    if not isinstance(data, dict):
-        raise _Refuse(400, "body is not a JSON object")
-    return data
-
-
-def _str(value) -> str:
-    return value if isinstance(value, str) else ""
 
 
 def _with_mentions(text: str, mentions: tuple[str, ...], sep: str = " ") -> str:

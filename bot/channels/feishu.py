@@ -53,6 +53,7 @@ from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id
 from bot.channels import feishu_crypto as crypto
 from bot.channels.feishu_api import FeishuAPI, FeishuAPIError
 from bot.config import FeishuConfig
+from bot.inbound import Refusal, json_object
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
 from cards.feishu import button_token, card_content, safe_id
 from storage.db import Database
@@ -95,13 +96,6 @@ class _Bounded(OrderedDict):
         super().__setitem__(key, value)
         while len(self) > self.limit:
             self.popitem(last=False)
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _receiver(to: Address) -> tuple[str, str]:
@@ -202,13 +196,6 @@ def parse_post(content: dict, mentions: list[dict], bot_open_id: str | None) -> 
     return text, ids + tuple(more), images
 
 
-def _json_object(raw: bytes | str) -> dict:
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    return value
-
-
 class FeishuChannel(Channel):
     name = "feishu"
 
@@ -275,66 +262,48 @@ class FeishuChannel(Channel):
 
     # ---- inbound ---------------------------------------------------------
 
-    def _count(self, request: web.Request, result: str) -> None:
-        from bot.app import RUNTIME
-
-        rt = request.app.get(RUNTIME)
-        if rt is not None:
-            rt.metrics.inbound.labels(self.name, result).inc()
-
     async def handle_callback(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()  # past client_max_size aiohttp answers 413
-        try:
-            payload = self._open(request, body)
-            return await self._dispatch(request, payload)
-        except _Refusal as r:
-            self._count(request, "rejected")
-            return web.json_response({"error": r.message}, status=r.status)
+        body = await request.read()
+        payload = self._open(request, body)
+        return await self._dispatch(request, payload)
 
     def _open(self, request: web.Request, body: bytes) -> dict:
-        """Verify and decrypt a callback body; the event payload."""
-        try:
-            outer = _json_object(body)
-        except (ValueError, UnicodeDecodeError):
-            raise _Refusal(400, "the body is not a JSON object") from None
+        """Verify and decrypt a callback body; the event payload.
+
+        Feishu signs the raw body: with an Encrypt Key set, the signature is checked
+        before the body is parsed at all.
+        """
         key = self.config.encrypt_key
         ts = request.headers.get("X-Lark-Request-Timestamp", "")
         nonce = request.headers.get("X-Lark-Request-Nonce", "")
         sig = request.headers.get("X-Lark-Signature", "")
-        if key and sig:
-            if not crypto.same(crypto.signature(ts, nonce, key, body), sig):
-                if self._is_legacy_card(outer) and crypto.same(
-                        crypto.legacy_signature(ts, nonce, self.config.verification_token, body), sig):
-                    self._refuse_legacy()
-                log.warning("Feishu callback from %s: X-Lark-Signature mismatch (timestamp=%r nonce=%r); "
-                            "check [feishu] encrypt_key", request.remote, ts, nonce)
-                raise _Refusal(403, "signature mismatch")
+        if key and sig and not crypto.same(crypto.signature(ts, nonce, key, body), sig):
+            if crypto.same(crypto.legacy_signature(ts, nonce, self.config.verification_token, body), sig) \
+                    and self._is_legacy_card(json_object(body)):
+                self._refuse_legacy()
+            raise Refusal(403, "signature mismatch", hint="check [feishu] encrypt_key")
+        outer = json_object(body)
         if "encrypt" in outer:
             if not key:
                 self._warn_once("no_key", "Feishu sends encrypted callbacks but [feishu] encrypt_key is not set: "
                                 "copy the Encrypt Key from 开发者后台 → 事件与回调 → 加密策略")
-                raise _Refusal(400, "encrypted callback, but no encrypt_key is configured")
+                raise Refusal(400, "encrypted callback, but no encrypt_key is configured")
             if not isinstance(outer["encrypt"], str):
-                raise _Refusal(400, "encrypt must be a string")
+                raise Refusal(400, "encrypt must be a string")
             try:
-                payload = _json_object(crypto.decrypt(key, outer["encrypt"]))
-            except crypto.FeishuCryptoError as e:
-                log.warning("Feishu callback from %s: cannot decrypt (%s); check [feishu] encrypt_key",
-                            request.remote, e)
-                raise _Refusal(400, "cannot decrypt the body") from None
-            except (ValueError, UnicodeDecodeError):
-                raise _Refusal(400, "the decrypted body is not a JSON object") from None
+                plain = crypto.decrypt(key, outer["encrypt"])
+            except crypto.FeishuCryptoError:
+                raise Refusal(400, "cannot decrypt the body", hint="check [feishu] encrypt_key") from None
+            payload = json_object(plain, "the decrypted body")
         else:
             payload = outer
         challenge = payload.get("type") == "url_verification"
         if key and not sig and not challenge:
-            raise _Refusal(403, "X-Lark-Signature missing")
+            raise Refusal(403, "X-Lark-Signature missing")
         header = payload.get("header")
         token = header.get("token") if isinstance(header, dict) and "token" in header else payload.get("token")
         if not isinstance(token, str) or not crypto.same(token, self.config.verification_token):
-            log.warning("Feishu callback from %s: wrong verification token; check [feishu] verification_token",
-                        request.remote)
-            raise _Refusal(403, "wrong verification token")
+            raise Refusal(403, "wrong verification token", hint="check [feishu] verification_token")
         return payload
 
     @staticmethod
@@ -343,24 +312,24 @@ class FeishuChannel(Channel):
 
     def _refuse_legacy(self) -> None:
         self._warn_once("legacy", "Feishu: %s", LEGACY_CARD_HINT)
-        raise _Refusal(400, LEGACY_CARD_HINT)
+        raise Refusal(400, LEGACY_CARD_HINT)
 
     async def _dispatch(self, request: web.Request, payload: dict) -> web.StreamResponse:
         if payload.get("type") == "url_verification":
             challenge = payload.get("challenge")
             if not isinstance(challenge, str):
-                raise _Refusal(400, "challenge missing")
+                raise Refusal(400, "challenge missing")
             return web.json_response({"challenge": challenge})
         if self._is_legacy_card(payload):
             self._refuse_legacy()
         header, event = payload.get("header"), payload.get("event")
         if payload.get("schema") != "2.0" or not isinstance(header, dict) or not isinstance(event, dict):
             # Schema 1.0 events: RelayDesk subscribes to none.
-            self._count(request, "ignored")
+            self.count("ignored")
             return web.json_response({})
         event_type = header.get("event_type")
         if event_type not in (MESSAGE_EVENT, CARD_EVENT):
-            self._count(request, "ignored")
+            self.count("ignored")
             return web.json_response({})
         try:
             if event_type == MESSAGE_EVENT:
@@ -368,14 +337,13 @@ class FeishuChannel(Channel):
             else:
                 click = self._card_event(header, event)
         except (KeyError, TypeError, AttributeError, ValueError) as e:
-            log.warning("Feishu %s event not understood: %s: %s", event_type, type(e).__name__, e)
-            raise _Refusal(400, f"malformed {event_type} event") from None
+            raise Refusal(400, f"malformed {event_type} event", hint=f"{type(e).__name__}: {e}") from None
         if event_type == CARD_EVENT:
             return await self._answer_click(request, click)
         for e in events:
             await self.sink(e)
         if not events:
-            self._count(request, "ignored")
+            self.count("ignored")
         return web.json_response({})
 
     async def _message_events(self, event: dict) -> list[InboundEvent]:
@@ -407,7 +375,7 @@ class FeishuChannel(Channel):
                 self._threads[(chat_id, open_id)] = (message_id, time.monotonic())
         kind = msg.get("message_type")
         raw = msg.get("content") or "{}"
-        content = _json_object(raw) if isinstance(raw, str) else raw
+        content = json_object(raw, "the message content") if isinstance(raw, str) else raw
         common = dict(platform=self.name, sender_id=open_id, conversation=conversation,
                       context={"message_id": message_id, "chat_id": chat_id})
         if kind == "text":

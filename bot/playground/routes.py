@@ -30,6 +30,7 @@ from bot.channels.playground import (
     parse_conversation,
 )
 from bot.events import InboundEvent
+from bot.inbound import Refusal, json_object
 from bot.texts import t
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,6 @@ _PAGE_HEADERS = {
 }
 
 
-class Refusal(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=_NO_STORE)
 
@@ -67,18 +61,10 @@ def _error(status: int, message: str) -> web.Response:
 async def _read_json(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise Refusal(413, f"request body larger than {MAX_BODY // 1024} KiB")
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise Refusal(413, f"request body larger than {MAX_BODY // 1024} KiB")
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise Refusal(400, "the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise Refusal(400, "the request body must be a JSON object")
-    return data
+    body = await request.read()  # already read, within [server] limits, by the app's guard
+    if len(body) > MAX_BODY:
+        raise Refusal(413, f"request body larger than {MAX_BODY // 1024} KiB")
+    return json_object(body, "the request body")
 
 
 def _field(data: dict[str, Any], name: str) -> str:
@@ -182,13 +168,13 @@ def playground_routes(channel: PlaygroundChannel) -> list[web.RouteDef]:
         raw_after = request.query.get("after", "0")
         raw_wait = request.query.get("wait", "0")
         if not re.fullmatch(r"\d{1,18}", raw_after):
-            return _error(400, "'after' must be a message id (a whole number >= 0)")
+            raise Refusal(400, "'after' must be a message id (a whole number >= 0)")
         try:
             wait = float(raw_wait)
         except ValueError:
-            return _error(400, f"'wait' must be a number of seconds between 0 and {MAX_WAIT:g}")
+            raise Refusal(400, f"'wait' must be a number of seconds between 0 and {MAX_WAIT:g}")
         if not math.isfinite(wait) or not 0 <= wait <= MAX_WAIT:
-            return _error(400, f"'wait' must be a number of seconds between 0 and {MAX_WAIT:g}")
+            raise Refusal(400, f"'wait' must be a number of seconds between 0 and {MAX_WAIT:g}")
         after = int(raw_after)
         rows, last = await channel.wait_for_messages(after, wait, PAGE_SIZE, stop=lambda: _closing(request))
         return web.json_response(
@@ -197,17 +183,14 @@ def playground_routes(channel: PlaygroundChannel) -> list[web.RouteDef]:
         )
 
     async def send(request: web.Request) -> web.Response:
-        try:
-            data = await _read_json(request)
-            person, conversation = speaker_and_conversation(data)
-            text = data.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise Refusal(400, "empty message: type some text")
-            text = text.strip()
-            if len(text) > MAX_TEXT:
-                raise Refusal(400, f"message longer than {MAX_TEXT} characters")
-        except Refusal as r:
-            return _error(r.status, r.message)
+        data = await _read_json(request)
+        person, conversation = speaker_and_conversation(data)
+        text = data.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise Refusal(400, "empty message: type some text")
+        text = text.strip()
+        if len(text) > MAX_TEXT:
+            raise Refusal(400, f"message longer than {MAX_TEXT} characters")
         client_id = data["client_id"]
         # The person's own bubble first, so it shows before the bot's answer.
         await channel.record_user_text(conversation, person, text, client_id)
@@ -232,14 +215,11 @@ def playground_routes(channel: PlaygroundChannel) -> list[web.RouteDef]:
         return web.json_response({"ok": True, "duplicate": result.duplicate}, headers=_NO_STORE)
 
     async def click(request: web.Request) -> web.Response:
-        try:
-            data = await _read_json(request)
-            person, conversation = speaker_and_conversation(data)
-            token = _field(data, "token")
-            if len(token) > 512:
-                raise Refusal(400, "'token' is too long")
-        except Refusal as r:
-            return _error(r.status, r.message)
+        data = await _read_json(request)
+        person, conversation = speaker_and_conversation(data)
+        token = _field(data, "token")
+        if len(token) > 512:
+            raise Refusal(400, "'token' is too long")
         address = parse_conversation(conversation)
         assert address is not None
         event = InboundEvent(
