@@ -11,8 +11,10 @@ import time
 from aiohttp import web
 from sqlalchemy import text
 
-from bot.channel import ChannelRegistry
-from bot.channels import build_channels
+from bot.channel import ChannelRegistry, build_channels
+# The channels, in the order people are reached by them; each registers itself.
+from bot.channels import wecom, feishu, dingtalk, playground  # noqa: F401,I001
+from escalation import phone  # noqa: F401
 from bot.config import Config
 from bot.core.directory import Directory
 from bot.core.handler import TicketBot
@@ -23,6 +25,8 @@ from bot.metrics import Metrics
 from bot.inbox import InboxWorker
 from bot.outbox import OutboxWorker
 from escalation.engine import EscalationEngine
+from escalation.jobs import Jobs
+from escalation.voice import VoiceWebhook
 from nlp import Classifier, SopLibrary
 from storage.db import Database
 
@@ -45,7 +49,7 @@ class Runtime:
         self.service = TicketService(config, self.directory, classifier)
         self.notifier = Notifier(config, self.directory, self.service, sops)
         self.escalation = EscalationEngine(config, self.db, self.directory, self.service, self.notifier,
-                                           self.metrics, on_commit=self._wake_outbox)
+                                           self.metrics, on_commit=self._wake_outbox, jobs=Jobs)
         self.bot = TicketBot(config, self.db, self.directory, self.service, self.notifier, self.metrics,
                              on_commit=self._wake_outbox, escalation=self.escalation)
         for channel in build_channels(config, self.bot, self.db):
@@ -119,7 +123,11 @@ async def healthz(request: web.Request) -> web.Response:
             await s.exec(text("SELECT 1"))
     except Exception as e:  # the database is what a health check is for
         return web.json_response({"status": "error", "database": str(e)}, status=503)
-    return web.json_response({"status": "ok", "channels": rt.channels.names()})
+    body: dict = {"status": "ok", "channels": rt.channels.names()}
+    states = {ch.name: h for ch in rt.channels if (h := ch.health()) is not None}
+    if states:
+        body["channel_state"] = states  # e.g. a stream connection: up, connecting, down
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -140,7 +148,8 @@ def create_app(config: Config, *, db: Database | None = None, workers: bool = Tr
     app.router.add_get("/metrics", metrics)
     for channel in runtime.channels:
         app.router.add_routes(channel.routes())
-    app.router.add_routes(runtime.escalation.routes())
+    if config.twilio is not None:
+        app.router.add_routes(VoiceWebhook(runtime.escalation).routes())
 
     async def on_startup(_app: web.Application) -> None:
         await runtime.start(workers=workers)

@@ -20,7 +20,7 @@ import aiohttp
 from sqlalchemy import case, func, update
 from sqlmodel import select
 
-from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id
+from bot.channel import Channel, DeliveryError, EventSink, Wiring, current_outbox_id, register
 from bot.events import Address, Call, Outbound, Sms
 from bot.texts import t
 from escalation.config import TwilioConfig
@@ -147,10 +147,15 @@ def voice_twiml(config: TwilioConfig, text: str, action_url: str) -> str:
     return str(r)
 
 
+@register("twilio", TwilioConfig)
 class TwilioChannel(Channel):
     """Delivers Call and Sms messages; people's addresses are their person ids."""
 
     name = "twilio"
+
+    @classmethod
+    def build(cls, section: TwilioConfig, wiring: Wiring) -> TwilioChannel:
+        return cls(section, wiring.sink, wiring.db, wiring.config.server.public_url)
 
     def __init__(self, config: TwilioConfig, sink: EventSink, db: Database, public_url: str,
                  provider: PhoneProvider | None = None):

@@ -17,7 +17,6 @@ left alone. Twilio's retries are de-duplicated per call and event.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -28,12 +27,11 @@ from bot.core import states as st
 from bot.core.service import Actor, Change, Refused
 from bot.texts import t
 from escalation import timers as tm
+from escalation.engine import EscalationEngine
 from escalation.phone import VOICE_PATH, voice_twiml
 from storage.models import Person, PhoneCall, ProcessedEvent, TicketEvent
 from storage.queries import insert_ignore
 
-if TYPE_CHECKING:  # pragma: no cover
-    from escalation.engine import EscalationEngine
 
 log = logging.getLogger(__name__)
 

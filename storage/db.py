@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import models
+# Importing storage.models registers every table on SQLModel.metadata (create_all needs them).
 from storage.models import SCHEMA_VERSION, SchemaMeta
 
 
@@ -157,4 +157,4 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-__all__ = ["Database", "SchemaVersionError", "models"]
+__all__ = ["Database", "SchemaVersionError"]

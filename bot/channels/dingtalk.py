@@ -43,13 +43,14 @@ import re
 import secrets
 import time
 import uuid
+from urllib.parse import quote_plus
 from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
-from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id
+from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id, register
 from bot.channels.dingtalk_api import (
     BadPayload,
     BadSignature,
@@ -62,6 +63,7 @@ from bot.channels.dingtalk_api import (
     same,
     timestamp_ms,
 )
+from bot.channels.stream import EndpointError, StreamLink
 from bot.config import DingTalkConfig
 from bot.inbound import Refusal, json_object, parse_json, text as _str
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
@@ -86,11 +88,16 @@ SESSION_FLUSH_SECONDS = 0.5
 # Address-book events: wait this long for a burst to finish before fetching details.
 SYNC_DELAY_SECONDS = 1.0
 SYNC_MAX_ATTEMPTS = 10
+# Stream mode: the topics subscribed on the outbound connection.
+STREAM_ROBOT = "/v1.0/im/bot/messages/get"
+STREAM_CARD = "/v1.0/card/instances/callback"
+STREAM_TOPICS = (STREAM_ROBOT, STREAM_CARD)
 HANDSHAKE_EVENTS = frozenset({"check_url", "check_create_suite_url", "check_update_suite_url"})
 USER_EVENTS = frozenset({"user_add_org", "user_modify_org", "user_leave_org", "user_active_org"})
 _OUT_TRACK_RE = re.compile(r"^rd(\d+)-[0-9a-f]+$")
 
 
+@register("dingtalk", DingTalkConfig)
 class DingTalkChannel(Channel):
     name = "dingtalk"
 
@@ -116,13 +123,17 @@ class DingTalkChannel(Channel):
         self._tasks: list[asyncio.Task] = []
         self._groups_seen: set[str] = set()
         self._name_cache: dict[str, tuple[str, float]] = {}
+        self.stream = (StreamLink("dingtalk", self._stream_endpoint, self._on_stream_frame)
+                       if config.mode == "stream" else None)
 
     # ---- lifecycle -------------------------------------------------------
 
     def routes(self) -> list[web.AbstractRouteDef]:
-        routes = [web.post("/callbacks/dingtalk", self.on_robot)]
-        if self.interactive:
-            routes.append(web.post("/callbacks/dingtalk/card", self.on_card))
+        routes = []
+        if self.stream is None:  # stream mode: messages and clicks come over the outbound connection
+            routes.append(web.post("/callbacks/dingtalk", self.on_robot))
+            if self.interactive:
+                routes.append(web.post("/callbacks/dingtalk/card", self.on_card))
         if self.events_crypto is not None:
             routes.append(web.post("/callbacks/dingtalk/events", self.on_event))
         return routes
@@ -134,8 +145,15 @@ class DingTalkChannel(Channel):
         if self.events_crypto is not None:
             self._sync_wake = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._sync_loop(), name="dingtalk-directory"))
+        if self.stream is not None:
+            self.stream.start()
+
+    def health(self) -> dict | None:
+        return None if self.stream is None else {"stream": self.stream.health()}
 
     async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -155,13 +173,16 @@ class DingTalkChannel(Channel):
         body = await request.read()
         # The sign covers the timestamp only: checked first, then the body is parsed (depth-limited).
         self._check_robot_sign(request)
-        msg = json_object(body)
+        await self.robot_message(json_object(body))
+        return web.Response(status=200)
+
+    async def robot_message(self, msg: dict) -> None:
+        """A robot message (HTTP body or stream frame data) into the inbox; returns once recorded."""
         event = self.parse_robot(msg)
         if event is None:
-            return web.Response(status=200)  # acknowledged, nothing for the core
+            return  # acknowledged, nothing for the core
         self._remember_session(event.conversation, msg)
         await self.sink(event)
-        return web.Response(status=200)
 
     def _check_robot_sign(self, request: web.Request) -> None:
         ts, sign = request.headers.get("timestamp", ""), request.headers.get("sign", "")
@@ -324,9 +345,13 @@ class DingTalkChannel(Channel):
     async def on_card(self, request: web.Request) -> web.Response:
         body = await request.read()
         ts = self._check_card_signature(request)
-        data = json_object(body)
+        return web.json_response(await self.card_click(json_object(body), ts))
+
+    async def card_click(self, data: dict, click_id: str) -> dict:
+        """A card callback (HTTP body or stream frame data) through the sink; the answer
+        that updates the card. `click_id` tells a new click from a redelivered one."""
         if data.get("type", "actionCallback") != "actionCallback":
-            return web.json_response({})  # not a button click: nothing to do
+            return {}  # not a button click: nothing to do
         user_id, out_track_id = _str(data.get("userId")), _str(data.get("outTrackId"))
         content = data.get("content")
         if isinstance(content, str):
@@ -341,13 +366,13 @@ class DingTalkChannel(Channel):
                               "value>} (docs/channels/dingtalk.md)")
             raise Refusal(400, "button without a value parameter")
         conversation, track_key = await self._card_origin(out_track_id, user_id)
-        digest = hashlib.sha256(f"{out_track_id}\n{user_id}\n{value}\n{ts}".encode()).hexdigest()[:32]
+        digest = hashlib.sha256(f"{out_track_id}\n{user_id}\n{value}\n{click_id}".encode()).hexdigest()[:32]
         event = InboundEvent(platform=self.name, event_id=f"card:{digest}", sender_id=user_id,
                              conversation=conversation, kind="action", action_token=value,
                              context={"outTrackId": out_track_id})
         result = await self.sink(event)
         if result.duplicate:
-            return web.json_response({})
+            return {}
         if result.toast and self.config.click_feedback == "message":
             await self._tell_clicker(user_id, result.toast)
         answer: dict = {}
@@ -360,7 +385,7 @@ class DingTalkChannel(Channel):
             options["updatePrivateDataByKey"] = True
         if options:
             answer["cardUpdateOptions"] = options
-        return web.json_response(answer)
+        return answer
 
     def _check_card_signature(self, request: web.Request) -> str:
         ts = request.headers.get("x-ddpaas-signature-timestamp", "")
@@ -552,6 +577,53 @@ class DingTalkChannel(Channel):
             s.add(person)
         await insert_ignore(s, Identity, platform=self.name, external_id=uid, person_id=pid)
 
+    # ---- stream mode ---------------------------------------------------------
+
+    async def _stream_endpoint(self, session) -> str:
+        """POST /v1.0/gateway/connections/open: the WebSocket endpoint and its one-time ticket."""
+        body = {"clientId": self.config.app_key, "clientSecret": self.config.app_secret, "ua": "relaydesk",
+                "localIp": "", "subscriptions": [{"type": "CALLBACK", "topic": t} for t in STREAM_TOPICS]}
+        async with session.post(f"{self.config.api_base}/v1.0/gateway/connections/open", json=body) as r:
+            text = await r.text()
+            if r.status != 200:
+                raise EndpointError(f"gateway/connections/open answered {r.status}: {text[:200]}")
+        doc = json_object(text, "the gateway's answer")
+        endpoint, ticket = _str(doc.get("endpoint")), _str(doc.get("ticket"))
+        if not endpoint or not ticket:
+            raise EndpointError("gateway/connections/open gave no endpoint or ticket")
+        return f"{endpoint}?ticket={quote_plus(ticket)}"
+
+    async def _on_stream_frame(self, raw, answer) -> None:
+        """One frame: SYSTEM (ping, disconnect) answered at once; a robot message answered once it
+        is in the inbox; a card click answered with the card's update."""
+        try:
+            frame = json_object(raw, "the frame")
+        except Refusal as r:
+            log.warning("dingtalk stream: %s; frame ignored", r.reason)
+            return
+        headers = frame.get("headers") if isinstance(frame.get("headers"), dict) else {}
+        message_id, topic = _str(headers.get("messageId")), _str(headers.get("topic"))
+        kind, data = frame.get("type"), _str(frame.get("data"))
+        try:
+            if kind == "SYSTEM":
+                if topic == "disconnect":
+                    log.info("dingtalk stream: the gateway asks to reconnect")
+                await answer(_ack(message_id, data=data))
+            elif kind != "CALLBACK":
+                await answer(_ack(message_id, data=data))  # events: RelayDesk subscribes to none
+            elif topic == STREAM_ROBOT:
+                await self.robot_message(json_object(data, "the frame's data"))
+                await answer(_ack(message_id, data=json.dumps({"response": None})))
+            elif topic == STREAM_CARD:
+                response = await self.card_click(json_object(data, "the frame's data"), f"stream:{message_id}")
+                await answer(_ack(message_id, data=json.dumps({"response": response}, ensure_ascii=False)))
+            else:
+                await answer(_ack(message_id, code=404, message=f"topic {topic} not subscribed"))
+        except Refusal as r:
+            # A frame that can never succeed: said so, so that the gateway does not redeliver it forever.
+            log.warning("dingtalk stream: frame %s refused: %s", message_id, r.reason)
+            await answer(_ack(message_id, code=400, message=r.reason))
+
     # ---- sending -----------------------------------------------------------
 
     async def send(self, to: Address, message: Outbound, ref: dict | None) -> dict | None:
@@ -634,11 +706,12 @@ class DingTalkChannel(Channel):
         body: dict = {
             "cardTemplateId": self.config.card_template_id,
             "outTrackId": out_track_id,
-            "callbackType": "HTTP",
-            "callbackRouteKey": self.config.card_callback_route_key,
+            "callbackType": "STREAM" if self.stream is not None else "HTTP",
             "cardData": {"cardParamMap": params},
             "userIdType": 1,
         }
+        if self.stream is None:
+            body["callbackRouteKey"] = self.config.card_callback_route_key
         if to.kind == "group":
             body["openSpaceId"] = f"dtv1.card//IM_GROUP.{to.id}"
             body["imGroupOpenSpaceModel"] = space
@@ -679,6 +752,12 @@ class DingTalkChannel(Channel):
 
 
 # ---- helpers ---------------------------------------------------------------
+
+
+def _ack(message_id: str, *, code: int = 200, message: str = "OK", data: str = "") -> str:
+    """The answer frame the DingTalk gateway expects for a pushed frame."""
+    return json.dumps({"code": code, "headers": {"contentType": "application/json", "messageId": message_id},
+                       "message": message, "data": data}, ensure_ascii=False)
 
 
 def _with_mentions(text: str, mentions: tuple[str, ...], sep: str = " ") -> str:

@@ -46,7 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy import delete, update
 from sqlmodel import select
 
-from bot.channel import Channel, DeliveryError, EventSink, HandleResult, current_outbox_id
+from bot.channel import Channel, DeliveryError, EventSink, HandleResult, current_outbox_id, register
 from bot.channels.wecom_api import WeComAPI, WeComAPIError
 from bot.channels.wecom_crypto import DecryptError, MalformedRequest, SignatureError, WeComCrypto, parse_xml
 from bot.inbound import Refusal, text as _text
@@ -77,6 +77,7 @@ _IMAGE_EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "i
               "image/bmp": ".bmp"}
 
 
+@register("wecom", WeComConfig)
 class WeComChannel(Channel):
     name = PLATFORM
 

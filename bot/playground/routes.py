@@ -8,12 +8,11 @@
     POST /playground/api/send          a person types a message
     POST /playground/api/click         a person clicks a card button
 
-Messages the bot sends reach the page through PlaygroundChannel.send (called by
+Messages the bot sends reach the page through Page.send (called by
 the outbox worker); what people type goes to the core through the channel's sink.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -22,13 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.channels.playground import (
-    MEDIA_PREFIX,
-    Pane,
-    PlaygroundChannel,
-    message_json,
-    parse_conversation,
-)
+from bot.playground.model import MEDIA_PREFIX, Page, Pane, message_json, parse_conversation
 from bot.events import InboundEvent
 from bot.inbound import Refusal, json_object
 from bot.texts import t
@@ -85,7 +78,7 @@ def _closing(request: web.Request) -> bool:
     return bool(getattr(proto, "_close", False) or getattr(proto, "_force_close", False))
 
 
-def pane_title(channel: PlaygroundChannel, pane: Pane, speaker: str | None = None) -> str:
+def pane_title(channel: Page, pane: Pane, speaker: str | None = None) -> str:
     if pane.kind == "group":
         if pane.team_name:
             return t("playground.group_title", team=pane.team_name)
@@ -98,7 +91,7 @@ def role_label(role: str) -> str:
     return t(f"playground.roles.{role}")
 
 
-def playground_routes(channel: PlaygroundChannel) -> list[web.RouteDef]:
+def playground_routes(channel: Page) -> list[web.RouteDef]:
     """The playground's routes, bound to its channel."""
 
     def speaker_and_conversation(data: dict[str, Any]) -> tuple[str, str]:
