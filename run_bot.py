@@ -53,9 +53,8 @@ def _load(args):
 def serve(args) -> int:
     config = _load(args)  # before the heavy imports: a bad config starts nothing
 
-    from aiohttp import web
-
     from bot.app import create_app
+    from bot.server import serve_forever
     from storage.db import SchemaVersionError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -66,8 +65,7 @@ def serve(args) -> int:
           + (f"  playground: http://{config.server.host}:{config.server.port}/playground"
              if config.playground.enabled else ""), flush=True)
     try:
-        web.run_app(app, host=config.server.host, port=config.server.port, print=None,
-                    access_log=None, handle_signals=True)
+        serve_forever(app, config.server.host, config.server.port)
     except SchemaVersionError as e:
         print(f"relaydesk: {e}", file=sys.stderr)
         return EXIT_CONFIG

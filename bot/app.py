@@ -1,8 +1,6 @@
 """The aiohttp application: health, metrics, channel callbacks, the outbox worker."""
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import gc
 import logging
@@ -24,6 +22,7 @@ from bot.inbound import guard
 from bot.metrics import Metrics
 from bot.inbox import InboxWorker
 from bot.outbox import OutboxWorker
+from bot.tasks import BackgroundTasks
 from escalation.engine import EscalationEngine
 from escalation.jobs import Jobs
 from escalation.voice import VoiceWebhook
@@ -31,6 +30,12 @@ from nlp import Classifier, SopLibrary
 from storage.db import Database
 
 log = logging.getLogger(__name__)
+
+
+# How long the workers get to finish the event or delivery pass they are in
+# before they are cancelled at shutdown (a delivery pass is bounded by the
+# platforms' HTTP timeouts).
+WORKER_GRACE_S = 4.0
 
 
 class Runtime:
@@ -62,7 +67,7 @@ class Runtime:
         for channel in self.channels:
             channel.wake_outbox = self.outbox.wake
             channel.count = functools.partial(self.count_inbound, channel.name)
-        self._tasks: list[asyncio.Task] = []
+        self.tasks = BackgroundTasks("runtime")
 
     def _wake_outbox(self) -> None:
         self.outbox.wake()
@@ -85,18 +90,22 @@ class Runtime:
         # inbox worker; without (tests), the sink applies them before answering.
         self.bot.defer_inbound = workers
         if workers:
-            self._tasks.append(asyncio.create_task(self.inbox.run(), name="inbox"))
-            self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+            self.tasks.spawn(self.inbox.run(), "inbox")
+            self.tasks.spawn(self.outbox.run(), "outbox")
             await self.escalation.start()
 
     async def stop(self) -> None:
+        """Stop the workers and channels and close the database, each within a bound.
+
+        An event or message being worked on when its worker is cancelled stays in
+        its table: its transaction rolls back (or its lease runs out) and it is
+        taken again after a restart. Calling stop twice is harmless.
+        """
         await self.escalation.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        self.inbox.stop_soon()
+        self.outbox.stop_soon()
+        if not await self.tasks.wait(timeout=WORKER_GRACE_S):
+            await self.tasks.stop(timeout=2.0)
         for channel in self.channels:
             await channel.close()
         await self.db.dispose()

@@ -17,6 +17,7 @@ from sqlmodel import select
 
 from bot.events import event_from_dict
 from bot.metrics import Metrics
+from bot.tasks import wait_event
 from storage.db import Database
 from storage.models import InboxEvent
 from storage.types import utcnow
@@ -33,12 +34,21 @@ class InboxWorker:
         self.metrics = metrics
         self.poll_interval = poll_interval
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
 
+    def stop_soon(self) -> None:
+        """Ask `run` to return after the event it is applying (shutdown): cancelling
+        it inside a transaction would leave the database driver's connection to be
+        torn down by a cancelled task."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
-        while True:
+        self._stopping = False
+        while not self._stopping:
             try:
                 busy = await self.process_next()
             except asyncio.CancelledError:
@@ -46,13 +56,10 @@ class InboxWorker:
             except Exception:
                 log.exception("inbox: processing failed")
                 busy = False
-            if busy:
+            if busy or self._stopping:
                 continue
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wake, self.poll_interval)
 
     async def drain(self) -> int:
         """Apply everything due now; returns how many events were taken."""

@@ -23,6 +23,7 @@ from bot.channel import ChannelRegistry, DeliveryError, current_outbox_id
 from bot.config import OutboxConfig
 from bot.events import Address, CardMessage, Outbound, message_from_dict, message_to_dict
 from bot.metrics import Metrics
+from bot.tasks import wait_event
 from storage.db import Database
 from storage.models import CardRef, OutboxMessage
 from storage.types import utcnow
@@ -51,6 +52,7 @@ class OutboxWorker:
         self.config = config
         self.metrics = metrics
         self._wake = asyncio.Event()
+        self._stopping = False
         self._sent_at: dict[tuple[str, str, str], deque[float]] = defaultdict(deque)
         self._gauges_at = 0.0
         # Awaited before each sweep: lets callbacks being answered go first.
@@ -59,9 +61,16 @@ class OutboxWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    def stop_soon(self) -> None:
+        """Ask `run` to return after the current delivery pass (shutdown); rows it
+        had not reached stay due for the next start."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Deliver until cancelled; wakes on `wake()` or every poll interval."""
-        while True:
+        """Deliver until `stop_soon()` or cancelled; wakes on `wake()` or every poll interval."""
+        self._stopping = False
+        while not self._stopping:
             try:
                 busy = await self.deliver_due()
             except asyncio.CancelledError:
@@ -69,13 +78,10 @@ class OutboxWorker:
             except Exception:
                 log.exception("outbox sweep failed")
                 busy = 0
-            if busy:
+            if busy or self._stopping:
                 continue
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval.total_seconds())
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wake, self.config.poll_interval.total_seconds())
 
     async def drain(self, max_rounds: int = 50) -> None:
         """Deliver everything that is due now (tests, CLI)."""

@@ -8,7 +8,6 @@ lock, and everywhere only when its `periodic_job` row says the period is due.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import zlib
 from datetime import datetime, timedelta, timezone
@@ -17,6 +16,7 @@ from typing import Awaitable, Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 
+from bot.tasks import BackgroundTasks
 from escalation.auditor import audit
 from escalation.engine import EscalationEngine
 from storage.models import PeriodicJob
@@ -31,11 +31,19 @@ def advisory_key(name: str) -> int:
 
 
 class Jobs:
+    """The scheduler's jobs only start work; the work runs in tasks of our own.
+
+    An APScheduler job returns as soon as it has spawned its work, so shutting the
+    scheduler down never cancels a transaction half done, and `stop()` has one
+    bounded wait for whatever is still running.
+    """
+
+    STOP_TIMEOUT = 5.0  # seconds a sweep in progress gets to finish its batch
+
     def __init__(self, engine: "EscalationEngine"):
         self.engine = engine
         self.scheduler = AsyncIOScheduler(timezone=timezone.utc)
-        self._running: set[asyncio.Task] = set()
-        self._busy: set[str] = set()
+        self.tasks = BackgroundTasks("escalation")
 
     def start(self) -> None:
         ec = self.engine.ec
@@ -43,7 +51,7 @@ class Jobs:
         if ec.enabled:
             # First run at once: steps that fell due while the bot was down fire now.
             self.scheduler.add_job(self._sweep, "interval", seconds=ec.sweep_interval.total_seconds(),
-                                   id="escalation-sweep", next_run_time=now, max_instances=2,
+                                   id="escalation-sweep", next_run_time=now, max_instances=1,
                                    coalesce=True, misfire_grace_time=None)
         self.add_periodic("auditor", ec.auditor.interval, lambda: audit(self.engine),
                           first=now + timedelta(seconds=5))
@@ -54,49 +62,40 @@ class Jobs:
         """Run `fn` every `interval`, in one process of all those sharing the database."""
         self.scheduler.add_job(self._periodic, "interval", args=[name, interval, fn],
                                seconds=interval.total_seconds(), id=f"periodic-{name}",
-                               next_run_time=first or datetime.now(timezone.utc), max_instances=2,
+                               next_run_time=first or datetime.now(timezone.utc), max_instances=1,
                                coalesce=True, misfire_grace_time=None)
 
     async def stop(self) -> None:
-        """Stop scheduling; let a sweep or job in progress finish its transaction."""
+        """Stop scheduling; a sweep or job in progress gets a moment to finish its
+        transaction, then is cancelled (its rows stay due and fire after a restart)."""
         self.engine.stopping = True
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)  # cancels the job wrappers, not the shielded work
-        if self._running:
-            done, pending = await asyncio.wait(list(self._running), timeout=10)
-            for task in pending:
-                task.cancel()
-        self.engine.stopping = False
+        try:
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=False)
+            if not await self.tasks.wait(self.STOP_TIMEOUT):
+                await self.tasks.stop(self.STOP_TIMEOUT)
+        finally:
+            self.engine.stopping = False
 
-    async def _shielded(self, name: str, work: Callable[[], Awaitable[object]]) -> None:
-        """Run `work` once at a time per name, in a task of its own: shutting the
-        scheduler down cancels the job, never a transaction half done."""
-        if name in self._busy:
-            return  # the previous run is still working (a sweep through a backlog)
-        self._busy.add(name)
+    def _spawn(self, name: str, work: Callable[[], Awaitable[object]]) -> None:
+        """Run `work` once at a time per name (a sweep through a backlog may outlast
+        its interval; the next tick then finds it still running and skips)."""
+        if self.tasks.running(name):
+            return
 
         async def run() -> None:
             try:
                 await work()
             except Exception:
                 log.exception("%s failed", name)
-            finally:
-                self._busy.discard(name)
 
-        task = asyncio.create_task(run(), name=f"relaydesk-{name}")
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            pass  # the scheduler is shutting down; stop() waits for the task itself
+        self.tasks.spawn(run(), name)
 
     async def _sweep(self) -> None:
-        await self._shielded("escalation sweep", self.engine.sweep)
+        self._spawn("sweep", self.engine.sweep)
 
     async def _periodic(self, name: str, interval: timedelta, fn: Callable[[], Awaitable[None]]) -> None:
-        await self._shielded(f"periodic job {name}",
-                             lambda: run_once_per_period(self.engine, name, interval, fn))
+        self._spawn(f"periodic job {name}", lambda: run_once_per_period(self.engine, name, interval, fn))
 
 
 async def run_once_per_period(engine: "EscalationEngine", name: str, interval: timedelta,

@@ -24,6 +24,7 @@ Priority
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -32,7 +33,7 @@ from typing import Any
 
 from .entities import EntityExtractor
 from .lexicon import Hit, Layer, Lexicon
-from .normalize import Normalizer
+from .normalize import Normalizer, has_traditional
 from .taxonomy import Category, Taxonomy, load_taxonomy
 
 __all__ = ["Classifier", "Classification"]
@@ -79,6 +80,9 @@ class Classification:
     location: str | None = None
     error_code: str | None = None
     phone: str | None = None
+    # a fault, safety, request or place signal: the text is a report however short (电梯困人了),
+    # not chat (在吗, 好的谢谢)
+    signal: bool = False
 
     def as_dict(self, explain: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -112,6 +116,8 @@ class Classifier:
         self._precedence = taxonomy.settings.precedence
         self._safety_categories = frozenset(c.id for c in taxonomy.categories.values() if c.safety)
         self._requests = frozenset(c.id for c in taxonomy.categories.values() if c.kind == "request")
+        self._absorbing = {c.id: frozenset(c.absorbs) for c in taxonomy.categories.values() if c.absorbs}
+        self._absorb_window = 3 * taxonomy.settings.hint_gap
         fallback = taxonomy.fallback
         self._empty = Classification(category=fallback.id, category_name=fallback.name,
                                      priority=fallback.priority, score=0.0)
@@ -149,6 +155,11 @@ class Classifier:
         if not match:
             return self._empty
         entities = self._entities.extract(display)
+        if entities.location is not None and has_traditional(text):
+            # a place is given as written: traditional characters stay (一樓大堂)
+            written = self._normalize.as_written(text, display, entities.location)
+            if written != entities.location:
+                entities = dataclasses.replace(entities, location=written)
         hits = self._lexicon.hits(match)
         if not hits and entities.error_code is None:
             fb = self.taxonomy.fallback
@@ -156,6 +167,7 @@ class Classifier:
                 category=fb.id, category_name=fb.name, priority=fb.priority, score=0.2,
                 serial=entities.serial, location=entities.location,
                 error_code=entities.error_code, phone=entities.phone,
+                signal=entities.location is not None or entities.serial is not None,
             )
 
         evidence: list[str] = []
@@ -166,6 +178,8 @@ class Classifier:
         if entities.error_code is not None:
             evidence.append(f"{_LABEL_CODE}:{entities.error_code}")
         priority, impact = self._priority(cat, hits, match, evidence)
+        if impact is not None:
+            impact = self._normalize.clause_of(text, impact) or impact
 
         for h in hits:
             if h.negated and h.neg_start >= 0 and h.layer not in _NOT_REPORTED_NEGATED:
@@ -182,6 +196,9 @@ class Classifier:
             location=entities.location,
             error_code=entities.error_code,
             phone=entities.phone,
+            signal=(category != self.taxonomy.settings.fallback or priority != cat.priority
+                    or entities.location is not None or entities.serial is not None
+                    or entities.error_code is not None),
         )
 
     # category -------------------------------------------------------------
@@ -230,6 +247,9 @@ class Classifier:
             if cur is None or cand[:4] > cur[:4]:
                 best[h.category] = cand
 
+        if self._absorbing:
+            self._absorb(hits, text, best, order)
+
         code_category = self.taxonomy.settings.code_category
         if has_code and code_category is not None and code_category not in best:
             # an error code with no other symptom: a weak sign of its category (报E03)
@@ -264,6 +284,36 @@ class Classifier:
         if winner[6] == _LABEL_CODE:
             return winner_id, round(score, 2), None
         return winner_id, round(score, 2), f"{winner[6]}:{text[winner[4]:winner[5]]}"
+
+    def _absorb(self, hits: list[Hit], text: str,
+                best: dict[str, tuple[int, int, int, int, int, int, str]], order: dict[str, int]) -> None:
+        """A symptom said of an equipment category's device belongs to that category.
+
+        电梯运行的时候咯噔咯噔响 is elevator, not noise: the hint (电梯) followed in the
+        same clause by a keyword of a category the device category absorbs turns
+        into a strong sign of the device category, and the absorbed symptom no
+        longer competes.
+        """
+        window = self._absorb_window
+        for h in hits:
+            if h.layer != Layer.HINT or h.negated or h.category not in self._absorbing:
+                continue
+            absorbs = self._absorbing[h.category]
+            taken: list[Hit] = [
+                k for k in hits
+                if not k.negated and k.category in absorbs and k.layer in (Layer.KEYWORD, Layer.WEAK)
+                and h.end <= k.start <= h.end + window and self._lexicon.same_clause(text, h.end, k.start)]
+            if not taken:
+                continue
+            end = max(k.end for k in taken)
+            cand = (_TIER_STRONG, -h.start, end - h.start, -order[h.category], h.start, end, _LABEL_PART)
+            cur = best.get(h.category)
+            if cur is None or cand[:4] > cur[:4]:
+                best[h.category] = cand
+            for k in taken:
+                cur = best.get(k.category)
+                if cur is not None and cur[4] >= h.end:
+                    del best[k.category]
 
     def _predicate_after(self, hint: Hit, predicates: list[Hit], hints: list[Hit], text: str,
                          own_only: bool = False) -> int:
@@ -315,9 +365,12 @@ class Classifier:
         urgent: list[Hit] = []
         fault: list[Hit] = []
         has_scope = False
+        minor: list[Hit] = []
         buckets = {Layer.SAFETY: safety, Layer.IMPACT: impact, Layer.STOPPAGE: stoppage,
                    Layer.DEGRADED: degraded, Layer.CAN_WAIT: can_wait, Layer.URGENT: urgent,
-                   Layer.FAULT: fault}
+                   Layer.FAULT: fault, Layer.NO_BACKUP: stoppage}
+        if not cat.stoppage:
+            del buckets[Layer.STOPPAGE]  # one lift stopping is not the business stopping
         safety_categories = self._safety_categories
         for h in hits:
             if h.negated:
@@ -325,6 +378,10 @@ class Classifier:
             bucket = buckets.get(h.layer)
             if bucket is not None:
                 bucket.append(h)
+            elif h.category == cat.id and h.layer == Layer.CAT_URGENT:
+                urgent.append(h)
+            elif h.category == cat.id and h.layer == Layer.MINOR:
+                minor.append(h)
             elif h.layer == Layer.SCOPE:
                 has_scope = True
             elif h.category in safety_categories and h.layer in (Layer.KEYWORD, Layer.WEAK):
@@ -351,7 +408,7 @@ class Classifier:
                 evidence.append(f"{_LABEL_URGENT}:{h.text(text)}")
 
         if safety or impact or counts_stoppage:
-            phrase = _impact_text(impact[0], text, gaps) if impact else (
+            phrase = self._impact_phrase(impact[0], hits, text) if impact else (
                 stoppage[0].text(text) if counts_stoppage else None)
             return "P0", phrase
 
@@ -360,11 +417,26 @@ class Classifier:
             # something is broken or stopped, but it names no category: a fault all the same
             evidence.append(f"{_LABEL_FAULT}:{(fault or stoppage)[0].text(text)}")
             priority = "P1"
-        if cat.urgent_priority is not None and urgent:
-            priority = _higher(priority, cat.urgent_priority)
-        if priority == "P1" and can_wait:
+        if priority == "P1" and (can_wait or minor):
+            if minor:
+                evidence.append(f"{_LABEL_CAN_WAIT}:{minor[0].text(text)}")
             priority = "P2"
+        if cat.urgent_priority is not None and urgent:
+            # said to be pressing: that outweighs a date it can wait until (月底前要投产,挺急的)
+            priority = _higher(priority, cat.urgent_priority)
         return priority, None
+
+    def _impact_phrase(self, h: Hit, hits: list[Hit], text: str) -> str:
+        """The impact with the scope word right before it and its particle: 整条线 + 都停了 + (了)."""
+        start, end = h.start, h.end
+        gap = self._lexicon.pattern_gap
+        for sc in hits:
+            if (sc.layer == Layer.SCOPE and not sc.negated and sc.end <= start and start - sc.end <= gap
+                    and self._lexicon.same_clause(text, sc.end, start)):
+                start = min(start, sc.start)
+        while end < len(text) and text[end] in _TRAILING_PARTICLES:
+            end += 1
+        return text[start:end]
 
     def _scoped_stops(self, hits: list[Hit], text: str,
                       gaps: dict[tuple[int, int], tuple[int, int]]) -> list[Hit]:
@@ -395,6 +467,7 @@ class Classifier:
         return merged
 
 
+_TRAILING_PARTICLES = "了着啦"
 _IMPACT_GAP_SHOWN = 2  # 整条线都停了 reads whole; a longer gap is elided
 
 

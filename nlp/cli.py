@@ -5,18 +5,21 @@
 Each output line has category, priority, serial, location, error_code and
 phone (null when absent); --explain adds category_name, score, evidence and
 impact; --sop adds the best SOP card (or null). An empty input line gives an
-``other``/``P2`` line. Output is flushed per line only when stdout is a
-terminal, otherwise it is buffered for throughput.
+``other``/``P2`` line. Output is flushed per line only when stdin or stdout is
+a terminal; otherwise lines are read in chunks and, with --jobs above 1,
+classified by that many forked worker processes (output order is kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
+import multiprocessing
 import os
 import sys
-from typing import IO, Iterable
+from typing import IO, Any, Callable, Iterable, Iterator
 
 from .classifier import Classifier
 from .sop import SopLibrary
@@ -37,7 +40,74 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sop", action="store_true", help="add the best matching SOP card to each line")
     p.add_argument("--taxonomy", metavar="PATH", help="taxonomy file to use instead of the packaged default")
     p.add_argument("--sop-file", metavar="PATH", help="SOP file to use with --sop instead of the packaged default")
+    p.add_argument("--jobs", type=int, default=_default_jobs(), metavar="N",
+                   help="worker processes for piped input (default: the CPUs available, at most 4)")
     return p
+
+
+_CHUNK = 500  # lines handed to a worker at a time
+_MAX_DEFAULT_JOBS = 4
+
+
+def _default_jobs() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, _MAX_DEFAULT_JOBS))
+
+
+# the worker's renderer: set in the parent before forking, inherited by the workers
+_render: Callable[[str], str] | None = None
+
+
+def _render_chunk(lines: list[str]) -> str:
+    assert _render is not None
+    return "".join([_render(line) for line in lines])
+
+
+def _renderer(classifier: Any, library: Any, explain: bool) -> Callable[[str], str]:
+    """One input line -> one JSON output line (with its newline)."""
+    dumps = json.dumps
+    classify = classifier.classify
+
+    def render(line: str) -> str:
+        result = classify(line)
+        record = result.as_dict(explain=explain)
+        if library is not None:
+            card = library.lookup(result)
+            record["sop"] = None if card is None else {
+                "key": card.key, "title": card.title, "steps": list(card.steps)}
+        return dumps(record, ensure_ascii=False) + "\n"
+
+    return render
+
+
+def _chunks(lines: Iterable[str]) -> Iterator[list[str]]:
+    it = iter(lines)
+    while True:
+        chunk = list(itertools.islice(it, _CHUNK))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _rendered(lines: Iterable[str], render: Callable[[str], str], jobs: int) -> Iterator[str]:
+    """Rendered chunks in input order: in this process, or by `jobs` forked workers once there is
+    more than one chunk (a short input never pays for starting them)."""
+    global _render
+    chunks = _chunks(lines)
+    first = next(chunks, None)
+    if first is None:
+        return
+    second = next(chunks, None)
+    if second is None or jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for chunk in itertools.chain([first], [] if second is None else [second], chunks):
+            yield "".join([render(line) for line in chunk])
+        return
+    _render = render
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        yield from pool.imap(_render_chunk, itertools.chain([first, second], chunks))
 
 
 def _lines(stream: IO[str]) -> Iterable[str]:
@@ -77,22 +147,24 @@ def main(argv: list[str] | None = None, stdin: IO[str] | None = None, stdout: IO
     except (AttributeError, ValueError):
         interactive = False
 
-    explain = args.explain
-    dumps = json.dumps
-    write = stdout.write
-    classify = classifier.classify
     try:
-        for line in _lines(stdin):
-            result = classify(line)
-            record = result.as_dict(explain=explain)
-            if library is not None:
-                card = library.lookup(result)
-                record["sop"] = None if card is None else {
-                    "key": card.key, "title": card.title, "steps": list(card.steps)}
-            write(dumps(record, ensure_ascii=False))
-            write("\n")
-            if interactive:
+        interactive = interactive or stdin.isatty()
+    except (AttributeError, ValueError):
+        pass
+    if args.jobs < 1:
+        print("relaydesk: --jobs must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+
+    render = _renderer(classifier, library, args.explain)
+    write = stdout.write
+    try:
+        if interactive:
+            for line in _lines(stdin):
+                write(render(line))
                 stdout.flush()
+        else:
+            for block in _rendered(_lines(stdin), render, args.jobs):
+                write(block)
         stdout.flush()
     except BrokenPipeError:
         # the reader went away (e.g. `| head`): stop quietly, without a traceback at exit

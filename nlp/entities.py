@@ -15,7 +15,7 @@ __all__ = ["Entities", "EntityExtractor"]
 
 _HAN = r"\u4e00-\u9fff"
 # characters that never belong to a place name (function words, pronouns, verbs of chat)
-_NAME_STOP = "址置点的了在是到去和与跟从往向把被就都也还又我你他她它们这那个哪些每各有没不很太要想能会说给让请问吗呢吧啊呀嘛哦喂整全该其另某几多少台里边"
+_NAME_STOP = "址置点的了在是到去送和与跟从往向把被就都也还又我你他她它们这那个哪些每各有没不很太要想能会说给让请问吗呢吧啊呀嘛哦喂整全该其另某几多少台里边"
 _NAME_CHAR = rf"(?:(?![{_NAME_STOP}])[{_HAN}])"
 _ID = r"(?:(?<![0-9A-Za-z.])\d{1,4}|(?<![A-Za-z0-9])[A-Za-z]{1,2}\d{0,2}|[一二三四五六七八九十两]{1,3}|[东南西北]{1,2})"
 
@@ -66,13 +66,18 @@ class EntityExtractor:
             re.compile(rf"(?<![A-Za-z0-9.\-])((?:{prefixes})[-.]?\d{{1,6}})(?![A-Za-z0-9]|\.\d|[栋楼层区号座幢线])", re.IGNORECASE),
             # OC, OH ... written alone in capitals
             re.compile(rf"(?<![A-Za-z0-9])((?:{code_words})\d{{0,3}})(?![A-Za-z0-9])"),
-            # 故障码 14
-            re.compile(rf"(?:{code_labels})\s*[:=]?\s*(\d{{1,6}})(?![0-9A-Za-z])", re.IGNORECASE),
+            # 故障码 14, 代码0x0000007B
+            re.compile(rf"(?:{code_labels})\s*[:=]?\s*(0[xX][0-9A-Fa-f]{{1,8}}|\d{{1,6}})(?![0-9A-Za-z])", re.IGNORECASE),
+            # Err 7, AL 21: a prefix in capitals and the number after one space
+            re.compile(r"(?<![A-Za-z0-9])((?:Err|ERR|Er|ER|AL|ALM|E) \d{1,4})(?![0-9A-Za-z.])"),
+            # P-02, H-15: one capital, a dash and the number
+            re.compile(r"(?<![A-Za-z0-9\-])([A-Z]-\d{1,4})(?![0-9A-Za-z]|\.\d|[栋楼层区号座幢线])"),
         ]
 
         loc = words.location
         units = _place_alternation(loc.units)
         rooms = _alternation(loc.rooms)
+        places = _alternation(loc.places)
         floors = _alternation(loc.floors)
         named = _alternation(loc.named_sites)
         sites = _alternation(loc.sites)
@@ -87,12 +92,16 @@ class EntityExtractor:
             parts.append(rf"(?P<site>{_NAME_CHAR}{{0,4}}?(?:{sites}))")
         if named:
             parts.append(rf"(?P<named>{_NAME_CHAR}{{0,4}}?(?:{named}))")
+        # a door number after a unit (3单元602)
+        parts.append(r"(?P<door>(?<=单元)\d{3,4}(?:室|号)?(?![0-9]))")
+        if places:
+            parts.append(rf"(?P<place>{places})")
         if rooms:
             parts.append(rf"(?P<room>{rooms})")
         self._element_re = re.compile("|".join(parts))
         # every place element ends with one of these characters
         self._location_chars = frozenset(
-            w[-1] for w in loc.units + loc.rooms + loc.floors + loc.named_sites + loc.sites
+            w[-1] for w in loc.units + loc.rooms + loc.floors + loc.named_sites + loc.sites + loc.places
         ) | {"层"}
         # one-character qualifiers (新, 老) make a site vague only as its whole name (老厂房, not 老港工业园)
         self._vague = tuple(sorted((w for w in loc.vague if len(w) > 1), key=len, reverse=True))
@@ -203,14 +212,15 @@ class EntityExtractor:
                 self._is_vague(chain[0].group(0))
                 or text[:chain[0].start()].endswith(self._determiners)):
             chain.pop(0)
-        # a room right before a device name is part of that name (冷却塔风机)
-        if len(chain) > 1 and chain[-1].lastgroup == "room":
+        # a room right before a device name is part of that name (冷却塔风机, 2号冷却塔风机)
+        if chain and chain[-1].lastgroup in ("room", "idroom", "place") and (
+                len(chain) > 1 or chain[-1].lastgroup == "idroom"):
             if text.startswith(self._device_heads, chain[-1].end()):
                 chain.pop()
         if not chain:
             return None
         kinds = [el.lastgroup for el in chain]
-        identified = any(k in ("id", "idroom", "named", "site") for k in kinds)
+        identified = any(k in ("id", "idroom", "named", "site", "place") for k in kinds)
         if not identified and not (len(chain) >= 2 and "floor" in kinds):
             # a bare room or floor is vague; a floor qualifying a room is specific (屋顶水箱间)
             return None

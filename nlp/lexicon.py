@@ -51,11 +51,15 @@ class Layer:
     MEASURE = 16
     RESOLVED = 17
     GREETING = 18
+    NO_BACKUP = 19
+    CAT_URGENT = 20  # a category's own urgency word (应急灯 for lighting)
+    MINOR = 21  # a category's own "minor" word (卡纸 for office_it)
 
 
 _CATEGORY_LAYERS = frozenset({Layer.KEYWORD, Layer.WEAK, Layer.HINT, Layer.MEASURE, Layer.FALLBACK})
 _PRIORITY_LAYERS = frozenset({Layer.SAFETY, Layer.IMPACT, Layer.STOPPAGE, Layer.DEGRADED,
-                              Layer.NEUTRAL, Layer.CAN_WAIT, Layer.URGENT, Layer.FAULT})
+                              Layer.NEUTRAL, Layer.CAN_WAIT, Layer.URGENT, Layer.FAULT, Layer.NO_BACKUP,
+                              Layer.CAT_URGENT, Layer.MINOR})
 _COMBO_LAYERS = frozenset({Layer.SCOPE, Layer.STOP})
 _SCOPE_SHADOWS = frozenset({Layer.IMPACT, Layer.DEGRADED, Layer.NEUTRAL}) | _COMBO_LAYERS
 _SHADOWING = _CATEGORY_LAYERS | _PRIORITY_LAYERS | _COMBO_LAYERS
@@ -134,6 +138,10 @@ class Lexicon:
                 add(w, Layer.PREDICATE, cat.id)
             for w in cat.measures:
                 add(w, Layer.MEASURE, cat.id)
+            for w in cat.urgent_words:
+                add(w, Layer.CAT_URGENT, cat.id)
+            for w in cat.minor_words:
+                add(w, Layer.MINOR, cat.id)
         for w in g.fault_predicates:
             add(w, Layer.PREDICATE, None)
         for w in g.resolved:
@@ -145,7 +153,8 @@ class Lexicon:
                              (p.impact_scopes, Layer.SCOPE), (p.impact_stops, Layer.STOP),
                              (p.stoppage, Layer.STOPPAGE), (p.degraded, Layer.DEGRADED),
                              (p.neutral, Layer.NEUTRAL), (p.can_wait, Layer.CAN_WAIT),
-                             (p.urgent, Layer.URGENT), (p.fault_words, Layer.FAULT)):
+                             (p.urgent, Layer.URGENT), (p.fault_words, Layer.FAULT),
+                             (p.no_backup, Layer.NO_BACKUP)):
             for w in words:
                 add(w, layer, None)
 
@@ -168,7 +177,8 @@ class Lexicon:
                 node = node.setdefault(ch, {})
             node[_END] = w
         self._trie = trie
-        self.segmenter = Segmenter(taxonomy.all_words())
+        # every word the lexicon finds anchors the dictionary: words containing one (影响 for 响) are kept
+        self.segmenter = Segmenter(taxonomy.all_words(), anchors=self._index)
 
     # ------------------------------------------------------------------
 

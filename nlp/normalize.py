@@ -38,6 +38,8 @@ _EMOJI_RE = re.compile(
 )
 _SPACE_NEAR_HAN_RE = re.compile(r"\s+(?=[\u3400-\u9fff])|(?<=[\u3400-\u9fff])\s+")
 _ASCII_LETTER_RE = re.compile(r"[a-z]")
+_CLAUSE_END_RE = re.compile(r"[\s,.!?;:，。！？；：、~…()\[\]【】（）「」\"']")
+_CLAUSE_MAX = 24  # a readable impact clause; a longer one is cut to the impact itself
 
 
 @functools.cache
@@ -60,6 +62,11 @@ def _t2s():
     import opencc
 
     return opencc.OpenCC("t2s")
+
+
+def has_traditional(text: str) -> bool:
+    """True when the text has a character that the simplified form changes (樓, 電)."""
+    return not _traditional_chars().isdisjoint(text)
 
 
 def to_simplified(text: str) -> str:
@@ -122,6 +129,50 @@ class Normalizer:
         if not self._typo_firsts.isdisjoint(match):
             match = self._fix_typos(match)
         return display, match
+
+    def as_written(self, text: str, display: str, value: str) -> str:
+        """`value`, found in the display form, in the customer's own characters (一樓大堂, not 一楼大堂).
+
+        Only traditional characters differ between the two forms; where the
+        simplified text has another length the display value is kept.
+        """
+        if len(text) > self._max_chars:
+            text = text[: self._max_chars]
+        written = unicodedata.normalize("NFKC", text).replace("\u2019", "'")
+        written = _SPACE_NEAR_HAN_RE.sub("", _EMOJI_RE.sub("", written)).strip()
+        at = display.find(value)
+        if at < 0 or len(written) != len(display):
+            return value
+        return written[at:at + len(value)]
+
+    def clause_of(self, text: str, phrase: str) -> str | None:
+        """The clause of the raw report that holds `phrase` (match form), as the customer wrote it.
+
+        Clauses end at punctuation and at spaces (冷库温度上来了 里面几吨冻肉要化了 ->
+        里面几吨冻肉要化了). A clause longer than _CLAUSE_MAX characters gives the
+        phrase alone; a phrase changed by the typo or English tables is not found (None).
+        """
+        if not phrase:
+            return None
+        if len(text) > self._max_chars:
+            text = text[: self._max_chars]
+        source = _EMOJI_RE.sub("", to_simplified(unicodedata.normalize("NFKC", text)))
+        at = source.lower().find(phrase)
+        if at >= 0:
+            start, end = at, at + len(phrase)
+        else:  # spaces inside the phrase as written (全公司 都停了)
+            pattern = r"\s*".join(re.escape(ch) for ch in phrase if not ch.isspace())
+            m = re.search(pattern, source, re.IGNORECASE)
+            if m is None:
+                return None
+            start, end = m.start(), m.end()
+        found = source[start:end]
+        while start > 0 and not _CLAUSE_END_RE.match(source[start - 1]):
+            start -= 1
+        while end < len(source) and not _CLAUSE_END_RE.match(source[end]):
+            end += 1
+        clause = source[start:end]
+        return clause if len(clause) <= _CLAUSE_MAX else found
 
     def _fix_typos(self, text: str) -> str:
         """Replace typo entries left to right, the longest entry at each position first."""

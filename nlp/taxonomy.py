@@ -74,6 +74,14 @@ class Category:
     hints: tuple[str, ...]
     hint_predicates: tuple[str, ...]
     measures: tuple[str, ...] = ()
+    # False: this category's unit stopping (one lift, one air-conditioner) is not a business stoppage
+    stoppage: bool = True
+    # categories whose symptoms, said of this category's hints, belong here (电梯 + 咯噔响 -> elevator)
+    absorbs: tuple[str, ...] = ()
+    # words that raise this category to urgent_priority (灯全灭, 应急灯), as [priority].urgent do
+    urgent_words: tuple[str, ...] = ()
+    # words that make a fault of this category minor: P1 -> P2 (卡纸)
+    minor_words: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,8 @@ class PriorityWords:
     can_wait: tuple[str, ...]
     urgent: tuple[str, ...]
     fault_words: tuple[str, ...]
+    # "no backup" (就这一台, 没有备用): a stoppage for every category, even those with stoppage = false
+    no_backup: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,8 @@ class LocationWords:
     vague: tuple[str, ...]
     device_heads: tuple[str, ...]
     determiners: tuple[str, ...] = ()
+    # named rooms that identify a place by themselves (配电房, 会议室, B1停车场's 停车场)
+    places: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,9 +164,10 @@ class Taxonomy:
         ]
         p = self.priority
         lists += [p.safety, p.impact, p.impact_scopes, p.impact_stops, p.stoppage,
-                  p.degraded, p.neutral, p.can_wait, p.urgent, p.fault_words]
+                  p.degraded, p.neutral, p.can_wait, p.urgent, p.fault_words, p.no_backup]
         for cat in self.categories.values():
-            lists += [cat.keywords, cat.weak_keywords, cat.hints, cat.hint_predicates, cat.measures]
+            lists += [cat.keywords, cat.weak_keywords, cat.hints, cat.hint_predicates, cat.measures,
+                      cat.urgent_words, cat.minor_words]
         for seq in lists:
             for word in seq:
                 for part in word.split("*"):
@@ -408,7 +421,7 @@ def _build(c: _Checker, raw: dict[str, Any]) -> Taxonomy:
 
     p = c.table(raw["priority"], "priority", ("safety", "impact"),
                 ("impact_scopes", "impact_stops", "stoppage", "degraded", "neutral",
-                 "can_wait", "urgent", "fault_words"))
+                 "can_wait", "urgent", "fault_words", "no_backup"))
     priority = PriorityWords(
         safety=c.words(p["safety"], "priority.safety"),
         impact=c.words(p["impact"], "priority.impact"),
@@ -420,9 +433,22 @@ def _build(c: _Checker, raw: dict[str, Any]) -> Taxonomy:
         can_wait=c.words(p.get("can_wait", []), "priority.can_wait"),
         urgent=c.words(p.get("urgent", []), "priority.urgent"),
         fault_words=c.words(p.get("fault_words", []), "priority.fault_words"),
+        no_backup=c.words(p.get("no_backup", []), "priority.no_backup"),
     )
 
     entities = _entities(c, raw.get("entities", {}))
+
+    for cat in categories.values():
+        for i, target in enumerate(cat.absorbs):
+            where = f"categories.{cat.id}.absorbs[{i}]"
+            if target not in categories:
+                raise c.fail(where, f"unknown category id {target!r}")
+            if target == cat.id or categories[target].kind != "fault":
+                raise c.fail(where, f"{target!r}: only another fault category can be absorbed")
+            if target in settings.precedence:
+                raise c.fail(where, f"{target!r} is in settings.precedence and always wins")
+        if cat.urgent_words and cat.urgent_priority is None:
+            raise c.fail(f"categories.{cat.id}.urgent_words", "needs urgent_priority to say what they raise to")
 
     _check_keywords_unique(c, categories)
     _check_typos_do_not_hide_words(c, typos, categories)
@@ -440,7 +466,8 @@ def _build(c: _Checker, raw: dict[str, Any]) -> Taxonomy:
 
 
 _CATEGORY_REQUIRED = ("name", "kind", "priority", "keywords")
-_CATEGORY_OPTIONAL = ("urgent_priority", "safety", "weak_keywords", "hints", "hint_predicates", "measures")
+_CATEGORY_OPTIONAL = ("urgent_priority", "safety", "weak_keywords", "hints", "hint_predicates", "measures",
+                      "stoppage", "absorbs", "urgent_words", "minor_words")
 
 
 def _category(c: _Checker, cat_id: str, body: Any) -> Category:
@@ -466,7 +493,24 @@ def _category(c: _Checker, cat_id: str, body: Any) -> Category:
         hints=c.words(body.get("hints", []), f"{entry}.hints", patterns=False),
         hint_predicates=c.words(body.get("hint_predicates", []), f"{entry}.hint_predicates", patterns=False),
         measures=c.words(body.get("measures", []), f"{entry}.measures", patterns=False),
+        stoppage=c.boolean(body.get("stoppage", True), f"{entry}.stoppage"),
+        absorbs=_ids(c, body.get("absorbs", []), f"{entry}.absorbs"),
+        urgent_words=c.words(body.get("urgent_words", []), f"{entry}.urgent_words"),
+        minor_words=c.words(body.get("minor_words", []), f"{entry}.minor_words"),
     )
+
+
+def _ids(c: _Checker, value: Any, entry: str) -> tuple[str, ...]:
+    """A list of category ids (checked against the categories once all are read)."""
+    if not isinstance(value, list):
+        raise c.fail(entry, f"must be a list of category ids, got {_type_name(value)}")
+    out: list[str] = []
+    for i, item in enumerate(value):
+        cid = c.string(item, f"{entry}[{i}]")
+        if cid in out:
+            raise c.fail(f"{entry}[{i}]", f"{cid!r} is listed twice")
+        out.append(cid)
+    return tuple(out)
 
 
 def _check_keywords_unique(c: _Checker, categories: dict[str, Category]) -> None:
@@ -486,23 +530,29 @@ def _check_keywords_unique(c: _Checker, categories: dict[str, Category]) -> None
 def _check_typos_do_not_hide_words(c: _Checker, typos: tuple[tuple[str, str], ...],
                                    categories: dict[str, Category]) -> None:
     """A keyword containing a typo entry could never match (the text is corrected first)."""
+    if not typos:
+        return
+    corrections = dict(typos)
+    any_typo = re.compile("|".join(re.escape(wrong) for wrong, _ in sorted(typos, key=lambda kv: -len(kv[0]))))
     for cat in categories.values():
         for field in ("keywords", "weak_keywords", "hints", "measures"):
             for i, word in enumerate(getattr(cat, field)):
-                for wrong, right in typos:
-                    if wrong in word.replace("*", ""):
-                        raise c.fail(
-                            f"categories.{cat.id}.{field}[{i}]",
-                            f"{word!r} contains {wrong!r}, which normalize.typos rewrites to {right!r}; "
-                            "write the corrected form",
-                        )
+                m = any_typo.search(word.replace("*", ""))
+                if m is not None:
+                    wrong, right = m.group(0), corrections[m.group(0)]
+                    raise c.fail(
+                        f"categories.{cat.id}.{field}[{i}]",
+                        f"{word!r} contains {wrong!r}, which normalize.typos rewrites to {right!r}; "
+                        "write the corrected form",
+                    )
 
 
 def _entities(c: _Checker, raw: Any) -> EntityWords:
     e = c.table(raw, "entities", (), ("serial_labels", "serial_patterns", "code_prefixes",
                                        "code_words", "code_labels", "location"))
     loc = c.table(e.get("location", {}), "entities.location", (),
-                  ("units", "rooms", "floors", "named_sites", "sites", "vague", "device_heads", "determiners"))
+                  ("units", "rooms", "floors", "named_sites", "sites", "vague", "device_heads", "determiners",
+                   "places"))
 
     def plain(key: str, table: dict[str, Any], entry: str) -> tuple[str, ...]:
         return c.words(table.get(key, []), f"{entry}.{key}", patterns=False)
@@ -532,5 +582,6 @@ def _entities(c: _Checker, raw: Any) -> EntityWords:
             vague=plain("vague", loc, "entities.location"),
             device_heads=plain("device_heads", loc, "entities.location"),
             determiners=plain("determiners", loc, "entities.location"),
+            places=plain("places", loc, "entities.location"),
         ),
     )

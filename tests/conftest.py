@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import os
+import sys
+import threading
 import uuid
 
 import pytest
@@ -18,6 +21,49 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 settings.register_profile("ci", derandomize=True, deadline=None)
 if IN_CI:
     settings.load_profile("ci")
+
+# A test that hangs is stopped by pytest-timeout (the `timeout` setting in
+# pyproject.toml), which prints every thread's stack and ends the run. A hang
+# inside the event loop shows there only as the loop's select(), so a moment
+# before the timeout fires this prints the stack of every asyncio task of every
+# running loop: the task that ignores its cancellation is among them.
+_TASK_DUMP_LEAD = 5.0
+
+
+def _dump_asyncio_tasks(nodeid: str) -> None:
+    loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_running()]
+    print(f"\n==== {nodeid}: about to time out; asyncio tasks of {len(loops)} running loop(s) ====",
+          file=sys.stderr)
+    for loop in loops:
+        try:
+            tasks = list(asyncio.all_tasks(loop))
+        except RuntimeError:  # the set changed while we read it from this thread
+            tasks = list(asyncio.all_tasks(loop))
+        for task in tasks:
+            print(f"--- {task!r}", file=sys.stderr)
+            task.print_stack(limit=15, file=sys.stderr)
+    sys.stderr.flush()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item, settings):
+    if settings.timeout and settings.timeout > 2 * _TASK_DUMP_LEAD:
+        timer = threading.Timer(settings.timeout - _TASK_DUMP_LEAD, _dump_asyncio_tasks, args=(item.nodeid,))
+        timer.daemon = True
+        timer.start()
+        item.stash[_DUMP_TIMER] = timer
+    return None  # pytest-timeout sets its own timer too
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_cancel_timer(item):
+    timer = item.stash.get(_DUMP_TIMER, None)
+    if timer is not None:
+        timer.cancel()
+    return None
+
+
+_DUMP_TIMER = pytest.StashKey[threading.Timer]()
 
 PG_ADMIN_URL = os.environ.get("RELAYDESK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -219,8 +219,44 @@ async def test_small_talk_is_not_a_ticket_and_staff_get_help(h):
     await h.say("cust_wang", "好的收到")
     await h.say("eng_zhang", "今天天气不错")
     assert await h.tickets() == []
-    assert "描述" in (await h.texts_to("user", "cust_wang"))[-1]
+    assert (await h.texts_to("user", "cust_wang"))[-1] == "是要报修吗？直接描述故障即可"
     assert "认领" in (await h.texts_to("user", "eng_zhang"))[-1]
+
+
+async def test_a_short_urgent_report_is_a_ticket(h):
+    await h.say("cust_wang", "电梯困人了")
+    t = await h.ticket()
+    assert (t.category, t.category_name, t.priority, t.summary) == ("elevator", "电梯故障", "P0", "电梯困人了")
+    assert t.number in (await h.texts_to("user", "cust_wang"))[0]
+    assert (await h.cards_to("group", "engineers", "engineer"))[0]["color"] == "red"
+
+
+@pytest.mark.parametrize("text", ["空调坏了", "电梯坏了", "配电房", "3号楼"])
+async def test_a_fault_or_a_place_however_short_is_a_ticket(h, text):
+    await h.say("cust_wang", text)
+    assert len(await h.tickets()) == 1
+
+
+async def test_chat_gets_the_question_and_the_answer_is_the_report(h):
+    await h.say("cust_wang", "在吗")
+    assert await h.tickets() == []
+    assert await h.texts_to("user", "cust_wang") == ["是要报修吗？直接描述故障即可"]
+    await h.say("cust_wang", "3号楼电梯不动了")
+    t = await h.ticket()
+    assert (t.category, t.priority, t.location) == ("elevator", "P1", "3号楼")
+
+    # asked again later, an answer without any fault word is taken as the report all the same
+    await h.say("stranger", "你好")
+    assert (await h.texts_to("user", "stranger"))[-1] == "是要报修吗？直接描述故障即可"
+    await h.say("stranger", "家里那个东西又不对劲")
+    assert [x.summary for x in await h.tickets() if x.reporter_id == "playground:stranger"] == ["家里那个东西又不对劲"]
+
+
+async def test_chat_from_a_customer_with_an_open_ticket_is_not_a_new_ticket(h):
+    await h.say("cust_wang", "3号线水泵漏水停机了")
+    await h.say("cust_wang", "好的谢谢")
+    assert len(await h.tickets()) == 1
+    assert "进度" in (await h.texts_to("user", "cust_wang"))[-1]
 
 
 async def test_unknown_sender_becomes_customer_and_is_refused_staff_commands(h):

@@ -100,3 +100,21 @@ def test_empty_input(text):
     out = io.StringIO()
     assert main([], stdin=io.StringIO(text), stdout=out) == 0
     assert all(json.loads(line)["category"] == "other" for line in out.getvalue().splitlines())
+
+
+def test_worker_processes_keep_the_order(tmp_path):
+    reports = ["电梯困人了", "在吗", "3号楼电梯不动了", "变频器报E03了", "18楼会议室空调不制冷", ""] * 250
+    text = "".join(f"{r}\n" for r in reports)
+    one = run_cli(["--jobs=1"], text, tmp_path)
+    two = run_cli(["--jobs=2"], text, tmp_path)
+    assert one.returncode == two.returncode == 0, two.stderr.decode()
+    assert one.stdout == two.stdout
+    rows = [json.loads(line) for line in two.stdout.decode("utf-8").splitlines()]
+    assert len(rows) == len(reports)
+    assert [r["category"] for r in rows[6:12]] == ["elevator", "other", "elevator", "inverter_alarm", "hvac", "other"]
+
+
+def test_jobs_below_one_is_refused(tmp_path):
+    proc = run_cli(["--jobs=0"], "你好\n", tmp_path)
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert "--jobs" in proc.stderr.decode()

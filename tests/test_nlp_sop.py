@@ -9,7 +9,8 @@ from nlp import Classifier, SopCard, SopLibrary, TaxonomyError
 from nlp.sop import default_sop_path
 
 COMMON = ["water_leak", "noise", "no_start", "inverter_alarm", "trip", "smoke_fire", "electric_leak",
-          "flow", "pressure", "overheat", "vibration", "motor", "control_plc", "comms", "seal", "bearing"]
+          "flow", "pressure", "overheat", "vibration", "motor", "control_plc", "comms", "seal", "bearing",
+          "elevator", "hvac", "security", "lighting", "office_it"]
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,12 @@ def test_packaged_library_is_valid_against_the_taxonomy(clf):
         assert card.key == f"category:{cid}"
         assert card.title and 3 <= len(card.steps) <= 6
         assert all(step.strip() for step in card.steps)
+
+
+def test_a_trapped_lift_gets_the_lift_card(lib, clf):
+    card = lib.lookup(clf.classify("电梯困人了"))
+    assert card is not None and card.key == "category:elevator"
+    assert "被困" in card.steps[0]
 
 
 def test_ships_vfd_error_code_cards(lib):

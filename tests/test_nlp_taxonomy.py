@@ -14,7 +14,7 @@ DOC_IDS = [
     "no_start", "trip", "electric_leak", "smoke_fire", "overheat", "motor", "noise", "vibration",
     "water_leak", "oil_leak", "gas_leak", "pressure", "flow", "inverter_alarm", "control_plc",
     "sensor", "comms", "software", "valve", "seal", "bearing", "clog", "corrosion", "damage",
-    "install", "maintenance", "parts", "other",
+    "install", "maintenance", "parts", "elevator", "hvac", "security", "lighting", "office_it", "other",
 ]
 
 MINIMAL = '''
@@ -78,9 +78,14 @@ def test_default_taxonomy_matches_the_label_guide():
     assert names["water_leak"] == "漏水渗水" and names["inverter_alarm"] == "变频器/驱动报警"
     for cat in tax.categories.values():
         assert cat.keywords, cat.id
-    # parts, quotes, maintenance, install and other default to P2; faults to P1 (smoke/leak: P0)
-    assert {c.id for c in tax.categories.values() if c.priority == "P2"} == {"install", "maintenance", "parts", "other"}
+    # parts, quotes, maintenance, install, other and one lamp default to P2; faults to P1 (smoke/leak: P0)
+    assert {c.id for c in tax.categories.values() if c.priority == "P2"} == {
+        "install", "maintenance", "parts", "other", "lighting"}
     assert tax.categories["install"].urgent_priority == "P1"
+    assert tax.categories["lighting"].urgent_priority == "P1" and "应急灯" in tax.categories["lighting"].urgent_words
+    # one lift or air-conditioner stopping is not the business stopping
+    assert {c.id for c in tax.categories.values() if not c.stoppage} == {
+        "elevator", "hvac", "security", "lighting", "office_it"}
 
 
 def test_default_taxonomy_ships_the_modifier_words():
@@ -247,3 +252,42 @@ def test_cli_refuses_a_malformed_taxonomy(tmp_path, capsys):
     assert main(["--taxonomy", str(path)]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "categories.water_leak.priority" in err
+
+
+# --- equipment categories: absorbs, stoppage, urgent and minor words -----------------------------
+
+LIFT = '''
+[categories.elevator]
+name = "电梯故障"
+kind = "fault"
+priority = "P1"
+stoppage = false
+absorbs = ["water_leak"]
+keywords = ["困人"]
+hints = ["电梯"]
+'''
+
+
+def test_equipment_category_absorbs_and_ignores_a_unit_stopping(tmp_path):
+    clf = Classifier.from_file(write(tmp_path, MINIMAL.replace("[categories.other]", LIFT + "\n[categories.other]")))
+    assert clf.classify("电梯井里在滴水").category == "elevator"        # the symptom is the lift's
+    assert clf.classify("水管滴水了").category == "water_leak"          # no lift named: unchanged
+    assert clf.classify("电梯井里冒烟").category == "smoke_fire"       # only fault symptoms are absorbed
+
+
+def test_absorbs_refuses_an_unknown_or_precedence_category(tmp_path):
+    err = error_for(tmp_path, MINIMAL.replace("[categories.other]",
+                                              LIFT.replace('["water_leak"]', '["fire"]') + "\n[categories.other]"))
+    assert err.entry == "categories.elevator.absorbs[0]" and "'fire'" in err.problem
+    err = error_for(tmp_path, MINIMAL.replace("[categories.other]",
+                                              LIFT.replace('["water_leak"]', '["smoke_fire"]') + "\n[categories.other]"))
+    assert err.entry == "categories.elevator.absorbs[0]" and "precedence" in err.problem
+
+
+def test_urgent_words_need_an_urgent_priority(tmp_path):
+    lamp = '\n[categories.lighting]\nname = "照明"\nkind = "fault"\npriority = "P2"\nkeywords = ["灯不亮"]\nurgent_words = ["全灭"]\n'
+    err = error_for(tmp_path, MINIMAL + lamp)
+    assert err.entry == "categories.lighting.urgent_words" and "urgent_priority" in err.problem
+    clf = Classifier.from_file(write(tmp_path, MINIMAL + lamp.replace('priority = "P2"', 'priority = "P2"\nurgent_priority = "P1"')))
+    assert clf.classify("楼道灯不亮").priority == "P2"
+    assert clf.classify("车库灯全灭了,灯不亮").priority == "P1"

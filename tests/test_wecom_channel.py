@@ -413,6 +413,27 @@ async def test_full_loop_report_claim_stages_rating(client, fake):
     assert any("感谢" in t for t in fake.texts_to(CUSTOMER))
 
 
+async def test_short_reports_and_chat_from_a_wecom_customer(client, fake):
+    # a trapped lift in five characters is a P0 lift ticket
+    ticket, card, _ = await report_and_card(client, fake, "电梯困人了")
+    assert (ticket.category, ticket.priority) == ("elevator", "P0")
+    assert "电梯故障" in card["main_title"]["title"]
+    # the ticket is closed out of the way: a customer without an open ticket says hello
+    async with client.app[RUNTIME].db.session() as s:
+        row = await s.get(Ticket, ticket.id)
+        row.state = "closed"
+        s.add(row)
+    fake.clear()
+    assert (await post(client, text_xml(CUSTOMER, "在吗", 1002))).status == 200
+    await drain(client)
+    assert fake.texts_to(CUSTOMER) == ["是要报修吗？直接描述故障即可"]
+    assert len(await rows(client, Ticket)) == 1
+    assert (await post(client, text_xml(CUSTOMER, "3号楼电梯不动了", 1003))).status == 200
+    await drain(client)
+    second = [t for t in await rows(client, Ticket) if t.id != ticket.id]
+    assert [(t.category, t.location, t.summary) for t in second] == [("elevator", "3号楼", "3号楼电梯不动了")]
+
+
 async def test_a_customer_clicking_claim_is_refused_politely(client, fake):
     ticket, card, _ = await report_and_card(client, fake)
     tokens = await tokens_of(client, ticket.id)

@@ -156,9 +156,8 @@ class DingTalkChannel(Channel):
             await self.stream.close()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self.flush_sessions()

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -249,8 +248,8 @@ class FeishuChannel(Channel):
             await self.stream.close()
         if self._bot_task is not None and not self._bot_task.done():
             self._bot_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._bot_task
+            # Waits for the lookup to end without swallowing a cancellation of close() itself.
+            await asyncio.wait([self._bot_task], timeout=5)
         await self.api.close()
 
     def _warn_once(self, key: str, message: str, *args) -> None:
@@ -274,8 +273,8 @@ class FeishuChannel(Channel):
         task = self._bot_task
         if task is None or (task.done() and time.monotonic() - self._bot_lookup_at > BOT_LOOKUP_RETRY):
             task = self._bot_task = asyncio.create_task(self._lookup_bot(), name="feishu-bot-info")
-        with contextlib.suppress(asyncio.TimeoutError, Exception):
-            await asyncio.wait_for(asyncio.shield(task), 1.5)
+        # Wait a moment for the lookup without cancelling it (it serves later messages too).
+        await asyncio.wait([task], timeout=1.5)
         return self.bot_open_id
 
     # ---- inbound ---------------------------------------------------------
@@ -607,8 +606,10 @@ class FeishuChannel(Channel):
         if message.update and message_id:
             pending = list(self._answering.get(message_id, ()))
             if pending:  # a click on this card is being answered: update only after the answer
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in pending)), CLICK_ANSWER_WAIT)
+                waits = [asyncio.ensure_future(e.wait()) for e in pending]
+                _done, late = await asyncio.wait(waits, timeout=CLICK_ANSWER_WAIT)
+                for w in late:
+                    w.cancel()
             shown = self._inline.pop(message_id, None)
             if shown and shown[1] == content and time.monotonic() - shown[0] < INLINE_CARD_TTL:
                 return dict(ref or {})  # the click's answer already shows exactly this

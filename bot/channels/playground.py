@@ -22,6 +22,7 @@ from sqlmodel import select
 
 from bot.channel import Channel, DeliveryError, EventSink, Wiring, current_outbox_id, register
 from bot.config import PersonConfig, PlaygroundConfig, TeamConfig
+from bot.tasks import wait_event
 from bot.events import Address, CardMessage, Image, Outbound, Text
 from cards.playground import render_card_html, render_text_html
 from bot.playground.model import MEDIA_PREFIX, NAME, Pane
@@ -302,10 +303,7 @@ class PlaygroundChannel(Channel):
             remaining = deadline - loop.time()
             if rows or self._closing or remaining <= 0 or (stop is not None and stop()):
                 return rows, last
-            try:
-                await asyncio.wait_for(changed.wait(), timeout=min(remaining, RECHECK_SECONDS))
-            except TimeoutError:
-                pass
+            await wait_event(changed, min(remaining, RECHECK_SECONDS))
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()

@@ -33,6 +33,8 @@ from typing import Awaitable, Callable
 
 import aiohttp
 
+from bot.tasks import BackgroundTasks, wait_event
+
 log = logging.getLogger(__name__)
 
 
@@ -74,26 +76,25 @@ class StreamLink:
         self.connections = 0  # connections opened so far
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
-        self._frames: set[asyncio.Task] = set()
+        self._tasks = BackgroundTasks(f"{name}-stream")  # the connection loop
+        self._frames = BackgroundTasks(f"{name}-frames")  # frames being handled
 
     # ---- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"{self.name}-stream")
+        self._tasks.spawn(self._run(), "connection")
 
     async def close(self) -> None:
+        """Stop: frames being handled get a moment to finish (and be answered), then everything
+        is cancelled, each step bounded."""
         self._stopping.set()
+        await self._frames.wait(5)
+        await self._frames.stop()
         if self._ws is not None:
             await self._ws.close()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 10)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                pass
-            self._task = None
-        await self._drain_frames()
+        if not await self._tasks.wait(5):
+            await self._tasks.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -133,10 +134,7 @@ class StreamLink:
                 break
             failures = 0 if delivered else failures + 1
             delay = random.uniform(t.backoff_min, min(t.backoff_max, t.backoff_min * 2 ** min(failures, 16)))
-            try:
-                await asyncio.wait_for(self._stopping.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._stopping, delay)
             if not self._stopping.is_set():
                 self._set("connecting")
         self._set("down", "closed")
@@ -145,11 +143,12 @@ class StreamLink:
         """One connection, until it ends; whether it delivered any frame."""
         t = self.timings
         assert self._session is not None
-        url = await asyncio.wait_for(self._endpoint(self._session), t.connect_timeout)
-        ws = await asyncio.wait_for(
-            self._session.ws_connect(url, heartbeat=t.heartbeat, autoping=True, max_msg_size=4 * 1024 * 1024,
-                                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=t.send_timeout)),
-            t.connect_timeout)
+        async with asyncio.timeout(t.connect_timeout):
+            url = await self._endpoint(self._session)
+        async with asyncio.timeout(t.connect_timeout):
+            ws = await self._session.ws_connect(
+                url, heartbeat=t.heartbeat, autoping=True, max_msg_size=4 * 1024 * 1024,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=t.send_timeout))
         self._ws = ws
         self.connections += 1
         self._set("up")
@@ -160,10 +159,10 @@ class StreamLink:
         async def answer(data: str | bytes) -> None:
             if ws.closed:
                 raise ConnectionResetError("the connection this frame came on is closed")
-            send = ws.send_bytes(data) if isinstance(data, bytes) else ws.send_str(data)
-            await asyncio.wait_for(send, t.send_timeout)
+            async with asyncio.timeout(t.send_timeout):
+                await (ws.send_bytes(data) if isinstance(data, bytes) else ws.send_str(data))
 
-        pinger = asyncio.create_task(self._ping(answer)) if self._keepalive is not None else None
+        pinger = self._tasks.spawn(self._ping(answer), "ping") if self._keepalive is not None else None
         try:
             while not self._stopping.is_set():
                 try:
@@ -177,11 +176,9 @@ class StreamLink:
                 if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     continue
                 delivered = True
-                while len(self._frames) >= t.max_inflight:
-                    await asyncio.wait(set(self._frames), return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.create_task(self._handle(msg.data, answer))
-                self._frames.add(task)
-                task.add_done_callback(self._frames.discard)
+                while len(self._frames) >= t.max_inflight:  # back-pressure: the platform waits for answers
+                    await asyncio.sleep(0.01)
+                self._frames.spawn(self._handle(msg.data, answer), "frame")
         finally:
             self._ws = None
             if pinger is not None:
@@ -210,10 +207,3 @@ class StreamLink:
             log.info("%s stream: a frame could not be answered (%s); it will be redelivered", self.name, e)
         except Exception:
             log.exception("%s stream: handling a frame failed; it will be redelivered", self.name)
-
-    async def _drain_frames(self) -> None:
-        if self._frames:
-            _done, late = await asyncio.wait(set(self._frames), timeout=5)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)

@@ -50,6 +50,7 @@ from bot.channel import Channel, DeliveryError, EventSink, HandleResult, current
 from bot.channels.wecom_api import WeComAPI, WeComAPIError
 from bot.channels.wecom_crypto import DecryptError, MalformedRequest, SignatureError, WeComCrypto, parse_xml
 from bot.inbound import Refusal, text as _text
+from bot.tasks import wait_event
 from bot.config import WeComConfig
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
 from bot.outbox import enqueue
@@ -120,11 +121,7 @@ class WeComChannel(Channel):
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep; True when the channel is closing instead."""
-        try:
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await wait_event(self._stopping, seconds)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)

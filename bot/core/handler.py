@@ -10,7 +10,9 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.channel import HandleResult
@@ -27,12 +29,14 @@ from bot.texts import t
 from cards import build
 from nlp import Classifier
 from storage.db import Database
-from storage.models import CardAction, InboxEvent, Person, ProcessedEvent, Ticket
+from storage.models import CardAction, InboxEvent, OutboxMessage, Person, ProcessedEvent, Ticket
 from storage.queries import insert_ignore
+from storage.types import utcnow
 
 log = logging.getLogger(__name__)
 
-_SMALL_TALK_MAX = 6  # an unclassifiable customer message this short is chat, not a report
+_SMALL_TALK_MAX = 6  # a customer with an open ticket: a message this short without any signal is chat
+_ANSWER_WINDOW = timedelta(hours=1)  # a reply this soon after "是要报修吗？" is the report
 
 
 @dataclass
@@ -181,10 +185,29 @@ class TicketBot:
         if not text:
             return _Reply([t("help.customer")])
         c = self.service.classifier.classify(text)
-        if c.category == "other" and len(re.sub(r"\W", "", text)) <= _SMALL_TALK_MAX:
-            return _Reply([t("reply.small_talk")])
+        if not c.signal:
+            # nothing that names a fault, a request or a place (在吗, 好的): never dropped silently,
+            # but only filed once the customer has been asked and answers
+            if await self.service.open_tickets_of(s, actor.person):
+                if len(re.sub(r"\W", "", text)) <= _SMALL_TALK_MAX:
+                    return _Reply([t("reply.small_talk")])
+            elif not await self._asked_for_report(s, event):
+                return _Reply([t("reply.ask_report")])
         change = await self._apply(s, await self.service.report(s, actor, text, event.conversation, c))
         return _Reply([], toast=change.ticket.number)
+
+    async def _asked_for_report(self, s: AsyncSession, event: InboundEvent) -> bool:
+        """True when the last message to this conversation, within the hour, asked this sender for the report."""
+        to = event.conversation
+        last = (await s.exec(
+            select(OutboxMessage).where(OutboxMessage.channel == to.channel, OutboxMessage.to_kind == to.kind,
+                                        OutboxMessage.to_id == to.id)
+            .order_by(OutboxMessage.id.desc()).limit(1))).first()
+        if last is None or last.created_at < utcnow() - _ANSWER_WINDOW:
+            return False
+        m = last.message
+        return (m.get("type") == "text" and m.get("text") == t("reply.ask_report")
+                and list(m.get("mentions", ())) == list(self._mention_back(event)))
 
     async def _target_ticket(self, s: AsyncSession, actor: Actor, cmd: Command, *, unclaimed: bool = False) -> Ticket:
         if cmd.number:
