@@ -4,6 +4,8 @@
     python run_bot.py classify [--explain] [--taxonomy FILE] < reports.txt
     python run_bot.py init-db [--config relaydesk.toml]
     python run_bot.py check-config [--config relaydesk.toml]
+    python run_bot.py api-token create --name crm --scopes tickets:read,tickets:write
+    python run_bot.py api-token list | revoke <id|name|prefix>
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text)
         _common(sp)
     sub.add_parser("classify", help="classify reports: one per line on stdin, JSON lines out", add_help=False)
+    from api.cli import add_parser as add_api_token
+
+    add_api_token(sub)
     _common(p)
     return p
 
@@ -102,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "init-db":
         return init_db(args)
+    if args.command == "api-token":
+        from api.cli import run as api_token
+
+        return api_token(args, _load(args))
     if args.command == "check-config":
         _load(args)
         print("configuration ok")

@@ -9,10 +9,12 @@ import time
 from aiohttp import web
 from sqlalchemy import text
 
+from api.routes import api_routes
 from bot.channel import ChannelRegistry, build_channels
 # The channels, in the order people are reached by them; each registers itself.
 from bot.channels import wecom, feishu, dingtalk, playground  # noqa: F401,I001
 from escalation import phone  # noqa: F401
+from api import webhooks  # noqa: F401  (last: subscriptions are other systems, not people)
 from bot.config import Config
 from bot.core.directory import Directory
 from bot.core.handler import TicketBot
@@ -159,6 +161,7 @@ def create_app(config: Config, *, db: Database | None = None, workers: bool = Tr
         app.router.add_routes(channel.routes())
     if config.twilio is not None:
         app.router.add_routes(VoiceWebhook(runtime.escalation).routes())
+    app.router.add_routes(api_routes(runtime))
 
     async def on_startup(_app: web.Application) -> None:
         await runtime.start(workers=workers)

@@ -15,6 +15,7 @@ from typing import Any, Literal, Mapping, Optional
 from pydantic import Field, ValidationError, model_validator
 
 from bot.config_types import Duration, Section as _Section
+from api.config import ApiConfig, IntegrationConfig, StatusHubConfig, WebhooksConfig
 from escalation.config import EscalationConfig, OnCallConfig, TwilioConfig, check_references
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.toml")
@@ -218,6 +219,10 @@ class Config(_Section):
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     oncall: dict[str, OnCallConfig] = Field(default_factory=dict)  # team id -> schedule
     twilio: Optional[TwilioConfig] = None
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    status_hub: StatusHubConfig = Field(default_factory=StatusHubConfig)
+    integrations: dict[str, IntegrationConfig] = Field(default_factory=dict)  # system name -> its states
 
     @model_validator(mode="after")
     def _cross_refs(self):

@@ -83,7 +83,20 @@ class Sms:
     type: Literal["sms"] = "sms"
 
 
-Outbound = Text | CardMessage | Image | Call | Sms
+@dataclass(frozen=True)
+class Webhook:
+    """A ticket event for one webhook subscription; signed when it is sent.
+
+    `msg_id` stays the same across retries, so the receiver can de-duplicate.
+    """
+
+    event_type: str
+    payload: dict
+    msg_id: str
+    type: Literal["webhook"] = "webhook"
+
+
+Outbound = Text | CardMessage | Image | Call | Sms | Webhook
 
 
 def message_to_dict(m: Outbound) -> dict:
@@ -96,6 +109,8 @@ def message_to_dict(m: Outbound) -> dict:
                 "ticket_id": m.ticket_id, "chain": m.chain, "step": m.step, "fence": m.fence}
     if isinstance(m, Sms):
         return {"type": "sms", "to": m.to, "text": m.text, "person_id": m.person_id, "ticket_id": m.ticket_id}
+    if isinstance(m, Webhook):
+        return {"type": "webhook", "event_type": m.event_type, "payload": m.payload, "msg_id": m.msg_id}
     return {"type": "image", "path": m.path, "caption": m.caption}
 
 
@@ -111,6 +126,8 @@ def message_from_dict(d: dict) -> Outbound:
                     d.get("fence"))
     if d["type"] == "sms":
         return Sms(d["to"], d["text"], d.get("person_id"), d.get("ticket_id"))
+    if d["type"] == "webhook":
+        return Webhook(d["event_type"], d["payload"], d["msg_id"])
     raise ValueError(f"unknown outbound message type {d['type']!r}")
 
 

@@ -13,7 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-# Importing storage.models registers every table on SQLModel.metadata (create_all needs them).
+# Importing storage.models and storage.integration registers every table on SQLModel.metadata
+# (create_all needs them).
+import storage.integration  # noqa: F401
 from storage.models import SCHEMA_VERSION, SchemaMeta
 
 

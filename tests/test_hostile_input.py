@@ -19,7 +19,8 @@ from bot.app import RUNTIME, create_app
 from channel_harness import HARNESSES, config
 from storage.models import InboxEvent, PlaygroundMessage, ProcessedEvent, Ticket
 
-ENDPOINTS = [path for h in HARNESSES.values() for path in h.endpoints]
+# Every POST route: the channels' and the integration API's (whose own parser also limits depth).
+ENDPOINTS = [path for h in HARNESSES.values() for path in h.endpoints] + ["/api/v1/tickets"]
 DEPTH = 5000  # five times Python's recursion limit; the bodies stay under max_body_bytes
 
 

@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("bot", "cards", "escalation", "nlp", "storage")
+PACKAGES = ("api", "bot", "cards", "escalation", "nlp", "storage")
 
 
 def modules() -> dict[str, Path]:

@@ -139,7 +139,7 @@ async def test_sigterm_under_load_exits_within_10s_and_loses_nothing(tmp_path, d
     again = Bot(tmp_path, database_url)
     bots.append(again)
     await again.ready()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # what counts is that each is applied, not how fast (bench/)
     while time.monotonic() < deadline:
         rows = await inbox_rows(database_url)
         if all(rows[cid].status == "done" for cid in acked):

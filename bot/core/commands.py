@@ -26,6 +26,7 @@ KEYWORDS: dict[str, str] = {
     "报修": "report",
     "确认": "ack", "收到处理": "ack",
     "值班": "oncall",
+    "解冻": "unfreeze",
 }
 _ORDERED = sorted(KEYWORDS, key=len, reverse=True)
 _CN_DIGITS = {"一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5}

@@ -282,6 +282,13 @@ class TicketBot:
             await self._apply(s, await fn(s, actor, ticket, cmd.arg or None))
             return _Reply([] if actor.person.id == ticket.reporter_id else
                           [t(f"reply.{name}", number=ticket.number)])
+        if name == "unfreeze":
+            ticket = await svc.by_number(s, cmd.number) if cmd.number else None
+            if ticket is None:
+                raise Refused("unfreeze_which_ticket")
+            change = await self._apply(s, await svc.unfreeze(s, actor, ticket, cmd.arg))
+            return _Reply([t("reply.unfrozen", number=ticket.number, system=change.detail["decision"].upper(),
+                             state=t(f"state.{ticket.state}"))])
         if name in ("note", "addition"):
             if not cmd.arg:
                 raise Refused("empty_note")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Awaitable, Callable
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -37,6 +38,9 @@ class Notifier:
         self.directory = directory
         self.service = service
         self.sops = sops
+        # Told of every change after the chats (outbound webhooks); each writes
+        # into the same transaction.
+        self.listeners: list[Callable[[AsyncSession, Change], Awaitable[None]]] = []
 
     # ---- snapshots, tokens -------------------------------------------
 
@@ -134,6 +138,8 @@ class Notifier:
             await handler(s, change)
         if change.action not in ("report", "note", "photo", "ack"):
             await self._update_cards(s, ticket, change)
+        for listener in self.listeners:
+            await listener(s, change)
 
     async def _tell_customer(self, s: AsyncSession, change: Change) -> None:
         ticket = change.ticket

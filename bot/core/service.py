@@ -22,6 +22,7 @@ from bot.core.numbers import format_number, parse_number
 from bot.events import Address
 from bot.texts import t
 from nlp import Classification, Classifier
+from storage.integration import ExternalStatus, TicketFreeze
 from storage.models import Attachment, Person, Ticket, TicketEvent
 from storage.queries import next_sequence
 from storage.types import utcnow
@@ -45,6 +46,7 @@ class Actor:
     person: Person
     channel: str
     via: str = "text"  # text | card | phone | api
+    token: str | None = None  # via api: the name of the API token (the external system)
 
 
 @dataclass
@@ -285,6 +287,50 @@ class TicketService:
             raise Refused("claim_first", number=ticket.number)
         raise Refused("owner_only", name=await self._name(s, ticket.assignee_id), number=ticket.number)
 
+    async def _refuse_if_frozen(self, s: AsyncSession, ticket: Ticket) -> None:
+        """The one freeze check: every command that moves a ticket's state logs
+        the move here, so a frozen ticket refuses them all (chat, cards, phone, API).
+
+        Runs before the move was flushed: expiring the ticket drops it, and the
+        ticket is read back as stored, for callers that go on using it.
+        """
+        with s.no_autoflush:
+            freeze = await s.get(TicketFreeze, ticket.id)
+            if freeze is not None:
+                s.expire(ticket)
+                await s.refresh(ticket)
+                raise Refused("frozen", number=ticket.number, reason=freeze.reason)
+
+    async def unfreeze(self, s: AsyncSession, actor: Actor, ticket: Ticket, decision: str) -> Change:
+        """A lead lifts a freeze by naming the system to follow (`解冻 单号 以CRM为准`):
+        the ticket takes the state that system's last report maps to."""
+        if not is_lead(actor.person):
+            raise Refused("unfreeze_lead_only")
+        freeze = await s.get(TicketFreeze, ticket.id)
+        if freeze is None:
+            raise Refused("not_frozen", number=ticket.number)
+        wanted = decision.strip().removeprefix("以").removesuffix("为准").strip().lower()
+        system = next((name for name in freeze.systems if name.lower() == wanted), None)
+        if system is None:
+            raise Refused("unfreeze_which", number=ticket.number,
+                          systems="、".join(f"以{name.upper()}为准" for name in freeze.systems))
+        status = await s.get(ExternalStatus, (ticket.id, system))
+        target = status.mapped_state if status is not None else None
+        await s.delete(freeze)
+        before = ticket.state
+        now = self.clock()
+        if target and target != before:
+            ticket.state = target
+            if target in (st.RESOLVED, st.CLOSED):
+                ticket.resolved_at = ticket.resolved_at or now
+            if target == st.CLOSED:
+                ticket.closed_at = now
+            if target == st.REOPENED:
+                ticket.rating = None
+                ticket.resolved_at = ticket.closed_at = None
+        return await self._log(s, ticket, "unfreeze", actor, before, ticket.state,
+                               {"decision": system, "reason": freeze.reason, "systems": freeze.systems})
+
     async def _name(self, s: AsyncSession, person_id: str | None) -> str:
         if person_id is None:
             return ""
@@ -293,12 +339,16 @@ class TicketService:
 
     async def _log(self, s: AsyncSession, ticket: Ticket, action: str, actor: Actor,
                    before: str | None, after: str | None, detail: dict | None = None) -> Change:
+        if before != after and before is not None and action != "unfreeze":
+            await self._refuse_if_frozen(s, ticket)
         now = self.clock()
         ticket.updated_at = now
         s.add(ticket)
         detail = dict(detail or {})
         if actor.via != "text":
             detail["via"] = actor.via
+        if actor.token:
+            detail["token"] = actor.token
         s.add(TicketEvent(ticket_id=ticket.id, action=action, actor_id=actor.person.id,
                           actor_name=actor.person.name, channel=actor.channel, at=now,
                           from_state=before, to_state=after, detail=detail))
