@@ -17,6 +17,7 @@ from escalation import phone  # noqa: F401
 from api import webhooks  # noqa: F401  (last: subscriptions are other systems, not people)
 from bot.config import Config
 from bot.core.directory import Directory
+from bot.core.dispatch import unknown_skills
 from bot.core.handler import TicketBot
 from bot.core.notify import Notifier
 from bot.core.service import TicketService
@@ -54,9 +55,13 @@ class Runtime:
         # the names, the channels need the bot as their sink.
         self.directory = Directory(config, [])
         self.service = TicketService(config, self.directory, classifier)
+        for key in unknown_skills(config, set(classifier.taxonomy.categories)):
+            log.warning("%s is not a category id of the taxonomy: dispatch never matches it", key)
         self.notifier = Notifier(config, self.directory, self.service, sops)
         self.escalation = EscalationEngine(config, self.db, self.directory, self.service, self.notifier,
                                            self.metrics, on_commit=self._wake_outbox, jobs=Jobs)
+        # Dispatch weighs who is on call now (the escalation engine's schedule).
+        self.service.dispatcher.oncall = self._on_call
         self.bot = TicketBot(config, self.db, self.directory, self.service, self.notifier, self.metrics,
                              on_commit=self._wake_outbox, escalation=self.escalation)
         for channel in build_channels(config, self.bot, self.db):
@@ -70,6 +75,10 @@ class Runtime:
             channel.wake_outbox = self.outbox.wake
             channel.count = functools.partial(self.count_inbound, channel.name)
         self.tasks = BackgroundTasks("runtime")
+
+    def _on_call(self, team_id: str, at) -> str | None:
+        now = self.escalation.oncall.who(team_id, at)
+        return now.person_id if now is not None else None
 
     def _wake_outbox(self) -> None:
         self.outbox.wake()

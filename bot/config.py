@@ -7,10 +7,11 @@ RELAYDESK_DATABASE_URL sets `database_url`, RELAYDESK_WECOM__SECRET sets
 from __future__ import annotations
 
 import os
+import string
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional
+from typing import Annotated, Any, Literal, Mapping, Optional
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -57,6 +58,14 @@ class TicketsConfig(_Section):
     domain: str = Field(default="SRV", pattern=r"^[A-Z]{2,6}$")
     timezone: str = "Asia/Shanghai"
     deadlines: dict[Priority, DeadlineConfig] = Field(default_factory=_default_deadlines)
+    # Evidence before 完工 (bot/core/evidence.py): photos taken after 开始维修.
+    # The category's number wins over the priority's, which wins over min_photos.
+    min_photos: int = Field(default=2, ge=0, le=20)
+    min_photos_by_priority: dict[Priority, Annotated[int, Field(ge=0, le=20)]] = Field(default_factory=dict)
+    min_photos_by_category: dict[str, Annotated[int, Field(ge=0, le=20)]] = Field(
+        default_factory=lambda: {"software": 0, "office_it": 0})
+    # 完工 must carry a note saying what was done ("完工 更换了机封，试机正常").
+    require_resolution_note: bool = True
 
     @model_validator(mode="after")
     def _all_priorities(self):
@@ -89,7 +98,12 @@ class TeamConfig(_Section):
     id: str
     name: str
     region: Optional[str] = None
+    # Category ids (nlp/data/taxonomy.toml) the team is good at, for dispatch.
     skills: list[str] = Field(default_factory=list)
+    # An outside service provider: its cards count down to its own deadlines
+    # (its SLA per priority), which replace [tickets.deadlines] for its tickets.
+    provider: bool = False
+    sla: dict[Priority, DeadlineConfig] = Field(default_factory=dict)
     lead: Optional[str] = None
     director: Optional[str] = None
     # Engineers' group chat per channel, e.g. {playground = "engineers", wecom = "wrk..."}
@@ -200,6 +214,78 @@ class DingTalkConfig(_Section):
         return self.event_owner_key or self.app_key
 
 
+class DispatchConfig(_Section):
+    """How the suggested engineer is chosen (bot/core/dispatch.py).
+
+    `regions` names the places of each region as a phone number's location is
+    written ("上海", "江苏"), so a customer whose region the directory does not
+    know is placed by the location of their mobile number.
+    """
+
+    regions: dict[str, list[str]] = Field(default_factory=dict)
+    # Weights of the score; the highest score is suggested.
+    skill_weight: float = 4.0
+    region_weight: float = 2.0
+    oncall_weight: float = 1.5
+    load_weight: float = 1.0  # subtracted per ticket in hand
+
+
+class FollowUpStepConfig(_Section):
+    """`after` this long past the follow-up's deadline, remind `targets` (team roles)."""
+
+    after: Duration = timedelta(0)
+    targets: list[Literal["lead", "director"]] = Field(default_factory=lambda: ["director"], min_length=1)
+
+
+class FollowUpConfig(_Section):
+    """A low rating opens a follow-up task for the team lead (bot/core/followup.py)."""
+
+    enabled: bool = True
+    threshold: int = Field(default=2, ge=1, le=5)  # ratings at or below this open one
+    deadline: Duration = timedelta(hours=48)
+    # Its own escalation policy, counted from the deadline.
+    steps: list[FollowUpStepConfig] = Field(default_factory=lambda: [FollowUpStepConfig()])
+    check_interval: Duration = timedelta(minutes=1)
+
+
+# The ticket fields a probe URL template may use.
+PROBE_FIELDS = ("number", "id", "category", "priority", "location", "serial", "team")
+
+
+class ProbeConfig(_Section):
+    """A resolution check (bot/core/probe.py): an HTTP GET that must answer
+    `expect_status` before a ticket of `team` / `category` counts as resolved.
+
+    `url` is a template with the ticket's fields: {number}, {category},
+    {priority}, {location}, {serial}, {team}, {id} (URL-quoted).
+    """
+
+    url: str = Field(min_length=1)
+    team: Optional[str] = None
+    category: Optional[str] = None
+    expect_status: int = Field(default=200, ge=100, le=599)
+    timeout: Duration = timedelta(seconds=5)
+    retries: int = Field(default=1, ge=0, le=5)
+    retry_delay: Duration = timedelta(seconds=1)
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        total = (self.timeout + self.retry_delay).total_seconds() * (self.retries + 1)
+        if self.timeout.total_seconds() <= 0 or total > 60:
+            raise ValueError("timeout must be above 0s and (timeout + retry_delay) x (retries + 1) at most 60s "
+                             "(the ticket waits in 待验证 for the check)")
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(self.url) if name is not None}
+        except ValueError as e:
+            raise ValueError(f"url: {e}") from None
+        unknown = sorted(names - set(PROBE_FIELDS))
+        if unknown:
+            raise ValueError(f"url: unknown field {{{unknown[0]}}} (use {', '.join('{%s}' % f for f in PROBE_FIELDS)})")
+        return self
+
+
 
 
 class Config(_Section):
@@ -223,6 +309,9 @@ class Config(_Section):
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     status_hub: StatusHubConfig = Field(default_factory=StatusHubConfig)
     integrations: dict[str, IntegrationConfig] = Field(default_factory=dict)  # system name -> its states
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    followup: FollowUpConfig = Field(default_factory=FollowUpConfig)
+    probes: list[ProbeConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _cross_refs(self):
@@ -240,6 +329,13 @@ class Config(_Section):
                 ref = getattr(t, key)
                 if ref is not None and ref not in known:
                     raise ValueError(f"teams[{i}].{key}: unknown person {ref!r}")
+        for i, pr in enumerate(self.probes):
+            if pr.team is not None and pr.team not in team_ids:
+                raise ValueError(f"probes[{i}].team: unknown team {pr.team!r}")
+        for i, t in enumerate(self.teams):
+            if t.sla and set(t.sla) != {"P0", "P1", "P2"}:
+                missing = ", ".join(sorted({"P0", "P1", "P2"} - set(t.sla)))
+                raise ValueError(f"teams[{i}].sla: deadlines missing for {missing}")
         check_references(self)
         return self
 

@@ -11,7 +11,9 @@ scanned and fuzzed. The rules here hold for every route of the app:
 * A declared `Content-Length` over `[server] max_body_bytes` is answered 413
   before a byte of the body is read; a body that has not fully arrived within
   `[server] body_timeout` is answered 408. Both close the connection. Handlers
-  then `await request.read()` the body already in memory.
+  then `await request.read()` the body already in memory. Uploads (pictures,
+  multipart forms) are left to their handler, which applies its own size limit
+  and reads within `UPLOAD_TIMEOUT`.
 * `parse_json` / `json_object` refuse documents nested deeper than
   `MAX_DEPTH` before handing them to the parser (whose recursion would
   otherwise end in a RecursionError and a 500), and answer 400 for anything
@@ -34,6 +36,9 @@ log = logging.getLogger("bot.inbound")
 # Deeper than any platform's payload (Feishu's cards and posts stay under 10).
 MAX_DEPTH = 32
 REFUSAL_LOG_INTERVAL = 60.0  # seconds between warnings for one endpoint
+# Uploads (a picture as the raw body, multipart forms) are streamed by their handler,
+# which checks their own size limit and reads them within this time.
+UPLOAD_TIMEOUT = 30.0
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # A JSON string literal; what is inside one never counts as nesting.
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -125,6 +130,12 @@ class RefusalLog:
 # ---- the middleware ---------------------------------------------------------
 
 
+def is_upload(request: web.Request) -> bool:
+    """A body its handler streams itself (see UPLOAD_TIMEOUT)."""
+    ctype = request.content_type
+    return ctype == "multipart/form-data" or ctype.startswith("image/")
+
+
 def platform_of(path: str) -> str | None:
     """The platform a path belongs to, for metrics: /callbacks/<p>/..., /playground/..."""
     parts = path.split("/")
@@ -154,7 +165,7 @@ def guard(max_body: int, body_timeout: float,
 
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        if request.method in _BODY_METHODS and request.body_exists and request.content_type != "multipart/form-data":
+        if request.method in _BODY_METHODS and request.body_exists and not is_upload(request):
             declared = request.content_length
             if declared is not None and declared > max_body:
                 return refused(request, Refusal(413, f"request body larger than {max_body} bytes"), close=True)

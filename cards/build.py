@@ -36,6 +36,31 @@ class TicketView:
     evidence: tuple[str, ...] = ()
     # Event action -> local time it last happened ("HH:MM").
     times: Mapping[str, str] = field(default_factory=dict)
+    # The assignee has claimed it (False: only suggested, or nobody).
+    owned: bool = False
+    # Why the suggested engineer was suggested ("擅长漏水渗水 · 华东 · 手上 1 单").
+    suggestion: str | None = None
+    photos: tuple[str, ...] = ()  # media refs of the newest few, newest last
+    photo_count: int = 0
+    # An outside provider's countdown ("维保外包 · 剩 3 小时 20 分").
+    countdown: str | None = None
+    # Who last acknowledged an escalation, when and how ("赵组长 21:40（电话）").
+    acknowledged: str | None = None
+
+
+@dataclass(frozen=True)
+class FollowUpView:
+    """A follow-up task as its card shows it."""
+
+    id: int
+    ticket_number: str
+    stars: int
+    comment: str | None
+    owner_name: str
+    due: str
+    done: bool = False
+    note: str | None = None
+    closed_by: str | None = None
 
 
 def _color(v: TicketView) -> Color:
@@ -62,6 +87,24 @@ def _facts(v: TicketView) -> list[CardField]:
     return f
 
 
+def _people_fields(v: TicketView) -> list[CardField]:
+    """Who has it: the owner once claimed; until then the suggestion and why."""
+    if v.owned and v.assignee_name:
+        return [CardField(t("card.field.assignee"), v.assignee_name)]
+    if v.assignee_name and v.state in st.UNCLAIMED:
+        value = v.assignee_name + (f" · {v.suggestion}" if v.suggestion else "")
+        return [CardField(t("card.field.suggested"), value)]
+    return []
+
+
+def _ack_fields(v: TicketView) -> list[CardField]:
+    return [CardField(t("card.field.acked"), v.acknowledged)] if v.acknowledged and v.state in st.OPEN else []
+
+
+def _photo_fields(v: TicketView) -> list[CardField]:
+    return [CardField(t("card.field.photos"), t("card.photos", count=v.photo_count))] if v.photo_count else []
+
+
 def _buttons(tokens: Mapping[str, str], *actions: str) -> tuple[Button, ...]:
     out = []
     for i, action in enumerate(actions):
@@ -79,6 +122,7 @@ ENGINEER_ACTIONS: dict[str, tuple[str, ...]] = {
     st.ON_THE_WAY: ("arrive", "transfer", "escalate"),
     st.ON_SITE: ("start_repair", "transfer"),
     st.REPAIRING: ("resolve", "transfer"),
+    st.VERIFYING: ("resolve", "start_repair", "transfer"),
 }
 
 
@@ -86,18 +130,18 @@ def engineer_card(v: TicketView, tokens: Mapping[str, str]) -> Card:
     fields = _facts(v) + [
         CardField(t("card.field.reporter"), v.reporter_name),
         CardField(t("card.field.state"), _state_label(v.state)),
-    ]
-    if v.assignee_name:
-        label = "card.field.suggested" if v.state in st.UNCLAIMED else "card.field.assignee"
-        fields.append(CardField(t(label), v.assignee_name))
+    ] + _people_fields(v) + _ack_fields(v)
+    if v.countdown and v.state in st.OPEN:
+        fields.append(CardField(t("card.field.provider_sla"), v.countdown))
     if v.state in st.UNCLAIMED:
         fields.append(CardField(t("card.field.respond_by"), v.respond_by))
     elif v.state in st.IN_WORK:
         fields.append(CardField(t("card.field.resolve_by"), v.resolve_by))
     if v.resolution:
         fields.append(CardField(t("card.field.resolution"), v.resolution))
+    fields += _photo_fields(v)
     footer = None
-    if v.state not in st.UNCLAIMED and v.assignee_name and v.state != st.CANCELLED:
+    if v.owned and v.state not in st.UNCLAIMED and v.assignee_name and v.state != st.CANCELLED:
         footer = t("card.engineer.owned", name=v.assignee_name, state=_state_label(v.state))
     return Card(
         kind="engineer",
@@ -109,6 +153,7 @@ def engineer_card(v: TicketView, tokens: Mapping[str, str]) -> Card:
         buttons=_buttons(tokens, *ENGINEER_ACTIONS.get(v.state, ())),
         footer=footer,
         track_key=f"t{v.id}:eng",
+        images=v.photos,
     )
 
 
@@ -125,7 +170,7 @@ def status_card(v: TicketView) -> Card:
         CardField(t("card.field.priority"), t(f"priority.{v.priority}")),
         CardField(t("card.field.state"), _state_label(v.state)),
     ]
-    if v.assignee_name and v.state not in st.UNCLAIMED:
+    if v.assignee_name and v.owned:
         fields.append(CardField(t("card.field.engineer"), v.assignee_name))
     if v.rating:
         fields.append(CardField(t("card.field.rating"), "★" * v.rating))
@@ -139,6 +184,7 @@ def status_card(v: TicketView) -> Card:
         timeline=tuple(steps),
         footer=footer,
         track_key=f"t{v.id}:status",
+        images=v.photos,
     )
 
 
@@ -146,10 +192,9 @@ def escalation_card(v: TicketView, tokens: Mapping[str, str], reason: str) -> Ca
     fields = _facts(v) + [
         CardField(t("card.field.state"), _state_label(v.state)),
         CardField(t("card.field.reporter"), v.reporter_name),
-    ]
-    if v.assignee_name:
-        label = "card.field.suggested" if v.state in st.UNCLAIMED else "card.field.assignee"
-        fields.append(CardField(t(label), v.assignee_name))
+    ] + _people_fields(v) + _ack_fields(v)
+    if v.countdown and v.state in st.OPEN:
+        fields.append(CardField(t("card.field.provider_sla"), v.countdown))
     actions = ("ack", "transfer") if v.state in st.OPEN else ()
     return Card(
         kind="escalation",
@@ -179,6 +224,27 @@ def rating_card(v: TicketView, tokens: Mapping[str, str]) -> Card:
         buttons=buttons,
         footer=footer,
         track_key=f"t{v.id}:rating",
+    )
+
+
+def followup_card(f: FollowUpView) -> Card:
+    """The lead's follow-up task of a low rating; its own card, next to the rating card."""
+    fields = [
+        CardField(t("card.field.rating"), "★" * f.stars),
+        CardField(t("card.field.customer_comment"), f.comment or t("card.followup.no_comment")),
+        CardField(t("card.field.followup_owner"), f.owner_name),
+        CardField(t("card.field.followup_due"), f.due),
+    ]
+    if f.done:
+        fields.append(CardField(t("card.field.followup_result"), f.note or ""))
+    return Card(
+        kind="followup",
+        title=t("card.followup.title", number=f.ticket_number),
+        subtitle=t("card.followup.done", name=f.closed_by or "") if f.done else t("card.followup.open"),
+        color="grey" if f.done else "orange",
+        fields=tuple(fields),
+        footer=None if f.done else t("card.followup.how", number=f.ticket_number),
+        track_key=f"f{f.id}:followup",
     )
 
 

@@ -47,6 +47,9 @@ class Card:
     footer: str | None = None
     # Cards sharing a track key are one card that later changes update in place.
     track_key: str | None = None
+    # Photos to show as thumbnails: media refs (a local file, or a platform's
+    # media id); a renderer shows those it can and the count says the rest.
+    images: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,4 +67,5 @@ class Card:
             buttons=tuple(Button(**b) for b in d.get("buttons", ())),
             footer=d.get("footer"),
             track_key=d.get("track_key"),
+            images=tuple(d.get("images", ())),
         )

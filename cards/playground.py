@@ -53,9 +53,10 @@ def _step_html(step: TimelineStep) -> str:
     )
 
 
-def render_card_html(card: Card, mentions: Iterable[str] = ()) -> str:
+def render_card_html(card: Card, mentions: Iterable[str] = (), images: Iterable[str] = ()) -> str:
     """The neutral card as one HTML element.
 
+    `images` are the URLs of the card's photos this page can show, as thumbnails.
     The root carries `data-track-key` (empty when the card has none) so the page
     can replace an earlier version of the same card in place; each button
     carries its opaque callback id in `data-token`.
@@ -83,6 +84,13 @@ def render_card_html(card: Card, mentions: Iterable[str] = ()) -> str:
         parts.append("</dl>")
     if card.body:
         parts.append(f'<div class="rd-card-text">{_rich(card.body)}</div>')
+    thumbs = list(images)
+    if thumbs:
+        parts.append('<div class="rd-thumbs">')
+        for url in thumbs:
+            parts.append(f'<a class="rd-thumb" href="{_esc(url)}" target="_blank" rel="noopener">'
+                         f'<img src="{_esc(url)}" alt="" loading="lazy"></a>')
+        parts.append("</div>")
     if card.timeline:
         parts.append('<ol class="rd-timeline">')
         parts.extend(_step_html(s) for s in card.timeline)

@@ -25,6 +25,7 @@ from sqlmodel import select as orm_select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.config import Config
+from bot.core import followup, verify
 from bot.core import states as st
 from bot.core.directory import Directory
 from bot.core.notify import Notifier
@@ -174,6 +175,17 @@ class EscalationEngine:
         names = {p.id: p.name for p in rows}
         phones = {p.id: p.phone for p in rows}
         return self.oncall.text(teams, self.clock(), names, phones)
+
+    async def run_verifications(self) -> int:
+        """The resolution checks 完工 submitted (bot/core/verify.py); how many were answered."""
+        return await verify.run_pending(self.db, self.service, self.notifier, self.after, self.on_commit)
+
+    async def sweep_followups(self) -> None:
+        """Follow-ups past their deadline: their own steps remind the lead or director."""
+        async with self.db.session() as s:
+            fired = await followup.sweep(s, self.config, self.clock(), self.notifier.remind_followup)
+        if fired:
+            self.on_commit()
 
     # ---- chains -------------------------------------------------------------
 

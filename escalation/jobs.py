@@ -55,6 +55,12 @@ class Jobs:
                                    coalesce=True, misfire_grace_time=None)
         self.add_periodic("auditor", ec.auditor.interval, lambda: audit(self.engine),
                           first=now + timedelta(seconds=5))
+        if self.engine.config.probes:
+            self.scheduler.add_job(self._verify, "interval", seconds=1, id="verifications", next_run_time=now,
+                                   max_instances=1, coalesce=True, misfire_grace_time=None)
+        fc = self.engine.config.followup
+        if fc.enabled and fc.steps:
+            self.add_periodic("followups", fc.check_interval, self.engine.sweep_followups, first=now)
         self.scheduler.start()
 
     def add_periodic(self, name: str, interval: timedelta, fn: Callable[[], Awaitable[None]],
@@ -93,6 +99,9 @@ class Jobs:
 
     async def _sweep(self) -> None:
         self._spawn("sweep", self.engine.sweep)
+
+    async def _verify(self) -> None:
+        self._spawn("verifications", self.engine.run_verifications)
 
     async def _periodic(self, name: str, interval: timedelta, fn: Callable[[], Awaitable[None]]) -> None:
         self._spawn(f"periodic job {name}", lambda: run_once_per_period(self.engine, name, interval, fn))

@@ -15,7 +15,7 @@ __all__ = ["Entities", "EntityExtractor"]
 
 _HAN = r"\u4e00-\u9fff"
 # characters that never belong to a place name (function words, pronouns, verbs of chat)
-_NAME_STOP = "址置点的了在是到去送和与跟从往向把被就都也还又我你他她它们这那个哪些每各有没不很太要想能会说给让请问吗呢吧啊呀嘛哦喂整全该其另某几多少台里边"
+_NAME_STOP = "址置点的了在是到去送进和与跟从往向把被就都也还又我你他她它们这那个哪些每各有没不很太要想能会说给让请问吗呢吧啊呀嘛哦喂整全该其另某几多少台里边"
 _NAME_CHAR = rf"(?:(?![{_NAME_STOP}])[{_HAN}])"
 _ID = r"(?:(?<![0-9A-Za-z.])\d{1,4}|(?<![A-Za-z0-9])[A-Za-z]{1,2}\d{0,2}|[一二三四五六七八九十两]{1,3}|[东南西北]{1,2})"
 

@@ -333,21 +333,24 @@ class Lexicon:
 
     def _assemble(self, hits: list[Hit], text: str) -> list[Hit]:
         parts: dict[tuple[int, int], list[Hit]] = {}
-        words = [h for h in hits if h.layer in _SHADOWING]
         for h in hits:
             if h.layer == Layer.PIECE and h.ref is not None:
-                if h.ref[1] == 0 and any(
-                        w.start <= h.start and h.end <= w.end and w.end - w.start > h.end - h.start
-                        for w in words):
-                    continue  # a pattern does not start inside a longer word (温度 in 温度传感器)
                 parts.setdefault(h.ref, []).append(h)
+        words: list[Hit] | None = None
         out: list[Hit] = []
         gap = self.pattern_gap
         for (pid, k), heads in parts.items():
             if k != 0:
                 continue
             pattern = self._patterns[pid]
+            if any((pid, m) not in parts for m in range(1, len(pattern.parts))):
+                continue  # a part is missing: no need to look closer
+            if words is None:
+                words = [h for h in hits if h.layer in _SHADOWING]
             for head in heads:
+                if any(w.start <= head.start and head.end <= w.end and w.end - w.start > head.end - head.start
+                       for w in words):
+                    continue  # a pattern does not start inside a longer word (温度 in 温度传感器)
                 end = head.end
                 ok = True
                 for m in range(1, len(pattern.parts)):

@@ -131,6 +131,26 @@ class Attachment(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False, default=utcnow)
 
 
+class FollowUp(SQLModel, table=True):
+    """A supervisor's follow-up of a low rating: owner, deadline, outcome (bot/core/followup.py)."""
+
+    __tablename__ = "follow_up"
+    __table_args__ = (Index("ix_follow_up_open", "state", "due_at"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="ticket.id", index=True)
+    owner_id: Optional[str] = Field(default=None, index=True)
+    team: Optional[str] = None
+    stars: int
+    comment: Optional[str] = None
+    state: str = "open"  # open | done
+    due_at: datetime = _ts(nullable=False)
+    steps_fired: int = 0  # of the follow-up escalation policy
+    opened_at: datetime = _ts(nullable=False, default=utcnow)
+    closed_at: Optional[datetime] = _ts()
+    closed_by: Optional[str] = None
+    note: Optional[str] = None
+
+
 class ProcessedEvent(SQLModel, table=True):
     """Inbound platform events already handled: the platforms' retries stop here."""
 

@@ -37,6 +37,9 @@ async def refused(h: Harness, person: str, text: str, expected: str, **kw) -> No
     assert [(t.id, t.state, t.assignee_id, t.rating) for t in await h.tickets()] == before
 
 
+SOFTWARE = "MES系统登录不了"  # a software ticket: 完工 needs a note, no photos
+
+
 async def reported(h: Harness, text: str = "2号车间空压机不启动了") -> Ticket:
     await h.say("cust_wang", text)
     return await h.ticket()
@@ -57,9 +60,9 @@ async def test_photo_without_an_open_ticket(h):
 
 
 async def test_claiming_a_finished_ticket(h):
-    t = await reported(h)
+    t = await reported(h, SOFTWARE)
     await h.say("eng_zhang", "认领")
-    await h.say("eng_zhang", "完工")
+    await h.say("eng_zhang", "完工 重启了服务")
     await refused(h, "eng_li", f"认领 {t.number}", "不能认领")
 
 
@@ -80,7 +83,8 @@ async def test_transfer_refusals(h):
     await h.say("eng_zhang", "认领")
     await refused(h, "eng_zhang", "转交", "请写明转交给谁")
     await refused(h, "eng_zhang", "转交 @孙总监", "不是工程师", mentions=("director_sun",))
-    await refused(h, "eng_zhang", "转交 @张工", "已经是工单", mentions=("eng_zhang",))
+    await refused(h, "eng_zhang", "转交 @张工", "不能转交给自己", mentions=("eng_zhang",))
+    await refused(h, "lead_zhao", f"转交 @张工 {t.number}", "已经是工单", mentions=("eng_zhang",))
     assert (await h.ticket(t.number)).assignee_id == "eng_zhang"
 
 
@@ -91,18 +95,18 @@ async def test_other_customers_tickets_are_private(h):
 
 
 async def test_rating_refusals(h):
-    t = await reported(h)
+    t = await reported(h, SOFTWARE)
     await h.say("eng_zhang", "认领")
-    await h.say("eng_zhang", "完工")
+    await h.say("eng_zhang", "完工 重启了服务")
     await refused(h, "cust_wang", "评价 好", "1 到 5 星")
     await refused(h, "eng_zhang", f"评价 5 {t.number}", "只有报修人可以评价")
 
 
 async def test_cancel_reopen_and_closed_refusals(h):
-    t = await reported(h)
+    t = await reported(h, SOFTWARE)
     await refused(h, "cust_wang", "重开", "不需要重开")
     await h.say("eng_zhang", "认领")
-    await h.say("eng_zhang", "完工")
+    await h.say("eng_zhang", "完工 重启了服务")
     await refused(h, "cust_wang", "取消", "不能取消")
     await h.say("cust_wang", "评价 4")
     await refused(h, "eng_zhang", f"加急 {t.number}", "不能再操作")

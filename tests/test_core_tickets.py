@@ -26,10 +26,16 @@ class Harness:
         self.rt = rt
 
     def event(self, person: str, text: str = "", *, group: bool = False, kind: str = "text",
-              token: str | None = None, event_id: str | None = None, mentions=()) -> InboundEvent:
+              token: str | None = None, event_id: str | None = None, mentions=(),
+              image_ref: str | None = None) -> InboundEvent:
         conv = Address("playground", "group", "engineers") if group else Address("playground", "user", person)
         return InboundEvent(platform="playground", event_id=event_id or f"e{next(_ids)}", sender_id=person,
-                            conversation=conv, kind=kind, text=text, action_token=token, mentions=tuple(mentions))
+                            conversation=conv, kind=kind, text=text, action_token=token, mentions=tuple(mentions),
+                            image_ref=image_ref)
+
+    async def photo(self, person: str, ref: str = "", **kw):
+        """`person` sends a picture (a media ref or a local file)."""
+        return await self.rt.bot.handle(self.event(person, kind="image", image_ref=ref or f"media-{next(_ids)}", **kw))
 
     async def say(self, person: str, text: str, **kw):
         return await self.rt.bot.handle(self.event(person, text, **kw))
@@ -114,6 +120,8 @@ async def test_full_lifecycle_with_buttons_and_text(h):
     await h.say("eng_zhang", "出发")
     await h.say("eng_zhang", "到达")
     await h.say("eng_zhang", "开始维修")
+    await h.photo("eng_zhang")
+    await h.photo("eng_zhang")
     await h.say("eng_zhang", "完工 更换了机封，试机正常")
     t = await h.ticket(number)
     assert (t.state, t.resolution) == ("resolved", "更换了机封，试机正常")
@@ -128,7 +136,7 @@ async def test_full_lifecycle_with_buttons_and_text(h):
     status = (await h.cards_to("user", "cust_wang", "status"))[-1]
     assert [s["state"] for s in status["timeline"]] == ["done"] * 6
     actions = [e.action for e in await h.events(t.id)]
-    assert actions == ["report", "claim", "depart", "arrive", "start_repair", "resolve", "rate"]
+    assert actions == ["report", "claim", "depart", "arrive", "start_repair", "photo", "photo", "resolve", "rate"]
     # The engineers' card was updated in place at every step, buttons gone at the end.
     last_eng = (await h.cards_to("group", "engineers", "engineer"))[-1]
     assert last_eng["buttons"] == [] and last_eng["color"] == "grey"
@@ -170,13 +178,13 @@ async def test_only_assignee_or_lead_moves_a_claimed_ticket(h):
 
 
 async def test_stage_out_of_order_is_refused(h):
-    await h.say("cust_wang", "2号车间空压机不启动了")
+    await h.say("cust_wang", "MES系统登录不了")  # software: no photos needed
     await h.say("eng_zhang", f"完工 {(await h.ticket()).number}")
     assert "请先认领" in (await h.texts_to("user", "eng_zhang"))[-1]
     await h.say("lead_zhao", "出发")
     assert "没有负责中" in (await h.texts_to("user", "lead_zhao"))[-1]
     await h.say("eng_zhang", "认领")
-    await h.say("eng_zhang", "完工")
+    await h.say("eng_zhang", "完工 重启了登录服务")
     await h.say("eng_zhang", f"出发 {(await h.ticket()).number}")
     assert "不能执行" in (await h.texts_to("user", "eng_zhang"))[-1]
     assert (await h.ticket()).state == "resolved"
@@ -276,8 +284,8 @@ async def test_progress_board_rating_refusals_and_cancel(h):
     assert "完工后" in (await h.texts_to("user", "cust_wang"))[-1]
     await h.say("cust_wang", "进度 SRV-20200101-00001-000")
     assert "不正确" in (await h.texts_to("user", "cust_wang"))[-1]
-    await h.say("eng_zhang", "我的工单")
-    assert "没有" in (await h.texts_to("user", "eng_zhang"))[-1]
+    await h.say("lead_zhao", "我的工单")
+    assert "没有" in (await h.texts_to("user", "lead_zhao"))[-1]
     await h.say("eng_zhang", "认领")
     await h.say("eng_zhang", "我的工单")
     assert t.number in (await h.texts_to("user", "eng_zhang"))[-1]

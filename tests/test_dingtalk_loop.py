@@ -20,6 +20,14 @@ from test_dingtalk_channel import (  # noqa: F401  (fixtures)
 )
 
 
+def picture_msg(sender: str, code: str, **kw) -> dict:
+    """A picture sent to the robot in a 1:1 chat."""
+    msg = robot_msg(sender, **kw)
+    msg.pop("text")
+    msg.update(msgtype="picture", content={"downloadCode": code})
+    return msg
+
+
 def last_params(bot: Bot, out_track_id: str) -> dict:
     """The card as it looks now: its last update, else how it was created."""
     updates = bot.fake.updates(out_track_id)
@@ -68,6 +76,11 @@ async def test_full_loop_with_interactive_cards(bot):
     assert (await click(bot.client, "u_zhang", group_card["outTrackId"], depart)).status == 200
     assert (await post_robot(bot.client, robot_msg("u_zhang", "到达", group=ENG_GROUP))).status == 200
     assert (await post_robot(bot.client, robot_msg("u_zhang", "开始维修"))).status == 200
+    # 完工 needs two on-site photos taken after 开始维修 (the default for on-site work).
+    await post_robot(bot.client, robot_msg("u_zhang", "完工 更换了机封，试机正常"))
+    assert (await bot.ticket()).state == "repairing"
+    for code in ("pic-1", "pic-2"):
+        assert (await post_robot(bot.client, picture_msg("u_zhang", code))).status == 200
     assert (await post_robot(bot.client, robot_msg("u_zhang", "完工 更换了机封，试机正常"))).status == 200
     ticket = await bot.ticket()
     assert (ticket.state, ticket.resolution) == ("resolved", "更换了机封，试机正常")
@@ -89,7 +102,8 @@ async def test_full_loop_with_interactive_cards(bot):
                                .order_by(TicketEvent.id))).all()
     assert [(e.action, e.channel) for e in events] == [
         ("report", "dingtalk"), ("claim", "dingtalk"), ("depart", "dingtalk"), ("arrive", "dingtalk"),
-        ("start_repair", "dingtalk"), ("resolve", "dingtalk"), ("rate", "dingtalk")]
+        ("start_repair", "dingtalk"), ("photo", "dingtalk"), ("photo", "dingtalk"), ("resolve", "dingtalk"),
+        ("rate", "dingtalk")]
     # At the end the engineers' card has no buttons left.
     assert last_params(bot, group_card["outTrackId"])["params"]["has_buttons"] == "false"
     told = "\n".join(bot.fake.session_texts(session_of("u_wang")))
@@ -130,8 +144,11 @@ async def test_full_loop_with_markdown_cards_and_text_commands(make_bot):
     assert t("refuse.customer_command", command=f"认领 {number}"[:20]) in customer
     assert any("张工" in x for x in customer)
 
-    for text in ("出发", "到达", "开始维修", "完工 更换了机封"):
+    for text in ("出发", "到达", "开始维修"):
         assert (await post_robot(bot.client, robot_msg("u_zhang", text))).status == 200
+    for code in ("pic-1", "pic-2"):
+        assert (await post_robot(bot.client, picture_msg("u_zhang", code))).status == 200
+    assert (await post_robot(bot.client, robot_msg("u_zhang", "完工 更换了机封"))).status == 200
     await bot.drain()
     rating = [x for x in bot.fake.session_texts(session_of("u_wang")) if f"评价 5 {number}" in x]
     assert rating

@@ -90,6 +90,15 @@ class Esc:
                              conversation=Address("playground", "user", person), kind="text", text=text)
         return await self.rt.bot.handle(event)
 
+    async def finish(self, person: str, note: str = "换了密封圈") -> None:
+        """开始维修, the two photos 完工 needs, then 完工 with a note."""
+        await self.say(person, "开始维修")
+        for _ in range(2):
+            await self.rt.bot.handle(InboundEvent(
+                platform="playground", event_id=f"x{next(_ids)}", sender_id=person,
+                conversation=Address("playground", "user", person), kind="image", image_ref=f"pic{next(_ids)}"))
+        await self.say(person, f"完工 {note}")
+
     async def report(self, text: str = "3号线水泵漏水停机了 #P0") -> Ticket:
         await self.say("cust_wang", text)
         return await self.ticket()
@@ -245,7 +254,8 @@ async def test_claim_stops_the_unclaimed_chain_and_restarts_no_progress(esc):
 async def test_resolve_and_cancel_stop_everything(esc):
     tk = await esc.report()
     await esc.say("eng_zhang", "认领")
-    await esc.say("eng_zhang", "完工 换了密封圈")
+    await esc.finish("eng_zhang")
+    assert (await esc.ticket(tk.id)).state == "resolved"
     assert all(t.due_at is None for t in (await esc.timers(tk.id)).values())
     tk2 = await esc.report(P2_TEXT)
     await esc.say("cust_wang", f"取消 {tk2.number}")
@@ -301,7 +311,7 @@ async def test_a_running_chain_keeps_its_snapshot_when_the_config_changes(esc):
 async def test_reopen_takes_a_fresh_snapshot(esc):
     tk = await esc.report()
     await esc.say("eng_zhang", "认领")
-    await esc.say("eng_zhang", "完工")
+    await esc.finish("eng_zhang")
     esc.rt.config.escalation.P0.steps[0].after = timedelta(minutes=2)
     esc.clock.advance(minutes=1)
     await esc.say("cust_wang", "重开 还是漏")

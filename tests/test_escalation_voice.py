@@ -159,8 +159,14 @@ async def test_the_call_reads_the_ticket_in_chinese_inside_gather(phone):
         ("call", "sent", "lead_zhao", tk.id, "CA" + "1".zfill(32))
 
 
+async def engineer_card_updates(phone) -> list[dict]:
+    return [m.message for m in await phone.outbox() if m.message["type"] == "card"
+            and m.message["card"]["kind"] == "engineer" and m.message["update"]]
+
+
 async def test_keypad_1_acknowledges_by_phone_and_stops_the_chain(phone):
     tk = await phone.page()
+    updates_before = len(await engineer_card_updates(phone))
     r = await phone.post(1, "gather", {"CallSid": "CA" + "1".zfill(32), "Digits": "1"})
     assert r.status == 200
     body = await r.text()
@@ -168,6 +174,14 @@ async def test_keypad_1_acknowledges_by_phone_and_stops_the_chain(phone):
     ack = [e for e in await phone.events(tk.id) if e.action == "ack"]
     assert len(ack) == 1 and ack[0].detail["via"] == "phone" and ack[0].actor_id == "lead_zhao"
     assert ack[0].channel == "twilio"
+    # The group hears who answered; the escalation card shows it.
+    sent = await phone.outbox()
+    told = [m.message["text"] for m in sent if m.to_kind == "group" and m.message["type"] == "text"]
+    assert any("赵组长 已通过电话确认收到工单" in x and tk.number in x for x in told)
+    updates = await engineer_card_updates(phone)
+    assert len(updates) > updates_before
+    acked = {f["label"]: f["value"] for f in updates[-1]["card"]["fields"]}["已确认收到"]
+    assert acked.startswith("赵组长 ") and acked.endswith("（电话）")
     phone.clock.advance(minutes=30)
     assert await phone.sweep() == 0  # the director is not paged: the lead acknowledged
     assert (await phone.calls())[0].status == "acknowledged"

@@ -568,6 +568,10 @@ async def test_full_loop_report_claim_stages_rating(fs):
     answer = await fs.click(ZHANG, await fs.token_for(ticket.id, "start_repair"), message_id=group_msg,
                             chat_id=ENGINEERS)
     assert "完工" in buttons(answer["card"]["data"])
+    for i in (1, 2):  # the two on-site photos 完工 needs
+        r = await fs.push(message_event(ZHANG, message_type="image", content={"image_key": f"img_v2_site{i}"},
+                                        message_id=f"om_site{i}"))
+        assert r.status == 200
     await fs.say(ZHANG, "完工 更换了叶轮密封圈")
     [ticket] = await fs.tickets()
     assert ticket.state == "resolved"

@@ -409,3 +409,13 @@ def test_cache_dir_falls_back_to_user_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RELAYDESK_DATA_DIR", str(blocker / "sub"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "relaydesk"
+
+
+@pytest.mark.parametrize("text, location", [
+    ("金地花园3栋2单元1201空调不制冷", "金地花园3栋2单元1201"),
+    ("A座15层男卫生间漏水", "A座15层男卫生间"),
+    ("人民医院门诊楼3楼护士站电脑蓝屏", "人民医院门诊楼3楼护士站"),
+    ("星河湾小区南门道闸不抬杆", "星河湾小区南门"),
+])
+def test_building_places(clf, text, location):
+    assert clf.classify(text).location == location

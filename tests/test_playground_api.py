@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from pathlib import Path
@@ -583,3 +584,65 @@ async def test_phone_messages_are_refused_for_good(channel):
     with pytest.raises(DeliveryError) as e:
         await channel.send(CUSTOMER, Sms("+8613800000001", "hi"), None)
     assert not e.value.retryable
+
+
+# ---- pictures people send ----------------------------------------------------
+
+
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + b"\x00" * 64
+
+
+async def test_a_picture_is_stored_shown_and_handed_to_the_core(client, sink, db, tmp_path):
+    query = {"conversation": "user:cust_wang", "sender_id": "cust_wang", "client_id": "p-1"}
+    r = await client.post("/playground/api/photo", params=query, data=JPEG, headers={"Content-Type": "image/jpeg"})
+    assert r.status == 200 and (await r.json())["ok"] is True
+    [row] = await rows(db)
+    assert (row.kind, row.sender_id) == ("image", "cust_wang")
+    assert row.payload["url"].startswith("/playground/media/") and row.payload["url"].endswith(".jpg")
+    [event] = sink.events
+    assert event.kind == "image" and event.event_id == "p-1" and sink.rows_at_call == [1]
+    path = Path(event.image_ref)
+    assert path.parent == (tmp_path / "media").resolve() and path.read_bytes() == JPEG
+    r = await client.get(row.payload["url"])
+    assert r.status == 200 and await r.read() == JPEG
+    # The same upload again (a retry): one bubble, and the core sees a duplicate.
+    r = await client.post("/playground/api/photo", params=query, data=JPEG, headers={"Content-Type": "image/jpeg"})
+    assert (await r.json())["duplicate"] is True and len(await rows(db)) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "ctype", "body", "status", "message"),
+    [
+        ({"conversation": "user:cust_wang", "sender_id": "cust_wang", "client_id": "x"}, "text/plain", b"hi", 415,
+         "send a picture"),
+        ({"conversation": "user:cust_wang", "sender_id": "cust_wang", "client_id": "x"}, "image/png", b"", 400,
+         "empty picture"),
+        ({"conversation": "user:cust_wang", "sender_id": "nobody", "client_id": "x"}, "image/png", JPEG, 400,
+         "unknown person"),
+        ({"conversation": "user:eng_zhang", "sender_id": "cust_wang", "client_id": "x"}, "image/png", JPEG, 403,
+         "may not write"),
+    ],
+)
+async def test_bad_pictures_are_refused_and_change_nothing(client, sink, db, query, ctype, body, status, message):
+    r = await client.post("/playground/api/photo", params=query, data=body, headers={"Content-Type": ctype})
+    assert r.status == status and message in (await r.json())["error"]
+    assert await rows(db) == [] and sink.events == []
+
+
+async def test_a_picture_too_large_is_refused(client, sink, db):
+    from bot.playground.routes import MAX_PHOTO
+
+    query = {"conversation": "user:cust_wang", "sender_id": "cust_wang", "client_id": "big"}
+    r = await client.post("/playground/api/photo", params=query, data=io.BytesIO(b"\xff" * (MAX_PHOTO + 1)),
+                          headers={"Content-Type": "image/jpeg"})
+    assert r.status == 413 and await rows(db) == [] and sink.events == []
+
+
+async def test_card_photos_show_as_thumbnails_when_the_page_can_show_them(channel, db, tmp_path):
+    local = tmp_path / "site.jpg"
+    local.write_bytes(JPEG)
+    c = card(images=(str(local), "wecom:MEDIA1"))
+    await send_as_outbox(channel, 1, GROUP, CardMessage(c))
+    [row] = await rows(db)
+    html = row.payload["html"]
+    assert html.count('class="rd-thumb"') == 1 and "/playground/media/" in html and "wecom:" not in html

@@ -387,7 +387,11 @@ async def test_full_loop_report_claim_stages_rating(client, fake):
     assert {b["text"] for b in fresh["button_list"]} >= {"完工"}
     fake.clear()
 
-    # 4. 完工 with a note by text: the fresh card's buttons are greyed with the outcome
+    # 4. two on-site photos, then 完工 with a note by text: the fresh card's buttons are greyed with the outcome
+    for i in (1, 2):
+        assert (await post(client, image_xml(engineer, f"SITE{i}", f"300{i}"))).status == 200
+    await drain(client)
+    fake.clear()
     assert (await post(client, text_xml(engineer, "完工 更换了密封圈", 1004))).status == 200
     await drain(client)
     [ticket] = await rows(client, Ticket)

@@ -160,8 +160,9 @@ class PlaygroundChannel(Channel):
         elif isinstance(message, CardMessage):
             kind = "card"
             card = message.card
+            images = [url for url in [await self._thumbnail_url(ref) for ref in card.images] if url]
             payload = {
-                "html": render_card_html(card, self.display_names(message.mentions)),
+                "html": render_card_html(card, self.display_names(message.mentions), images),
                 "track_key": card.track_key,
             }
         elif isinstance(message, Image):
@@ -206,6 +207,54 @@ class PlaygroundChannel(Channel):
             stmt = stmt.on_conflict_do_nothing(index_elements=["outbox_id"])
         await s.exec(stmt)
 
+    async def _thumbnail_url(self, ref: str) -> str | None:
+        """A card photo's URL on this page: local image files are published; others
+        (a platform's media id not fetched) have none and are only counted."""
+        path = Path(ref)
+        if path.suffix.lower() not in IMAGE_TYPES or not await asyncio.to_thread(path.is_file):
+            return None
+        if path.parent.resolve() == self.media_dir.resolve():
+            return MEDIA_PREFIX + path.name
+        try:
+            return await self._publish_image(ref)
+        except DeliveryError:
+            return None
+
+    async def save_photo(self, data: bytes, suffix: str) -> Path:
+        """Store a picture a person sent from the page, named by its content; its path."""
+
+        def write() -> Path:
+            target = self.media_dir / (hashlib.sha256(data).hexdigest()[:32] + suffix)
+            if not target.exists():
+                self.media_dir.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_suffix(suffix + ".part")
+                tmp.write_bytes(data)
+                shutil.move(tmp, target)
+            return target
+
+        return await asyncio.to_thread(write)
+
+    async def record_user_image(self, conversation: str, person: str, path: Path, client_id: str) -> bool:
+        """Show a person's own picture; False when this client_id was shown already."""
+        sender = self.people[person]
+        async with self.db.session() as s:
+            if await self._client_message(s, conversation, person, client_id):
+                return False
+            await self._insert(s, conversation=conversation, sender_id=person, sender_name=sender.name,
+                               kind="image", payload={"url": MEDIA_PREFIX + path.name, "client_id": client_id})
+        self._wake()
+        return True
+
+    async def _client_message(self, s, conversation: str, person: str, client_id: str) -> bool:
+        stmt = (
+            select(PlaygroundMessage.id)
+            .where(PlaygroundMessage.conversation == conversation)
+            .where(PlaygroundMessage.sender_id == person)
+            .where(PlaygroundMessage.payload["client_id"].as_string() == client_id)
+            .limit(1)
+        )
+        return (await s.exec(stmt)).first() is not None
+
     async def _publish_image(self, path: str) -> str:
         """Copy the image under the media folder, named by its content; its URL."""
         src = Path(path)
@@ -235,14 +284,7 @@ class PlaygroundChannel(Channel):
         """Show a person's own message; False when this client_id was shown already."""
         sender = self.people[person]
         async with self.db.session() as s:
-            stmt = (
-                select(PlaygroundMessage.id)
-                .where(PlaygroundMessage.conversation == conversation)
-                .where(PlaygroundMessage.sender_id == person)
-                .where(PlaygroundMessage.payload["client_id"].as_string() == client_id)
-                .limit(1)
-            )
-            if (await s.exec(stmt)).first() is not None:
+            if await self._client_message(s, conversation, person, client_id):
                 return False
             await self._insert(
                 s,

@@ -27,6 +27,8 @@ KEYWORDS: dict[str, str] = {
     "确认": "ack", "收到处理": "ack",
     "值班": "oncall",
     "解冻": "unfreeze",
+    "回访完成": "followup_done", "已回访": "followup_done",
+    "记录": "trail", "操作记录": "trail",
 }
 _ORDERED = sorted(KEYWORDS, key=len, reverse=True)
 _CN_DIGITS = {"一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5}
@@ -36,7 +38,7 @@ _LEADING_MENTION = re.compile(r"^(?:[@＠]\S+\s*)+")
 
 # Commands a customer may use; everything else is staff-only.
 CUSTOMER_COMMANDS = frozenset(
-    {"progress", "my_tickets", "rate", "help", "cancel", "reopen", "addition", "report", "escalate"}
+    {"progress", "my_tickets", "rate", "help", "cancel", "reopen", "addition", "report", "escalate", "trail"}
 )
 
 

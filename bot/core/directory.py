@@ -103,12 +103,14 @@ class Directory:
                 out.append(Address(ch, "group", chat))
         return out
 
-    async def find_by_name(self, s: AsyncSession, text: str) -> Person | None:
-        """A staff member named in free text (转交 李工)."""
+    async def find_by_name(self, s: AsyncSession, text: str, *, any_role: bool = False) -> Person | None:
+        """An engineer or lead named in free text (转交 李工); with `any_role`, anybody
+        in the directory, so the caller can say why that person cannot act."""
         name = re.sub(r"[@＠\s]", "", text)
         if not name:
             return None
-        staff = (await s.exec(select(Person).where(Person.role.in_(ENGINEER_ROLES)))).all()
+        q = select(Person) if any_role else select(Person).where(Person.role.in_(ENGINEER_ROLES))
+        staff = (await s.exec(q.order_by(Person.id))).all()
         exact = [p for p in staff if p.name == name or p.id == name]
         if exact:
             return exact[0]

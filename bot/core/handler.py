@@ -18,7 +18,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.channel import HandleResult
 from bot.config import Config
 from bot.core import states as st
+from bot.core import evidence, followup, trail
 from bot.core.commands import CUSTOMER_COMMANDS, Command, parse_command
+from bot.core.customer import UnknownCustomer, customer_conversation, named_customer
 from bot.core.directory import Directory, is_staff
 from bot.core.notify import Notifier
 from bot.core.service import Actor, Change, Refused, TicketService
@@ -234,8 +236,22 @@ class TicketBot:
         if name == "report":
             if not cmd.arg:
                 raise Refused("empty_report")
+            if is_staff(actor.person):
+                return await self._report_for(s, actor, event, cmd.arg)
             change = await self._apply(s, await svc.report(s, actor, cmd.arg, event.conversation))
             return _Reply([], toast=change.ticket.number)
+        if name == "trail":
+            ticket = await self._progress_ticket(s, actor, cmd)
+            text = (await trail.staff_trail(s, svc, ticket) if is_staff(actor.person)
+                    else await trail.customer_timeline(s, svc, ticket))
+            return _Reply([text])
+        if name == "followup_done":
+            if not cmd.number:
+                raise Refused("followup_number")
+            ticket = await svc.by_number(s, cmd.number)
+            change = await self._apply(s, await svc.close_followup(s, actor, ticket, cmd.arg))
+            return _Reply([t("reply.followup_done" if change.changed else "reply.followup_done_again",
+                             number=ticket.number)])
         if name == "my_tickets":
             return _Reply([await self._board(s, actor.person)])
         if name == "progress":
@@ -252,6 +268,10 @@ class TicketBot:
             return _Reply([t(key, number=ticket.number)])
         if name == "transfer":
             ticket = await self._target_ticket(s, actor, cmd)
+            team = self._team_named(cmd.arg)
+            if team is not None:
+                await self._apply(s, await svc.transfer_team(s, actor, ticket, team.id))
+                return _Reply([t("reply.transferred_team", number=ticket.number, team=team.name)])
             target = await self._transfer_target(s, event, cmd)
             change = await self._apply(s, await svc.transfer(s, actor, ticket, target))
             return _Reply([t("reply.transferred", number=ticket.number, name=target.name)])
@@ -267,6 +287,8 @@ class TicketBot:
         if name in st.STAGES:
             ticket = await self._target_ticket(s, actor, cmd)
             change = await self._apply(s, await svc.stage(s, actor, ticket, name, cmd.arg or None))
+            if change.action == "verify_submitted":
+                return _Reply([t("reply.verify_submitted", number=ticket.number)])
             return _Reply([t(f"reply.stage.{name}", number=ticket.number)] if change.changed else
                           [t("reply.already", number=ticket.number, state=t(f"state.{ticket.state}"))])
         if name == "rate":
@@ -310,16 +332,53 @@ class TicketBot:
 
     async def _progress_text(self, s: AsyncSession, ticket: Ticket) -> str:
         v = await self.notifier.view(s, ticket)
+        if v.owned:
+            engineer = t("reply.progress_engineer", name=v.assignee_name)
+        elif v.assignee_name and ticket.state in st.UNCLAIMED:
+            engineer = t("reply.progress_suggested", name=v.assignee_name)
+        else:
+            engineer = t("reply.progress_engineer", name=t("reply.nobody_yet"))
         return t("reply.progress", number=ticket.number, state=t(f"state.{ticket.state}"),
-                 category=v.category_name, engineer=v.assignee_name or t("reply.nobody_yet"),
+                 category=v.category_name, engineer=engineer,
                  respond_by=v.respond_by, resolve_by=v.resolve_by)
+
+    def _team_named(self, text: str):
+        """A team written as the transfer target (转交 维修二组), by name or id."""
+        name = re.sub(r"[@＠\s]", "", text)
+        return next((tm for tm in self.config.teams if name and name in (tm.name, tm.id)), None)
+
+    async def _report_for(self, s: AsyncSession, actor: Actor, event: InboundEvent, text: str) -> _Reply:
+        """A staff member's 报修: for the customer it names (who then hears everything), else their own."""
+        try:
+            customer, text = await named_customer(s, self.directory, event, actor.person, text)
+        except UnknownCustomer as u:
+            raise Refused("unknown_customer", name=u.name) from None
+        if not text:
+            raise Refused("empty_report")
+        if customer is None:  # their own ticket: its updates go to their own chat, not the group
+            to = await customer_conversation(s, self.directory, actor.person, event, actor.person)
+            change = await self._apply(s, await self.service.report(s, actor, text, to))
+            return _Reply([], toast=change.ticket.number)
+        to = await customer_conversation(s, self.directory, customer, event, actor.person)
+        change = await self._apply(s, await self.service.report(s, actor, text, to, customer=customer))
+        return _Reply([t("reply.reported_for", number=change.ticket.number, name=customer.name)],
+                      toast=change.ticket.number)
 
     async def _board(self, s: AsyncSession, person: Person) -> str:
         tickets = await self.service.open_tickets_of(s, person)
-        if not tickets:
+        followups = await followup.open_for(s, person) if is_staff(person) else []
+        if not tickets and not followups:
             return t("reply.board_empty")
         now = self.service.clock()
-        lines = [t("reply.board_title", count=len(tickets))]
+        lines = [t("reply.board_title", count=len(tickets))] if tickets else []
+        if followups:
+            lines.append(t("reply.board_followups", count=len(followups)))
+        for fu, tk in followups:
+            minutes = int((fu.due_at - now).total_seconds() // 60)
+            due = t("reply.board_overdue", minutes=-minutes) if minutes < 0 else \
+                t("reply.board_left_hours", hours=minutes // 60, minutes=minutes % 60)
+            lines.append(t("reply.board_followup_line", number=tk.number, stars="★" * fu.stars,
+                           comment=fu.comment or t("reply.no_comment"), due=due))
         for tk in tickets[:10]:
             due = tk.respond_by if tk.state in st.UNCLAIMED else tk.resolve_by
             minutes = int((due - now).total_seconds() // 60)
@@ -331,11 +390,12 @@ class TicketBot:
         return "\n".join(lines)
 
     async def _transfer_target(self, s: AsyncSession, event: InboundEvent, cmd: Command) -> Person:
+        """The person named; the service refuses who may not take it (and says why)."""
         for ext in event.mentions:
             p = await self.directory.known(s, event.platform, ext)
-            if p is not None and is_staff(p):
+            if p is not None:
                 return p
-        p = await self.directory.find_by_name(s, cmd.arg)
+        p = await self.directory.find_by_name(s, cmd.arg, any_role=True)
         if p is None:
             raise Refused("transfer_who")
         return p
@@ -345,8 +405,20 @@ class TicketBot:
         if not tickets or not event.image_ref:
             raise Refused("photo_no_ticket")
         ticket = await self.service.get(s, tickets[0].id)
-        await self._apply(s, await self.service.photo(s, actor, ticket, event.image_ref))
-        return _Reply([t("reply.photo_attached", number=ticket.number)])
+        change = await self._apply(s, await self.service.photo(s, actor, ticket, event.image_ref))
+        if not is_staff(actor.person):
+            return _Reply([t("reply.photo_attached", number=ticket.number)])
+        return _Reply([await self._photo_text(s, ticket, change)])
+
+    async def _photo_text(self, s: AsyncSession, ticket: Ticket, change: Change) -> str:
+        """For the engineer: does it count, and how many more 完工 needs."""
+        if not change.detail.get("counts"):
+            return t("reply.photo_not_counted", number=ticket.number)
+        need = evidence.required_photos(self.config, ticket)
+        have = sum(p.counts for p in await evidence.photos(s, ticket))
+        if have >= need:
+            return t("reply.photo_enough", number=ticket.number, have=have)
+        return t("reply.photo_counted", number=ticket.number, have=have, more=need - have)
 
     async def _click(self, s: AsyncSession, actor: Actor, event: InboundEvent) -> _Reply:
         action = await s.get(CardAction, event.action_token) if event.action_token else None

@@ -8,6 +8,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.config import Config
+from bot.core import evidence
 from bot.core import states as st
 from bot.core.directory import Directory
 from bot.core.service import Change, TicketService
@@ -17,7 +18,7 @@ from bot.texts import t
 from cards import build
 from cards.model import Card
 from nlp import SopLibrary
-from storage.models import CardAction, OutboxMessage, Person, Ticket, TicketEvent
+from storage.models import Attachment, CardAction, FollowUp, OutboxMessage, Person, Ticket, TicketEvent
 
 CUSTOMER_TOLD = {
     "claim": "notify.customer.claimed",
@@ -55,9 +56,23 @@ class Notifier:
     async def _build_view(self, s: AsyncSession, ticket: Ticket) -> build.TicketView:
         reporter = await s.get(Person, ticket.reporter_id)
         assignee = await s.get(Person, ticket.assignee_id) if ticket.assignee_id else None
-        events = (await s.exec(select(TicketEvent.action, TicketEvent.at)
+        events = (await s.exec(select(TicketEvent.action, TicketEvent.at, TicketEvent.detail, TicketEvent.actor_name)
                                .where(TicketEvent.ticket_id == ticket.id).order_by(TicketEvent.id))).all()
-        times = {action: self.service.local(at) for action, at in events}
+        times = {action: self.service.local(at) for action, at, _, _ in events}
+        report = next((d for a, _, d, _ in events if a == "report"), {})
+        ack = next(((at, d, who) for a, at, d, who in reversed(events) if a == "ack"), None)
+        acknowledged = None
+        if ack is not None:
+            key = "card.acked_phone" if ack[1].get("via") == "phone" else "card.acked"
+            acknowledged = t(key, name=ack[2], time=self.service.local(ack[0]))
+        suggestion = None
+        if assignee is not None and ticket.state in st.UNCLAIMED and report.get("suggested") == assignee.id:
+            suggestion = self._why(ticket, report)
+        # From the attachments, not the events: a channel that fetches a picture later
+        # (WeCom) points its attachment at the local file once it has it.
+        photos = tuple((await s.exec(select(Attachment.media_ref).where(
+            Attachment.ticket_id == ticket.id, Attachment.kind == "image").order_by(Attachment.id))).all())
+        photo_count, photos = len(photos), photos[-evidence.MAX_THUMBNAILS:]
         return build.TicketView(
             id=ticket.id, number=ticket.number, state=ticket.state, priority=ticket.priority,
             category_name=ticket.category_name, summary=ticket.summary,
@@ -66,7 +81,33 @@ class Notifier:
             serial=ticket.serial, error_code=ticket.error_code, phone=ticket.phone, impact=ticket.impact,
             respond_by=self.service.local(ticket.respond_by), resolve_by=self.service.local(ticket.resolve_by),
             rating=ticket.rating, resolution=ticket.resolution, evidence=tuple(ticket.evidence), times=times,
+            owned=assignee is not None and ticket.claimed_at is not None and ticket.state not in st.UNCLAIMED,
+            suggestion=suggestion, photos=photos, photo_count=photo_count, countdown=self._countdown(ticket), acknowledged=acknowledged,
         )
+
+    def _why(self, ticket: Ticket, report: dict) -> str | None:
+        """"擅长漏水渗水 · 华东 · 手上 1 单 · 值班中" from the report's dispatch reasons."""
+        parts = []
+        if report.get("skill"):
+            parts.append(t("dispatch.skill", category=ticket.category_name))
+        if report.get("region"):
+            parts.append(str(report["region"]))
+        parts.append(t("dispatch.load", count=int(report.get("load") or 0)))
+        if report.get("oncall"):
+            parts.append(t("dispatch.oncall"))
+        return " · ".join(parts)
+
+    def _countdown(self, ticket: Ticket) -> str | None:
+        """An outside provider's time left on its SLA, as of this update."""
+        team = self.config.team(ticket.team)
+        if team is None or not team.provider or ticket.state not in st.OPEN:
+            return None
+        due = ticket.respond_by if ticket.state in st.UNCLAIMED else ticket.resolve_by
+        minutes = int((due - self.service.clock()).total_seconds() // 60)
+        if minutes < 0:
+            return t("card.countdown_over", team=team.name, minutes=-minutes, due=self.service.local(due))
+        return t("card.countdown", team=team.name, hours=minutes // 60, minutes=minutes % 60,
+                 due=self.service.local(due))
 
     async def tokens(self, s: AsyncSession, ticket_id: int, actions: list[str]) -> dict[str, str]:
         """One opaque callback id per ticket and action, stable across card updates."""
@@ -136,7 +177,7 @@ class Notifier:
         handler = getattr(self, f"_on_{change.action}", None)
         if handler is not None:
             await handler(s, change)
-        if change.action not in ("report", "note", "photo", "ack"):
+        if change.action not in ("report", "note", "followup_done"):
             await self._update_cards(s, ticket, change)
         for listener in self.listeners:
             await listener(s, change)
@@ -205,6 +246,13 @@ class Notifier:
 
     async def _on_transfer(self, s: AsyncSession, change: Change) -> None:
         ticket = change.ticket
+        if change.detail.get("team"):  # to a team: its group sees the card, its lead is @-ed
+            card = await self.engineer_card(s, ticket)
+            for group in self.directory.team_groups(ticket.team):
+                mentions = await self._mention_of(s, ticket.assignee_id, group.channel)
+                enqueue(s, group, CardMessage(card, mentions=mentions), ticket.id)
+        if not ticket.assignee_id:
+            return
         dm = await self.directory.direct_address(s, ticket.assignee_id, prefer=change.actor.channel)
         if dm:
             enqueue(s, dm, Text(t("notify.staff.transferred_to_you", number=ticket.number,
@@ -229,6 +277,8 @@ class Notifier:
 
     async def _on_resolve(self, s: AsyncSession, change: Change) -> None:
         ticket = change.ticket
+        if change.detail.get("probe"):  # resolved by the check passing, after the engineer's 完工
+            await self._tell_assignee(s, change, t("notify.staff.verified", number=ticket.number))
         v = await self.view(s, ticket)
         enqueue(s, self.customer_address(ticket), CardMessage(await self.rating_card(s, ticket, v),
                                                               mentions=await self._customer_mentions(s, ticket)),
@@ -238,8 +288,72 @@ class Notifier:
         ticket = change.ticket
         enqueue(s, self.customer_address(ticket), Text(t("notify.customer.rated", number=ticket.number)),
                 ticket.id)
-        if ticket.rating is not None and ticket.rating <= 2:
+        fu_id = change.detail.get("followup")
+        if fu_id is not None:
+            fu = await s.get(FollowUp, fu_id)
+            await self._send_followup(s, fu, ticket, t("notify.staff.followup_opened", number=ticket.number,
+                                                       stars=fu.stars, comment=fu.comment or "—",
+                                                       due=self.service.local(fu.due_at)))
+        elif ticket.rating is not None and ticket.rating <= 2:
             await self.escalate_to(s, ticket, ["lead"], t("escalation.reason.low_rating", stars=ticket.rating))
+
+    # ---- follow-ups ------------------------------------------------------
+
+    async def followup_card(self, s: AsyncSession, fu: FollowUp, ticket: Ticket) -> Card:
+        owner = await s.get(Person, fu.owner_id) if fu.owner_id else None
+        closer = await s.get(Person, fu.closed_by) if fu.closed_by else None
+        return build.followup_card(build.FollowUpView(
+            id=fu.id, ticket_number=ticket.number, stars=fu.stars, comment=fu.comment,
+            owner_name=owner.name if owner else "—", due=self.service.local(fu.due_at, with_date=True),
+            done=fu.state == "done", note=fu.note, closed_by=closer.name if closer else None))
+
+    async def _send_followup(self, s: AsyncSession, fu: FollowUp, ticket: Ticket, text: str,
+                             to: list[str] | None = None) -> None:
+        """The follow-up card (and a line saying why) to its owner, or to `to`; a line in the team group."""
+        card = await self.followup_card(s, fu, ticket)
+        for pid in (to if to is not None else [fu.owner_id] if fu.owner_id else []):
+            dm = await self.directory.direct_address(s, pid, prefer=ticket.reporter_channel)
+            if dm:
+                enqueue(s, dm, Text(text), ticket.id)
+                enqueue(s, dm, CardMessage(card, update=True), ticket.id)
+        for group in self.directory.team_groups(fu.team):
+            mentions: tuple[str, ...] = ()
+            for pid in (to if to is not None else [fu.owner_id] if fu.owner_id else []):
+                mentions += await self._mention_of(s, pid, group.channel)
+            enqueue(s, group, Text(text, mentions), ticket.id)
+
+    async def remind_followup(self, s: AsyncSession, fu: FollowUp, ticket: Ticket, targets: list[str]) -> None:
+        """A follow-up past its deadline: its escalation step reaches `targets`."""
+        owner = await s.get(Person, fu.owner_id) if fu.owner_id else None
+        await self._send_followup(s, fu, ticket, t("notify.staff.followup_overdue", number=ticket.number,
+                                                   name=owner.name if owner else "—"), to=targets)
+
+    async def _on_followup_done(self, s: AsyncSession, change: Change) -> None:
+        fu = await s.get(FollowUp, change.detail["followup"])
+        card = await self.followup_card(s, fu, change.ticket)
+        for addr in await self._card_addresses(s, change.ticket, card.track_key):
+            enqueue(s, addr, CardMessage(card, update=True), change.ticket.id)
+
+    async def _on_ack(self, s: AsyncSession, change: Change) -> None:
+        """Whoever answered (by phone, button or text), the group knows who has it in hand."""
+        ticket = change.ticket
+        key = "notify.group.acked_phone" if change.actor.via == "phone" else "notify.group.acked"
+        for group in self.directory.team_groups(ticket.team):
+            enqueue(s, group, Text(t(key, number=ticket.number, name=change.actor.person.name)), ticket.id)
+
+    async def _on_verify_failed(self, s: AsyncSession, change: Change) -> None:
+        """The check failed: the engineer hears why in their chat; the customer nothing."""
+        p = change.detail.get("probe", {})
+        result = p.get("status") if p.get("status") is not None else (p.get("error") or "—")
+        await self._tell_assignee(s, change, t("notify.staff.verify_failed", number=change.ticket.number,
+                                                result=result, attempts=p.get("attempts", 1)))
+
+    async def _tell_assignee(self, s: AsyncSession, change: Change, text: str) -> None:
+        ticket = change.ticket
+        dm = await self.directory.direct_address(s, ticket.assignee_id, prefer=change.actor.channel) \
+            if ticket.assignee_id else None
+        if dm:
+            enqueue(s, dm, Text(text), ticket.id)
 
     async def _on_reopen(self, s: AsyncSession, change: Change) -> None:
         ticket = change.ticket

@@ -11,13 +11,14 @@ from datetime import datetime, timedelta
 from typing import Callable
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.config import Config
+from bot.config import Config, DeadlineConfig
 from bot.core import states as st
+from bot.core import evidence, followup, probe
 from bot.core.directory import ENGINEER_ROLES, Directory, is_lead, is_staff
+from bot.core.dispatch import Dispatcher
 from bot.core.numbers import format_number, parse_number
 from bot.events import Address
 from bot.texts import t
@@ -68,6 +69,7 @@ class TicketService:
         self.classifier = classifier
         self.clock = clock
         self.tz = ZoneInfo(config.tickets.timezone)
+        self.dispatcher = Dispatcher(config)
 
     # ---- lookups -------------------------------------------------------
 
@@ -117,7 +119,8 @@ class TicketService:
     # ---- commands ------------------------------------------------------
 
     async def report(self, s: AsyncSession, actor: Actor, text: str, conversation: Address,
-                     classification: Classification | None = None) -> Change:
+                     classification: Classification | None = None, customer: Person | None = None) -> Change:
+        """File a ticket; `customer` when staff report on someone's behalf (updates go to them)."""
         text = text.strip()
         if not text:
             raise Refused("empty_report")
@@ -125,14 +128,16 @@ class TicketService:
         now = self.clock()
         day = now.astimezone(self.tz).strftime("%Y%m%d")
         seq = await next_sequence(s, day)
-        deadlines = self.config.tickets.deadlines[c.priority]
-        team_id, assignee = await self._assign(s, actor.person, c)
+        reporter = customer or actor.person
+        suggestion = await self.dispatcher.suggest(s, reporter, c.category, c.phone, now)
+        team_id, assignee = suggestion.team, suggestion.engineer
+        deadlines = self.deadlines(team_id, c.priority)
         ticket = Ticket(
             number=format_number(self.config.tickets.domain, day, seq),
             state=st.NEW, category=c.category, category_name=c.category_name,
             priority=c.priority, summary=text[:2000], impact=c.impact, serial=c.serial,
             location=c.location, error_code=c.error_code, phone=c.phone,
-            evidence=list(c.evidence), reporter_id=actor.person.id,
+            evidence=list(c.evidence), reporter_id=reporter.id,
             reporter_channel=conversation.channel, reporter_conv_kind=conversation.kind,
             reporter_conv_id=conversation.id, team=team_id,
             assignee_id=assignee.id if assignee else None,
@@ -143,7 +148,9 @@ class TicketService:
         await s.flush()
         detail = {"category": c.category, "priority": c.priority, "evidence": list(c.evidence)}
         if assignee:
-            detail["suggested"] = assignee.id
+            detail.update(suggestion.detail())
+        if customer is not None:
+            detail["customer"] = customer.id
         return await self._log(s, ticket, "report", actor, None, st.NEW, detail)
 
     async def claim(self, s: AsyncSession, actor: Actor, ticket: Ticket) -> Change:
@@ -151,7 +158,8 @@ class TicketService:
         if not is_staff(p):
             raise Refused("customer_cannot_claim")
         if ticket.state in st.UNCLAIMED:
-            if ticket.state == st.TRANSFERRED and ticket.assignee_id not in (None, p.id) and not is_lead(p):
+            if (ticket.state == st.TRANSFERRED and ticket.assignee_id not in (None, p.id) and not is_lead(p)
+                    and not self._held_for_team(ticket, p)):
                 raise Refused("transferred_to_other", name=await self._name(s, ticket.assignee_id),
                               number=ticket.number)
             before = ticket.state
@@ -167,8 +175,12 @@ class TicketService:
 
     async def transfer(self, s: AsyncSession, actor: Actor, ticket: Ticket, target: Person) -> Change:
         await self.require_owner_or_lead(s, actor, ticket, allow_unclaimed_staff=True)
+        if target.id == actor.person.id:
+            raise Refused("transfer_self", number=ticket.number)
         if target.role not in ENGINEER_ROLES:
             raise Refused("transfer_target", name=target.name)
+        if not target.active:
+            raise Refused("transfer_inactive", name=target.name)
         if ticket.state not in st.OPEN:
             raise Refused("closed_ticket", number=ticket.number, state=t(f"state.{ticket.state}"))
         if ticket.assignee_id == target.id and ticket.state == st.TRANSFERRED:
@@ -180,6 +192,28 @@ class TicketService:
         ticket.state = st.TRANSFERRED
         return await self._log(s, ticket, "transfer", actor, before, st.TRANSFERRED,
                                {"from": previous, "to": target.id})
+
+    async def transfer_team(self, s: AsyncSession, actor: Actor, ticket: Ticket, team_id: str) -> Change:
+        """Hand the ticket to another team: its lead holds it until one of them claims it."""
+        await self.require_owner_or_lead(s, actor, ticket, allow_unclaimed_staff=True)
+        team = self.config.team(team_id)
+        if team is None:
+            raise Refused("transfer_who")
+        if ticket.state not in st.OPEN:
+            raise Refused("closed_ticket", number=ticket.number, state=t(f"state.{ticket.state}"))
+        if ticket.team == team.id and ticket.state == st.TRANSFERRED and ticket.assignee_id == team.lead:
+            return Change(ticket, "transfer", actor, ticket.state, ticket.state, changed=False)
+        lead = await s.get(Person, team.lead) if team.lead else None
+        before, previous = ticket.state, ticket.assignee_id
+        ticket.team = team.id
+        ticket.assignee_id = lead.id if lead is not None and lead.active else None
+        ticket.state = st.TRANSFERRED
+        if team.provider and team.sla:  # the provider's clock starts now
+            now = self.clock()
+            ticket.respond_by = now + team.sla[ticket.priority].respond  # type: ignore[index]
+            ticket.resolve_by = now + team.sla[ticket.priority].resolve  # type: ignore[index]
+        return await self._log(s, ticket, "transfer", actor, before, st.TRANSFERRED,
+                               {"from": previous, "to": ticket.assignee_id, "team": team.id})
 
     async def escalate(self, s: AsyncSession, actor: Actor, ticket: Ticket, reason: str | None = None) -> Change:
         if not is_staff(actor.person) and actor.person.id != ticket.reporter_id:
@@ -209,11 +243,40 @@ class TicketService:
             raise Refused("bad_transition", number=ticket.number, state=t(f"state.{ticket.state}"),
                           action=t(f"button.{action}"))
         before = ticket.state
-        ticket.state = target
+        detail: dict = {"note": note} if note else {}
         if action == "resolve":
+            await self._require_evidence(s, ticket, note)
+            if probe.probe_for(self.config, ticket) is not None:
+                # Resolved only once the check passes (bot/core/verify.py runs it
+                # after this commits): until then 待验证, and the customer hears nothing.
+                ticket.state = st.VERIFYING
+                return await self._log(s, ticket, "verify_submitted", actor, before, st.VERIFYING, detail)
             ticket.resolved_at = self.clock()
             ticket.resolution = (note or "").strip()[:1000] or None
-        return await self._log(s, ticket, action, actor, before, target, {"note": note} if note else {})
+        ticket.state = target
+        return await self._log(s, ticket, action, actor, before, target, detail)
+
+    async def _require_evidence(self, s: AsyncSession, ticket: Ticket, note: str | None) -> None:
+        short = await evidence.check(self.config, s, ticket, note)
+        if short.photos_have < short.photos_needed:
+            raise Refused("photos_needed", number=ticket.number, need=short.photos_needed,
+                          have=short.photos_have, more=short.photos_needed - short.photos_have)
+        if short.note_missing:
+            raise Refused("note_needed", number=ticket.number)
+
+    async def verified(self, s: AsyncSession, actor: Actor, ticket: Ticket, note: str | None,
+                       result: probe.ProbeResult) -> Change:
+        """The check of a 完工 in 待验证 came back: log it; resolve the ticket when it passed."""
+        await self._log(s, ticket, "probe", actor, ticket.state, ticket.state, result.detail())
+        if not result.ok:
+            return await self._log(s, ticket, "verify_failed", actor, ticket.state, ticket.state,
+                                   {"probe": result.detail()})
+        before = ticket.state
+        ticket.resolved_at = self.clock()
+        ticket.resolution = (note or "").strip()[:1000] or None
+        ticket.state = st.RESOLVED
+        detail = {"probe": result.detail()} | ({"note": note} if note else {})
+        return await self._log(s, ticket, "resolve", actor, before, st.RESOLVED, detail)
 
     async def note(self, s: AsyncSession, actor: Actor, ticket: Ticket, text: str) -> Change:
         if not is_staff(actor.person) and actor.person.id != ticket.reporter_id:
@@ -225,9 +288,14 @@ class TicketService:
     async def photo(self, s: AsyncSession, actor: Actor, ticket: Ticket, media_ref: str) -> Change:
         if not is_staff(actor.person) and actor.person.id != ticket.reporter_id:
             raise Refused("not_your_ticket", number=ticket.number)
+        now = self.clock()
         s.add(Attachment(ticket_id=ticket.id, kind="image", channel=actor.channel,
-                         media_ref=media_ref, uploaded_by=actor.person.id))
-        return await self._log(s, ticket, "photo", actor, ticket.state, ticket.state, {"media_ref": media_ref})
+                         media_ref=media_ref, uploaded_by=actor.person.id, created_at=now))
+        taken, source = await evidence.photo_time(media_ref, now, self.tz)
+        started = await evidence.repair_started_at(s, ticket)
+        return await self._log(s, ticket, "photo", actor, ticket.state, ticket.state, {
+            "media_ref": media_ref, "taken_at": taken.isoformat(), "time_source": source,
+            "counts": started is not None and taken >= started})
 
     async def rate(self, s: AsyncSession, actor: Actor, ticket: Ticket, stars: int,
                    comment: str | None = None) -> Change:
@@ -242,8 +310,30 @@ class TicketService:
         ticket.rating = stars
         ticket.state = st.CLOSED
         ticket.closed_at = self.clock()
-        return await self._log(s, ticket, "rate", actor, st.RESOLVED, st.CLOSED,
-                               {"stars": stars, "comment": comment} if comment else {"stars": stars})
+        detail: dict = {"stars": stars, "comment": comment} if comment else {"stars": stars}
+        if followup.opens(self.config, stars):
+            fu = await followup.open_followup(s, self.config, ticket, stars, comment, ticket.closed_at)
+            detail["followup"] = fu.id
+        return await self._log(s, ticket, "rate", actor, st.RESOLVED, st.CLOSED, detail)
+
+    async def close_followup(self, s: AsyncSession, actor: Actor, ticket: Ticket, note: str) -> Change:
+        """`回访完成 单号 说明`: the follow-up's owner (or a director) records the outcome."""
+        if not is_staff(actor.person):
+            raise Refused("staff_only")
+        fu = await followup.open_of(s, ticket)
+        if fu is None:
+            done = await followup.latest_of(s, ticket.id)
+            if done is not None and done.state == "done" and done.closed_by == actor.person.id:
+                return Change(ticket, "followup_done", actor, ticket.state, ticket.state, changed=False)
+            raise Refused("no_followup", number=ticket.number)
+        if not followup.may_close(actor.person, fu):
+            raise Refused("followup_owner", number=ticket.number, name=await self._name(s, fu.owner_id))
+        if not note.strip():
+            raise Refused("followup_note", number=ticket.number)
+        fu.state, fu.closed_at, fu.closed_by, fu.note = "done", self.clock(), actor.person.id, note.strip()[:1000]
+        s.add(fu)
+        return await self._log(s, ticket, "followup_done", actor, ticket.state, ticket.state,
+                               {"followup": fu.id, "note": fu.note})
 
     async def reopen(self, s: AsyncSession, actor: Actor, ticket: Ticket, reason: str | None = None) -> Change:
         if actor.person.id != ticket.reporter_id and not is_lead(actor.person):
@@ -257,7 +347,7 @@ class TicketService:
         ticket.rating = None
         ticket.resolved_at = ticket.closed_at = None
         now = self.clock()
-        deadlines = self.config.tickets.deadlines[ticket.priority]
+        deadlines = self.deadlines(ticket.team, ticket.priority)
         ticket.respond_by, ticket.resolve_by = now + deadlines.respond, now + deadlines.resolve
         return await self._log(s, ticket, "reopen", actor, before, st.REOPENED, {"reason": reason})
 
@@ -273,6 +363,18 @@ class TicketService:
         return await self._log(s, ticket, "cancel", actor, before, st.CANCELLED, {"reason": reason})
 
     # ---- helpers -------------------------------------------------------
+
+    def _held_for_team(self, ticket: Ticket, p: Person) -> bool:
+        """Transferred to a team: its lead holds it for any of the team to claim."""
+        team = self.config.team(ticket.team)
+        return team is not None and team.lead == ticket.assignee_id and p.team == team.id
+
+    def deadlines(self, team_id: str | None, priority: str) -> DeadlineConfig:
+        """An outside provider's own SLA for its tickets, else the general deadlines."""
+        team = self.config.team(team_id)
+        if team is not None and team.provider and team.sla:
+            return team.sla[priority]  # type: ignore[index]
+        return self.config.tickets.deadlines[priority]  # type: ignore[index]
 
     async def require_owner_or_lead(self, s: AsyncSession, actor: Actor, ticket: Ticket, *,
                                      allow_unclaimed_staff: bool = False) -> None:
@@ -353,36 +455,3 @@ class TicketService:
                           actor_name=actor.person.name, channel=actor.channel, at=now,
                           from_state=before, to_state=after, detail=detail))
         return Change(ticket, action, actor, before, after, True, detail)
-
-    async def _assign(self, s: AsyncSession, reporter: Person, c: Classification) -> tuple[str | None, Person | None]:
-        """Choose the team by region and skill, then its least-loaded engineer."""
-        teams = self.config.teams
-        if not teams:
-            return None, None
-        haystack = f"{c.category_name}{c.category}"
-
-        def team_score(team) -> tuple[int, int]:
-            region = 1 if reporter.region and team.region == reporter.region else 0
-            skill = sum(1 for sk in team.skills if sk and sk in haystack)
-            return (region, skill)
-
-        team = max(teams, key=team_score)
-        engineers = (await s.exec(
-            select(Person).where(Person.team == team.id, Person.role == "engineer", Person.active.is_(True))
-        )).all()
-        if not engineers:
-            return team.id, None
-        load_rows = (await s.exec(
-            select(Ticket.assignee_id, func.count()).where(
-                Ticket.assignee_id.in_([e.id for e in engineers]),
-                Ticket.state.in_(st.IN_WORK | {st.TRANSFERRED, st.NEW}),
-            ).group_by(Ticket.assignee_id)
-        )).all()
-        load = {pid: n for pid, n in load_rows}
-
-        def eng_key(e: Person):
-            skill = sum(1 for sk in e.skills if sk and sk in haystack)
-            region = 1 if reporter.region and e.region == reporter.region else 0
-            return (load.get(e.id, 0), -skill, -region, e.id)
-
-        return team.id, min(engineers, key=eng_key)

@@ -7,12 +7,15 @@
     GET  /playground/api/messages      new messages (long-poll: ?after=<id>&wait=<s>)
     POST /playground/api/send          a person types a message
     POST /playground/api/click         a person clicks a card button
+    POST /playground/api/photo         a person sends a picture (the image as the body;
+                                       ?conversation=&sender_id=&client_id=)
 
-Messages the bot sends reach the page through Page.send (called by
+Messages the bot sends reach the page through PlaygroundChannel.send (called by
 the outbox worker); what people type goes to the core through the channel's sink.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -23,13 +26,15 @@ from aiohttp import web
 
 from bot.playground.model import MEDIA_PREFIX, Page, Pane, message_json, parse_conversation
 from bot.events import InboundEvent
-from bot.inbound import Refusal, json_object
+from bot.inbound import UPLOAD_TIMEOUT, Refusal, json_object
 from bot.texts import t
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_BODY = 64 * 1024
+MAX_PHOTO = 8 * 1024 * 1024
+PHOTO_TYPES = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp"}
 MAX_TEXT = 2000
 MAX_WAIT = 25.0
 PAGE_SIZE = 200
@@ -233,6 +238,48 @@ def playground_routes(channel: Page) -> list[web.RouteDef]:
             {"ok": True, "toast": result.toast, "duplicate": result.duplicate}, headers=_NO_STORE
         )
 
+    async def photo(request: web.Request) -> web.Response:
+        try:
+            person, conversation = speaker_and_conversation(dict(request.query))
+            suffix = PHOTO_TYPES.get(request.content_type)
+            if suffix is None:
+                raise Refusal(415, f"send a picture ({', '.join(sorted(PHOTO_TYPES))}), not {request.content_type!r}")
+            if request.content_length is not None and request.content_length > MAX_PHOTO:
+                raise Refusal(413, f"picture larger than {MAX_PHOTO // (1024 * 1024)} MiB")
+            data = bytearray()
+            try:
+                async with asyncio.timeout(UPLOAD_TIMEOUT):
+                    async for chunk in request.content.iter_any():
+                        data += chunk
+                        if len(data) > MAX_PHOTO:
+                            raise Refusal(413, f"picture larger than {MAX_PHOTO // (1024 * 1024)} MiB")
+            except TimeoutError:
+                raise Refusal(408, f"picture not received within {UPLOAD_TIMEOUT:g} s") from None
+            if not data:
+                raise Refusal(400, "empty picture")
+        except Refusal as r:
+            return _error(r.status, r.reason)
+        client_id = request.query["client_id"]
+        path = await channel.save_photo(bytes(data), suffix)
+        await channel.record_user_image(conversation, person, path, client_id)
+        address = parse_conversation(conversation)
+        assert address is not None
+        event = InboundEvent(
+            platform=channel.name,
+            event_id=client_id,
+            sender_id=person,
+            sender_name=channel.people[person].name,
+            conversation=address,
+            kind="image",
+            image_ref=str(path.resolve()),
+        )
+        try:
+            result = await channel.sink(event)
+        except Exception:
+            log.exception("playground: the core failed on a picture from %s", person)
+            return _error(500, "the bot failed to handle this picture; see the bot's log")
+        return web.json_response({"ok": True, "duplicate": result.duplicate}, headers=_NO_STORE)
+
     async def trailing_slash(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/playground")
 
@@ -246,4 +293,5 @@ def playground_routes(channel: Page) -> list[web.RouteDef]:
         web.get("/playground/api/messages", messages),
         web.post("/playground/api/send", send),
         web.post("/playground/api/click", click),
+        web.post("/playground/api/photo", photo),
     ]

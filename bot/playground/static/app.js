@@ -16,6 +16,8 @@ const LABELS = {
   online: "已连接",
   offline: "连接中断，正在重连…",
   send: "发送",
+  photo: "照片",
+  photoTitle: "发送照片（也可以直接粘贴图片）",
   speakingAs: "发言身份",
   placeholder: "输入消息，Enter 发送，Shift+Enter 换行",
   subUser: "与 RelayDesk 的单聊",
@@ -209,6 +211,23 @@ class Pane {
     this.body.append(this.jump);
     this.toasts = el("div", "toasts");
     const form = el("form", "composer");
+    // Pictures: a file picker behind the 照片 button, or pasted into the input.
+    this.file = el("input", "composer-file");
+    this.file.type = "file";
+    this.file.accept = "image/jpeg,image/png,image/gif,image/webp";
+    this.file.multiple = true;
+    this.file.hidden = true;
+    this.file.id = `file-${def.key}`;
+    this.file.addEventListener("change", async () => {
+      const files = Array.from(this.file.files || []);
+      this.file.value = "";
+      for (const f of files) await this.sendPhoto(f);
+    });
+    this.photoBtn = el("button", "composer-photo", LABELS.photo);
+    this.photoBtn.type = "button";
+    this.photoBtn.id = `photo-${def.key}`;
+    this.photoBtn.title = LABELS.photoTitle;
+    this.photoBtn.addEventListener("click", () => this.file.click());
     this.input = el("textarea", "composer-input");
     this.input.id = `input-${def.key}`;
     this.input.rows = 1;
@@ -216,7 +235,13 @@ class Pane {
     this.sendBtn = el("button", "composer-send", LABELS.send);
     this.sendBtn.type = "submit";
     this.sendBtn.id = `send-${def.key}`;
-    form.append(this.input, this.sendBtn);
+    form.append(this.file, this.photoBtn, this.input, this.sendBtn);
+    this.input.addEventListener("paste", async (e) => {
+      const items = Array.from(e.clipboardData?.items || []).filter((i) => i.kind === "file" && i.type.startsWith("image/"));
+      if (!items.length) return;
+      e.preventDefault();
+      for (const item of items) { const f = item.getAsFile(); if (f) await this.sendPhoto(f); }
+    });
     this.input.addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
         e.preventDefault();
@@ -380,6 +405,20 @@ class Pane {
       this.toast(LABELS.failed + res.error, "error");
     }
     this.input.focus();
+  }
+
+  async sendPhoto(file) {
+    const q = new URLSearchParams({ conversation: this.conversation, sender_id: this.speaker, client_id: uuid() });
+    let res;
+    try {
+      const resp = await fetch(`${API}/photo?${q}`, { method: "POST", headers: { "Content-Type": file.type }, body: file });
+      let data = {};
+      try { data = await resp.json(); } catch (e) { /* not JSON */ }
+      res = resp.ok ? data : { ok: false, error: data.error || `HTTP ${resp.status}` };
+    } catch (e) {
+      res = { ok: false, error: LABELS.networkError };
+    }
+    if (!res.ok) this.toast(LABELS.failed + res.error, "error");
   }
 
   toast(text, kind) {
