@@ -15,7 +15,7 @@ from typing import Optional
 
 from pydantic import Field, field_validator
 
-from bot.config import Duration, _Section
+from bot.config_types import Duration, Section as _Section
 from bot.core import states as st
 
 

@@ -20,7 +20,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal
+from typing import Any, Awaitable, Callable, Literal, Protocol
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,12 +29,27 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.problems import PROBLEM_JSON, PREFIX, PROBLEMS, Problem, from_refusal
 from api.tokens import SCOPES, RateLimiter, find_token
-from bot.core.service import Refused
+from bot.config import Config
+from bot.core.directory import Directory
+from bot.core.notify import Notifier
+from bot.core.service import Refused, TicketService
+from bot.inbound import nesting_within
+from bot.outbox import OutboxWorker
+from storage.db import Database
 from storage.integration import ApiIdempotency, ApiToken
 from storage.queries import insert_ignore
 
-if TYPE_CHECKING:  # pragma: no cover
-    from bot.app import Runtime
+
+
+class Runtime(Protocol):
+    """What the API uses of the bot's runtime (bot/app.py builds it and mounts the API)."""
+
+    config: Config
+    db: Database
+    directory: Directory
+    service: TicketService
+    notifier: Notifier
+    outbox: OutboxWorker
 
 log = logging.getLogger(__name__)
 
@@ -372,14 +387,14 @@ class _Dispatcher:
             raise Problem("body-too-large", f"at most {limit} bytes", max_bytes=limit)
         if request.content_type != "application/json":
             raise Problem("unsupported-media-type", f"got {request.content_type or 'no content type'}")
-        raw = bytearray()
-        while chunk := await request.content.read(65536):
-            raw += chunk
-            if len(raw) > limit:
-                raise Problem("body-too-large", f"at most {limit} bytes", max_bytes=limit)
+        raw = await request.read()  # already read, within [server] limits and body_timeout, by bot.inbound's guard
+        if len(raw) > limit:
+            raise Problem("body-too-large", f"at most {limit} bytes", max_bytes=limit)
+        if not nesting_within(raw):
+            raise Problem("malformed-json", "the body is nested too deeply")
         try:
             data = json.loads(raw.decode(request.charset or "utf-8"))
-        except (ValueError, UnicodeDecodeError, LookupError) as e:
+        except (ValueError, UnicodeDecodeError, LookupError, RecursionError) as e:
             raise Problem("malformed-json", f"the body is not valid JSON: {e}") from None
         _refuse_nul(data, "body")
         try:

@@ -40,7 +40,7 @@ from api.problems import Problem
 from api.report import service_report
 from api.spec import Context, Reply
 from api.tickets import ticket_out
-from bot.channel import Channel, DeliveryError, EventSink
+from bot.channel import Channel, DeliveryError, EventSink, register
 from bot.core.service import Change
 from bot.events import Address, Outbound, Webhook, message_to_dict
 from storage.db import Database
@@ -111,6 +111,7 @@ class PublicResolver(AbstractResolver):
 # ---- sending ----------------------------------------------------------------------
 
 
+@register("webhooks", WebhooksConfig)
 class WebhookChannel(Channel):
     """Delivers outbox rows addressed to a subscription ("group" = its id).
 

@@ -1,6 +1,7 @@
 """The aiohttp application: health, metrics, channel callbacks, the outbox worker."""
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -9,8 +10,11 @@ import time
 from aiohttp import web
 
 from api.routes import api_routes
-from bot.channel import ChannelRegistry
-from bot.channels import build_channels
+from bot.channel import ChannelRegistry, build_channels
+# The channels, in the order people are reached by them; each registers itself.
+from bot.channels import wecom, feishu, dingtalk, playground  # noqa: F401,I001
+from escalation import phone  # noqa: F401
+from api import webhooks  # noqa: F401  (last: subscriptions are other systems, not people)
 from bot.config import Config
 from bot.core.directory import Directory
 from bot.core.dispatch import unknown_skills
@@ -18,6 +22,7 @@ from bot.core.handler import TicketBot
 from bot.core.notify import Notifier
 from bot.core.service import TicketService
 from bot.heartbeat import Heartbeat
+from bot.inbound import guard
 from bot.inbox import InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker, process_identity
@@ -25,6 +30,9 @@ from bot.tasks import BackgroundTasks
 from console.links import Links
 from console.routes import Console
 from escalation.engine import EscalationEngine
+from escalation.jobs import Jobs
+from escalation.receipts import Receipts
+from escalation.voice import VoiceWebhook
 from nlp import Classifier, SopLibrary
 from reports.chat import ReportChat
 from reports.jobs import ReportJobs
@@ -59,7 +67,7 @@ class Runtime:
             log.warning("%s is not a category id of the taxonomy: dispatch never matches it", key)
         self.notifier = Notifier(config, self.directory, self.service, sops)
         self.escalation = EscalationEngine(config, self.db, self.directory, self.service, self.notifier,
-                                           self.metrics, on_commit=self._wake_outbox)
+                                           self.metrics, on_commit=self._wake_outbox, jobs=Jobs)
         self.reports = ReportJobs(config, self.directory, self.escalation, on_commit=self._wake_outbox)
         # Dispatch weighs who is on call now (the escalation engine's schedule).
         self.service.dispatcher.oncall = self._on_call
@@ -83,6 +91,7 @@ class Runtime:
         self.outbox.yield_to = self.bot.yield_to_callbacks
         for channel in self.channels:
             channel.wake_outbox = self.outbox.wake
+            channel.count = functools.partial(self.count_inbound, channel.name)
         self.tasks = BackgroundTasks("runtime")
 
     def _on_call(self, team_id: str, at) -> str | None:
@@ -91,6 +100,10 @@ class Runtime:
 
     def _wake_outbox(self) -> None:
         self.outbox.wake()
+
+    def count_inbound(self, platform: str, result: str) -> None:
+        """/metrics: an inbound event's fate when it did not reach the core (rejected, ignored)."""
+        self.metrics.inbound.labels(platform, result).inc()
 
     async def start(self, *, workers: bool = True, defer_inbound: bool | None = None) -> None:
         """Open everything; `workers` runs the inbox and outbox workers and the escalation
@@ -170,6 +183,9 @@ async def healthz(request: web.Request) -> web.Response:
             body["worker_processes"] = remote
             if not any(w["alive"] for w in remote.values()):
                 reasons.append("no worker process is running (python run_bot.py worker)")
+    streams = {ch.name: h for ch in rt.channels if (h := ch.health()) is not None}
+    if streams:
+        body["channel_state"] = streams  # a stream connection: up, connecting, down
     body["status"] = "error" if reasons else "ok"
     if reasons:
         body["reasons"] = reasons
@@ -191,13 +207,18 @@ def create_app(config: Config, *, db: Database | None = None, workers: bool = Tr
     processes (`python run_bot.py worker`) apply and deliver.
     """
     runtime = Runtime(config, db, owner=owner)
-    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[_timing])
+    server = config.server
+    body_guard = guard(server.max_body_bytes, server.body_timeout.total_seconds(), runtime.count_inbound)
+    app = web.Application(client_max_size=server.max_body_bytes, middlewares=[_timing, body_guard])
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     for channel in runtime.channels:
         app.router.add_routes(channel.routes())
-    app.router.add_routes(runtime.escalation.routes())
+    if config.twilio is not None:
+        app.router.add_routes(VoiceWebhook(runtime.escalation).routes())
+    if config.aliyun is not None or config.tencent is not None:
+        app.router.add_routes(Receipts(runtime.escalation).routes())
     app.router.add_routes(runtime.console.routes())
     app.router.add_routes(api_routes(runtime))
 

@@ -1,8 +1,14 @@
-"""The Channel interface every IM adapter implements, and the registry.
+"""The Channel interface every IM adapter implements, and the registry of channel kinds.
 
 A channel owns one platform's protocol: it verifies and parses callbacks into
 neutral InboundEvents, passes them to the sink (the ticket core), and renders
 neutral messages into the platform's API calls when the outbox delivers them.
+
+Each channel module registers itself when imported: `@register("wecom",
+WeComConfig)` puts `{config key: (config section class, adapter class)}` into
+`KINDS`; `build_channels` makes one adapter per section present in the config,
+in registration order (the order people are reached by them). The composition
+root (bot/app.py) imports the channel modules; nothing else needs to know them.
 """
 from __future__ import annotations
 
@@ -13,12 +19,14 @@ from abc import ABC, abstractmethod
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, ClassVar, Iterator, Literal
+from typing import Any, Awaitable, Callable, ClassVar, Iterator, Literal
 
 from aiohttp import web
 
+from bot.config import Config
 from bot.events import Address, InboundEvent, Outbound
 from cards.model import Card
+from storage.db import Database
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,14 @@ class Channel(ABC):
         # Set by the runtime: a channel that enqueues messages itself (click
         # feedback) calls it so they go out now rather than at the next poll.
         self.wake_outbox: Callable[[], None] = lambda: None
+        # Set by the runtime: counts an inbound event that did not reach the core
+        # ("ignored", "rejected") in /metrics.
+        self.count: Callable[[str], None] = lambda result: None
+
+    @classmethod
+    def build(cls, section: Any, wiring: "Wiring") -> "Channel | None":
+        """The channel for its config section; None when the section leaves it off."""
+        return cls(section, wiring.sink, wiring.db)
 
     def routes(self) -> list[web.AbstractRouteDef]:
         """The callback routes this channel serves."""
@@ -91,6 +107,10 @@ class Channel(ABC):
 
     async def start(self) -> None:
         """Open clients; called once the app starts."""
+
+    def health(self) -> dict | None:
+        """What /healthz shows of this channel (a stream connection's state), if anything."""
+        return None
 
     async def close(self) -> None:
         """Close clients; called on shutdown."""
@@ -105,6 +125,48 @@ class Channel(ABC):
         new card otherwise. Return the handle to keep for later updates, or None.
         Raise DeliveryError on failure.
         """
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What channels are built from, besides their own config section."""
+
+    config: Config
+    sink: EventSink
+    db: Database
+
+
+# config key -> (config section class, adapter class), in registration order.
+KINDS: dict[str, tuple[type, type[Channel]]] = {}
+
+
+def register(key: str, section: type):
+    """Class decorator: the adapter for the `[key]` config section."""
+
+    def add(adapter: type[Channel]) -> type[Channel]:
+        if key in KINDS:
+            raise ValueError(f"channel kind {key!r} registered twice")
+        KINDS[key] = (section, adapter)
+        return adapter
+
+    return add
+
+
+def build_channels(config: Config, sink: EventSink, db: Database) -> list[Channel]:
+    """One channel per registered kind whose config section is present and on."""
+    wiring = Wiring(config, sink, db)
+    channels: list[Channel] = []
+    for key, (section_type, adapter) in KINDS.items():
+        section = getattr(config, key, None)
+        if section is None:
+            continue
+        if not isinstance(section, section_type):
+            raise TypeError(f"config [{key}] is a {type(section).__name__}, {adapter.__name__} takes "
+                            f"{section_type.__name__}")
+        channel = adapter.build(section, wiring)
+        if channel is not None:
+            channels.append(channel)
+    return channels
 
 
 class ChannelRegistry:

@@ -7,55 +7,39 @@ RELAYDESK_DATABASE_URL sets `database_url`, RELAYDESK_WECOM__SECRET sets
 from __future__ import annotations
 
 import os
-import re
 import string
 import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from bot.config_types import Duration, Section as _Section
+from api.config import ApiConfig, IntegrationConfig, StatusHubConfig, WebhooksConfig
+from escalation.config import (AliyunConfig, EscalationConfig, OnCallConfig, PhoneConfig, TencentConfig,
+                               TwilioConfig, check_references)
+from reports.config import ReportsConfig, check_references as check_report_references
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.toml")
 ENV_PREFIX = "RELAYDESK_"
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class ConfigError(ValueError):
     """A configuration problem, worded for the person editing the file."""
 
 
-def parse_duration(value: Any) -> timedelta:
-    if isinstance(value, timedelta):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f'durations are strings with a unit, e.g. "30s", "10m", "2h" (got {value!r})')
-    s = value.strip().replace(" ", "")
-    pos, total = 0, 0.0
-    for m in _DURATION_RE.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not s or pos != len(s):
-        raise ValueError(f'not a duration: {value!r} (write e.g. "30s", "10m", "2h", "1h30m")')
-    return timedelta(seconds=total)
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Priority = Literal["P0", "P1", "P2"]
 Role = Literal["customer", "engineer", "lead", "director", "manager", "admin"]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    # A request body must have arrived in full within this time (408 otherwise): the
+    # platforms post a few KiB from their data centres; a trickled body is an attack.
+    body_timeout: Duration = timedelta(seconds=1)
     public_url: str = "http://127.0.0.1:8080"
     # false: this process only answers; `python run_bot.py worker` processes apply and deliver.
     workers: bool = True
@@ -185,7 +169,10 @@ class FeishuConfig(_Section):
 
     app_id: str
     app_secret: str
-    verification_token: str
+    # "callback": Feishu posts to /callbacks/feishu (needs a public HTTPS URL);
+    # "stream": the bot opens Feishu's long connection and receives events and clicks on it.
+    mode: Literal["callback", "stream"] = "callback"
+    verification_token: str = ""  # callback mode only
     encrypt_key: Optional[str] = None
     api_base: str = "https://open.feishu.cn"
     engineers_chat: Optional[str] = None  # chat_id (oc_...)
@@ -193,12 +180,21 @@ class FeishuConfig(_Section):
     # looked up with GET /open-apis/bot/v3/info when not set.
     bot_open_id: Optional[str] = None
 
+    @model_validator(mode="after")
+    def _callback_needs_token(self):
+        if self.mode == "callback" and not self.verification_token:
+            raise ValueError("verification_token is required in callback mode (开发者后台 → 事件与回调 → 加密策略)")
+        return self
+
 
 class DingTalkConfig(_Section):
     """A DingTalk enterprise app with its robot (HTTP mode)."""
 
     app_key: str  # also the robotCode
     app_secret: str
+    # "callback": DingTalk posts to /callbacks/dingtalk (needs a public HTTPS URL);
+    # "stream": the bot opens an outbound WebSocket and receives messages and clicks on it.
+    mode: Literal["callback", "stream"] = "callback"
     robot_code: Optional[str] = None  # defaults to app_key
     # Event subscription (address-book events), encrypted like WeCom's.
     event_token: Optional[str] = None
@@ -225,7 +221,8 @@ class DingTalkConfig(_Section):
     def _complete(self):
         if bool(self.event_token) != bool(self.event_aes_key):
             raise ValueError("event subscription needs both event_token and event_aes_key")
-        if self.card_template_id and not (self.card_callback_route_key and self.card_api_secret):
+        if self.card_template_id and self.mode == "callback" and not (self.card_callback_route_key
+                                                                      and self.card_api_secret):
             raise ValueError("card_template_id needs card_callback_route_key and card_api_secret "
                              "(the route key and apiSecret registered with /v1.0/card/callbacks/register)")
         return self
@@ -307,12 +304,6 @@ class ProbeConfig(_Section):
         return self
 
 
-# Escalation, on-call and phone sections live with the escalation engine.
-from escalation.config import (AliyunConfig, EscalationConfig, OnCallConfig, PhoneConfig,  # noqa: E402
-                               TencentConfig, TwilioConfig, check_references)
-from reports.config import ReportsConfig, check_references as check_report_references  # noqa: E402
-# The integration surface's sections live with the API.
-from api.config import ApiConfig, IntegrationConfig, StatusHubConfig, WebhooksConfig  # noqa: E402
 
 
 class Config(_Section):

@@ -11,17 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import httpx
 from sqlalchemy import func, select
 
 from bot.core import states as st
 from escalation import timers as tm
+from escalation.engine import EscalationEngine
 from storage.models import OutboxMessage, Ticket
 
-if TYPE_CHECKING:  # pragma: no cover
-    from escalation.engine import EscalationEngine
 
 log = logging.getLogger(__name__)
 

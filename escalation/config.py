@@ -8,22 +8,19 @@
 
 The classes follow bot/config.py: unknown keys are errors, durations carry
 units. References between sections (people, teams) are checked by
-`check_references`, called from `bot.config.Config`, with messages that name
+`check_references`, called from bot/config.py's Config, with messages that name
 the offending key, e.g. "escalation.P0.steps[1].targets[0]: unknown person".
 """
 from __future__ import annotations
 
 import re
 from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Protocol
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from bot.config import Duration, _Section
+from bot.config_types import Duration, Section as _Section
 from bot.core import states as st
-
-if TYPE_CHECKING:  # pragma: no cover
-    from bot.config import Config
 
 PRIORITIES = ("P0", "P1", "P2")
 Means = Literal["card", "mention", "sms", "call"]
@@ -431,7 +428,16 @@ def phone_providers(config: "Config") -> list[tuple[str, object]]:
 # ---- references between sections -------------------------------------------
 
 
-def check_references(config: "Config") -> None:
+class _WholeConfig(Protocol):
+    """What check_references reads of bot.config.Config (which holds these sections)."""
+
+    people: list
+    teams: list
+    escalation: EscalationConfig
+    oncall: dict[str, OnCallConfig]
+
+
+def check_references(config: _WholeConfig) -> None:
     """People and teams named in escalation and on-call exist; raise ValueError naming the key."""
     people = {p.id for p in config.people}
     teams = {t.id for t in config.teams}

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import select, update
@@ -78,7 +78,8 @@ class EscalationEngine:
 
     def __init__(self, config: Config, db: Database, directory: Directory, service: TicketService,
                  notifier: Notifier, metrics: Metrics, *, on_commit: Callable[[], None] | None = None,
-                 clock: Callable[[], datetime] | None = None):
+                 clock: Callable[[], datetime] | None = None,
+                 jobs: Callable[["EscalationEngine"], Any] | None = None):
         self.config = config
         self.ec = config.escalation
         self.db = db
@@ -90,7 +91,10 @@ class EscalationEngine:
         self._clock = clock
         self.oncall = OnCall(config)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        self.scheduler = None  # escalation.jobs.Jobs, created by start()
+        # escalation.jobs.Jobs, made by start() with the factory the runtime passes in
+        # (jobs.py builds on this module, so this module does not import it).
+        self._jobs = jobs
+        self.scheduler = None
         self.receipt_queue = None  # escalation.receipt_queue.AliyunReceiptQueue, with [aliyun] mns_queues
         # Called with the lateness (seconds) of every step the sweep fired (bench).
         self.recorder: Callable[[float], None] | None = None
@@ -112,10 +116,10 @@ class EscalationEngine:
 
     async def start(self) -> None:
         """Start the sweep and the periodic jobs (call inside the running loop)."""
-        from escalation.jobs import Jobs
-
+        if self._jobs is None:
+            raise RuntimeError("the escalation engine was built without a jobs factory")
         if self.scheduler is None:
-            self.scheduler = Jobs(self)
+            self.scheduler = self._jobs(self)
             self.scheduler.start()
         if self.receipt_queue is None and self.config.aliyun is not None and self.config.aliyun.mns_queues:
             from escalation.receipt_queue import AliyunReceiptQueue
@@ -130,19 +134,6 @@ class EscalationEngine:
         if self.scheduler is not None:
             await self.scheduler.stop()
             self.scheduler = None
-
-    def routes(self) -> list:
-        """The call receipt webhooks of the configured phone providers."""
-        routes: list = []
-        if self.config.twilio is not None:
-            from escalation.voice import VoiceWebhook
-
-            routes += VoiceWebhook(self).routes()
-        if self.config.aliyun is not None or self.config.tencent is not None:
-            from escalation.receipts import Receipts
-
-            routes += Receipts(self).routes()
-        return routes
 
     # ---- the TicketBot hooks ---------------------------------------------
 

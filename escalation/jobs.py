@@ -11,16 +11,16 @@ from __future__ import annotations
 import logging
 import zlib
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 
 from bot.tasks import BackgroundTasks
+from escalation.auditor import audit
+from escalation.engine import EscalationEngine
 from storage.models import PeriodicJob
 
-if TYPE_CHECKING:  # pragma: no cover
-    from escalation.engine import EscalationEngine
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ class Jobs:
             self.scheduler.add_job(self._sweep, "interval", seconds=ec.sweep_interval.total_seconds(),
                                    id="escalation-sweep", next_run_time=now, max_instances=1,
                                    coalesce=True, misfire_grace_time=None)
-        from escalation.auditor import audit
-
         self.add_periodic("auditor", ec.auditor.interval, lambda: audit(self.engine),
                           first=now + timedelta(seconds=5))
         if self.engine.config.probes:

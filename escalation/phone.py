@@ -29,7 +29,7 @@ from datetime import timedelta
 from sqlalchemy import case, func, update
 from sqlmodel import select
 
-from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id
+from bot.channel import Channel, DeliveryError, EventSink, Wiring, current_outbox_id, register
 from bot.events import Address, Call, Outbound, Sms
 from bot.texts import t
 from escalation.config import PhoneConfig, fmt_duration, parse_limit, phone_providers
@@ -82,10 +82,17 @@ def build_routes(config) -> list[Route]:
     return routes
 
 
+@register("phone", PhoneConfig)
 class PhoneChannel(Channel):
     """Delivers Call and Sms messages; people's addresses are their person ids."""
 
     name = CHANNEL
+
+    @classmethod
+    def build(cls, section: PhoneConfig, wiring: Wiring) -> PhoneChannel | None:
+        """None when no provider (Twilio, Aliyun, Tencent) is configured."""
+        routes = build_routes(wiring.config)
+        return cls(section, wiring.sink, wiring.db, routes) if routes else None
 
     def __init__(self, config: PhoneConfig, sink: EventSink, db: Database, routes: list[Route]):
         super().__init__(sink)

@@ -13,7 +13,6 @@ de-duplicated per call and event.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -22,11 +21,10 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from bot.texts import t
 from escalation import answers
+from escalation.engine import EscalationEngine
 from escalation.phones.twilio import VOICE_PATH, voice_twiml
 from storage.models import PhoneCall
 
-if TYPE_CHECKING:  # pragma: no cover
-    from escalation.engine import EscalationEngine
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Optional
 
 from pydantic import Field, field_validator
 
-from bot.config import Duration, _Section
+from bot.config_types import Duration, Section as _Section
 from escalation.config import parse_hhmm
 
 if TYPE_CHECKING:  # pragma: no cover

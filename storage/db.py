@@ -13,7 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage import integration, models  # integration: its tables join the metadata
+# Importing storage.models and storage.integration registers every table on SQLModel.metadata
+# (create_all needs them).
+import storage.integration  # noqa: F401
 from storage.models import SCHEMA_VERSION, SchemaMeta
 
 
@@ -159,4 +161,4 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-__all__ = ["Database", "SchemaVersionError", "integration", "models"]
+__all__ = ["Database", "SchemaVersionError"]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import ConfigError, load_config, parse_duration
+from bot.config import ConfigError, load_config
+from bot.config_types import parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 

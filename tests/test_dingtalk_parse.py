@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from bot.channels.dingtalk import DingTalkChannel, _Refuse
+from bot.channels.dingtalk import DingTalkChannel
+from bot.inbound import Refusal
 from bot.config import DingTalkConfig
 
 _json_values = st.recursive(
@@ -26,7 +27,7 @@ def test_parse_robot_accepts_or_refuses_with_400(msg):
     channel = DingTalkChannel(DingTalkConfig(app_key="k", app_secret="s"), sink=None, db=None)
     try:
         event = channel.parse_robot(msg)
-    except _Refuse as e:
+    except Refusal as e:
         assert e.status == 400
         return
     if event is not None:

@@ -43,13 +43,14 @@ import re
 import secrets
 import time
 import uuid
+from urllib.parse import quote_plus
 from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
-from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id
+from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id, register
 from bot.channels.dingtalk_api import (
     BadPayload,
     BadSignature,
@@ -62,7 +63,9 @@ from bot.channels.dingtalk_api import (
     same,
     timestamp_ms,
 )
+from bot.channels.stream import EndpointError, StreamLink
 from bot.config import DingTalkConfig
+from bot.inbound import Refusal, json_object, parse_json, text as _str
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
 from bot.outbox import enqueue
 from cards.dingtalk import action_value, card_markdown, card_params
@@ -85,22 +88,16 @@ SESSION_FLUSH_SECONDS = 0.5
 # Address-book events: wait this long for a burst to finish before fetching details.
 SYNC_DELAY_SECONDS = 1.0
 SYNC_MAX_ATTEMPTS = 10
+# Stream mode: the topics subscribed on the outbound connection.
+STREAM_ROBOT = "/v1.0/im/bot/messages/get"
+STREAM_CARD = "/v1.0/card/instances/callback"
+STREAM_TOPICS = (STREAM_ROBOT, STREAM_CARD)
 HANDSHAKE_EVENTS = frozenset({"check_url", "check_create_suite_url", "check_update_suite_url"})
 USER_EVENTS = frozenset({"user_add_org", "user_modify_org", "user_leave_org", "user_active_org"})
 _OUT_TRACK_RE = re.compile(r"^rd(\d+)-[0-9a-f]+$")
 
 
-class _Refuse(Exception):
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def _refusal(e: _Refuse) -> web.Response:
-    return web.json_response({"error": e.reason}, status=e.status)
-
-
+@register("dingtalk", DingTalkConfig)
 class DingTalkChannel(Channel):
     name = "dingtalk"
     # 20 messages/min per robot webhook, then throttled for 10 min; the robot
@@ -129,13 +126,17 @@ class DingTalkChannel(Channel):
         self._tasks: list[asyncio.Task] = []
         self._groups_seen: set[str] = set()
         self._name_cache: dict[str, tuple[str, float]] = {}
+        self.stream = (StreamLink("dingtalk", self._stream_endpoint, self._on_stream_frame)
+                       if config.mode == "stream" else None)
 
     # ---- lifecycle -------------------------------------------------------
 
     def routes(self) -> list[web.AbstractRouteDef]:
-        routes = [web.post("/callbacks/dingtalk", self.on_robot)]
-        if self.interactive:
-            routes.append(web.post("/callbacks/dingtalk/card", self.on_card))
+        routes = []
+        if self.stream is None:  # stream mode: messages and clicks come over the outbound connection
+            routes.append(web.post("/callbacks/dingtalk", self.on_robot))
+            if self.interactive:
+                routes.append(web.post("/callbacks/dingtalk/card", self.on_card))
         if self.events_crypto is not None:
             routes.append(web.post("/callbacks/dingtalk/events", self.on_event))
         return routes
@@ -147,8 +148,15 @@ class DingTalkChannel(Channel):
         if self.events_crypto is not None:
             self._sync_wake = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._sync_loop(), name="dingtalk-directory"))
+        if self.stream is not None:
+            self.stream.start()
+
+    def health(self) -> dict | None:
+        return None if self.stream is None else {"stream": self.stream.health()}
 
     async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.close()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -164,28 +172,27 @@ class DingTalkChannel(Channel):
     # ---- robot messages --------------------------------------------------
 
     async def on_robot(self, request: web.Request) -> web.Response:
-        body = await request.read()  # over [server] max_body_bytes: 413 from aiohttp
-        try:
-            self._check_robot_sign(request)
-            msg = _json_object(body)
-            event = self.parse_robot(msg)
-        except _Refuse as e:
-            return _refusal(e)
+        body = await request.read()
+        # The sign covers the timestamp only: checked first, then the body is parsed (depth-limited).
+        self._check_robot_sign(request)
+        await self.robot_message(json_object(body))
+        return web.Response(status=200)
+
+    async def robot_message(self, msg: dict) -> None:
+        """A robot message (HTTP body or stream frame data) into the inbox; returns once recorded."""
+        event = self.parse_robot(msg)
         if event is None:
-            return web.Response(status=200)  # acknowledged, nothing for the core
+            return  # acknowledged, nothing for the core
         self._remember_session(event.conversation, msg)
         await self.sink(event)
-        return web.Response(status=200)
 
     def _check_robot_sign(self, request: web.Request) -> None:
         ts, sign = request.headers.get("timestamp", ""), request.headers.get("sign", "")
         ts_ms = timestamp_ms(ts)
         if ts_ms is None or not sign or not same(robot_sign(ts, self.config.app_secret), sign):
-            log.warning("dingtalk: robot message with a bad sign refused (timestamp %r)", ts[:20])
-            raise _Refuse(403, "bad signature")
+            raise Refusal(403, "bad signature", hint="check [dingtalk] app_secret")
         if not fresh(ts_ms, self._now_ms(), self.window):
-            log.warning("dingtalk: robot message with a stale timestamp refused (%s)", ts)
-            raise _Refuse(403, "stale timestamp")
+            raise Refusal(403, "stale timestamp", hint=f"timestamp {ts[:20]}; check this server's clock")
 
     def parse_robot(self, msg: dict) -> InboundEvent | None:
         """The robot message as a neutral event; None when there is nothing to hand over."""
@@ -193,9 +200,9 @@ class DingTalkChannel(Channel):
         conv_type = str(msg.get("conversationType") or "")
         conv_id = msg.get("conversationId")
         if not isinstance(msg_id, str) or not msg_id or conv_type not in ("1", "2"):
-            raise _Refuse(400, "not a DingTalk robot message (msgId, conversationType)")
+            raise Refusal(400, "not a DingTalk robot message (msgId, conversationType)")
         if conv_type == "2" and not (isinstance(conv_id, str) and conv_id):
-            raise _Refuse(400, "group message without conversationId")
+            raise Refusal(400, "group message without conversationId")
         staff = msg.get("senderStaffId")
         if not isinstance(staff, str) or not staff:
             self.api.log_once("staffid", "dingtalk: robot messages arrive without senderStaffId, so nobody can be "
@@ -223,12 +230,12 @@ class DingTalkChannel(Channel):
         if msgtype == "text":
             text = msg.get("text")
             if not isinstance(text, dict) or not isinstance(text.get("content"), str):
-                raise _Refuse(400, "text message without text.content")
+                raise Refusal(400, "text message without text.content")
             return InboundEvent(kind="text", text=text["content"].strip(), **common)
         if msgtype == "picture":
             code = _str(content.get("downloadCode")) or _str(content.get("pictureDownloadCode"))
             if not code:
-                raise _Refuse(400, "picture message without downloadCode")
+                raise Refusal(400, "picture message without downloadCode")
             return InboundEvent(kind="image", image_ref=code, **common)
         if msgtype == "richText":
             parts = content.get("richText") if isinstance(content.get("richText"), list) else []
@@ -339,37 +346,35 @@ class DingTalkChannel(Channel):
 
     async def on_card(self, request: web.Request) -> web.Response:
         body = await request.read()
-        try:
-            ts = self._check_card_signature(request)
-            data = _json_object(body)
-            if data.get("type", "actionCallback") != "actionCallback":
-                return web.json_response({})  # not a button click: nothing to do
-            user_id, out_track_id = _str(data.get("userId")), _str(data.get("outTrackId"))
-            content = data.get("content")
-            if isinstance(content, str):
-                try:
-                    content = json.loads(content)
-                except ValueError:
-                    raise _Refuse(400, "content is not JSON") from None
-            if not user_id or not out_track_id or not isinstance(content, dict):
-                raise _Refuse(400, "not a card callback (userId, outTrackId, content)")
-            private = content.get("cardPrivateData") if isinstance(content.get("cardPrivateData"), dict) else {}
-            value = action_value(private.get("params"))
-            if value is None:
-                self.api.log_once("card_params", "dingtalk: a card button sent no `value` parameter: in the card "
-                                  "template, set the button's 回传请求 parameters to {\"value\": <the button's "
-                                  "value>} (docs/channels/dingtalk.md)")
-                raise _Refuse(400, "button without a value parameter")
-        except _Refuse as e:
-            return _refusal(e)
+        ts = self._check_card_signature(request)
+        return web.json_response(await self.card_click(json_object(body), ts))
+
+    async def card_click(self, data: dict, click_id: str) -> dict:
+        """A card callback (HTTP body or stream frame data) through the sink; the answer
+        that updates the card. `click_id` tells a new click from a redelivered one."""
+        if data.get("type", "actionCallback") != "actionCallback":
+            return {}  # not a button click: nothing to do
+        user_id, out_track_id = _str(data.get("userId")), _str(data.get("outTrackId"))
+        content = data.get("content")
+        if isinstance(content, str):
+            content = parse_json(content, "content")
+        if not user_id or not out_track_id or not isinstance(content, dict):
+            raise Refusal(400, "not a card callback (userId, outTrackId, content)")
+        private = content.get("cardPrivateData") if isinstance(content.get("cardPrivateData"), dict) else {}
+        value = action_value(private.get("params"))
+        if value is None:
+            self.api.log_once("card_params", "dingtalk: a card button sent no `value` parameter: in the card "
+                              "template, set the button's 回传请求 parameters to {\"value\": <the button's "
+                              "value>} (docs/channels/dingtalk.md)")
+            raise Refusal(400, "button without a value parameter")
         conversation, track_key = await self._card_origin(out_track_id, user_id)
-        digest = hashlib.sha256(f"{out_track_id}\n{user_id}\n{value}\n{ts}".encode()).hexdigest()[:32]
+        digest = hashlib.sha256(f"{out_track_id}\n{user_id}\n{value}\n{click_id}".encode()).hexdigest()[:32]
         event = InboundEvent(platform=self.name, event_id=f"card:{digest}", sender_id=user_id,
                              conversation=conversation, kind="action", action_token=value,
                              context={"outTrackId": out_track_id})
         result = await self.sink(event)
         if result.duplicate:
-            return web.json_response({})
+            return {}
         if result.toast and self.config.click_feedback == "message":
             await self._tell_clicker(user_id, result.toast)
         answer: dict = {}
@@ -382,7 +387,7 @@ class DingTalkChannel(Channel):
             options["updatePrivateDataByKey"] = True
         if options:
             answer["cardUpdateOptions"] = options
-        return web.json_response(answer)
+        return answer
 
     def _check_card_signature(self, request: web.Request) -> str:
         ts = request.headers.get("x-ddpaas-signature-timestamp", "")
@@ -390,10 +395,9 @@ class DingTalkChannel(Channel):
         ts_ms = timestamp_ms(ts)
         secret = self.config.card_api_secret or ""
         if ts_ms is None or not sig or not secret or not same(card_signature(ts, secret), sig):
-            log.warning("dingtalk: card callback with a bad signature refused (timestamp %r)", ts[:20])
-            raise _Refuse(403, "bad signature")
+            raise Refusal(403, "bad signature", hint="check [dingtalk] card_api_secret")
         if not fresh(ts_ms, self._now_ms(), self.window):
-            raise _Refuse(403, "stale timestamp")
+            raise Refusal(403, "stale timestamp", hint=f"timestamp {ts[:20]}; check this server's clock")
         return ts
 
     async def _card_origin(self, out_track_id: str, user_id: str) -> tuple[Address, str | None]:
@@ -421,31 +425,25 @@ class DingTalkChannel(Channel):
         signature = q.get("msg_signature") or q.get("signature") or ""
         ts = q.get("timestamp") or q.get("timeStamp") or ""
         nonce = q.get("nonce") or ""
+        # DingTalk signs the `encrypt` field, not the body: the envelope is parsed first (depth-limited).
+        envelope = json_object(body)
+        encrypt = envelope.get("encrypt")
+        if not isinstance(encrypt, str) or not encrypt:
+            raise Refusal(400, "no encrypt field")
+        if not signature or not ts or not nonce:
+            raise Refusal(403, "missing msg_signature/timestamp/nonce")
         try:
-            envelope = _json_object(body)
-            encrypt = envelope.get("encrypt")
-            if not isinstance(encrypt, str) or not encrypt:
-                raise _Refuse(400, "no encrypt field")
-            if not signature or not ts or not nonce:
-                raise _Refuse(403, "missing msg_signature/timestamp/nonce")
-            try:
-                plain = self.events_crypto.decrypt(signature, ts, nonce, encrypt)
-            except BadSignature as e:
-                log.warning("dingtalk: event refused (%s); query %s", e, request.query_string[:200])
-                raise _Refuse(403, "bad signature") from None
-            except BadPayload as e:
-                raise _Refuse(400, f"cannot decrypt: {e}") from None
-            ts_ms = timestamp_ms(ts)
-            if ts_ms is None or not fresh(ts_ms, self._now_ms(), self.window):
-                raise _Refuse(403, "stale timestamp")
-            try:
-                event = json.loads(plain)
-            except ValueError:
-                raise _Refuse(400, "the decrypted event is not JSON") from None
-            if not isinstance(event, dict) or not isinstance(event.get("EventType"), str):
-                raise _Refuse(400, "the decrypted event has no EventType")
-        except _Refuse as e:
-            return _refusal(e)
+            plain = self.events_crypto.decrypt(signature, ts, nonce, encrypt)
+        except BadSignature:
+            raise Refusal(403, "bad signature", hint="check [dingtalk] event_token / event_aes_key") from None
+        except BadPayload as e:
+            raise Refusal(400, f"cannot decrypt: {e}") from None
+        ts_ms = timestamp_ms(ts)
+        if ts_ms is None or not fresh(ts_ms, self._now_ms(), self.window):
+            raise Refusal(403, "stale timestamp")
+        event = json_object(plain, "the decrypted event")
+        if not isinstance(event.get("EventType"), str):
+            raise Refusal(400, "the decrypted event has no EventType")
         etype = event["EventType"]
         if etype in USER_EVENTS:
             ids = event.get("UserId") or event.get("UserIds") or []
@@ -581,6 +579,53 @@ class DingTalkChannel(Channel):
             s.add(person)
         await insert_ignore(s, Identity, platform=self.name, external_id=uid, person_id=pid)
 
+    # ---- stream mode ---------------------------------------------------------
+
+    async def _stream_endpoint(self, session) -> str:
+        """POST /v1.0/gateway/connections/open: the WebSocket endpoint and its one-time ticket."""
+        body = {"clientId": self.config.app_key, "clientSecret": self.config.app_secret, "ua": "relaydesk",
+                "localIp": "", "subscriptions": [{"type": "CALLBACK", "topic": t} for t in STREAM_TOPICS]}
+        async with session.post(f"{self.config.api_base}/v1.0/gateway/connections/open", json=body) as r:
+            text = await r.text()
+            if r.status != 200:
+                raise EndpointError(f"gateway/connections/open answered {r.status}: {text[:200]}")
+        doc = json_object(text, "the gateway's answer")
+        endpoint, ticket = _str(doc.get("endpoint")), _str(doc.get("ticket"))
+        if not endpoint or not ticket:
+            raise EndpointError("gateway/connections/open gave no endpoint or ticket")
+        return f"{endpoint}?ticket={quote_plus(ticket)}"
+
+    async def _on_stream_frame(self, raw, answer) -> None:
+        """One frame: SYSTEM (ping, disconnect) answered at once; a robot message answered once it
+        is in the inbox; a card click answered with the card's update."""
+        try:
+            frame = json_object(raw, "the frame")
+        except Refusal as r:
+            log.warning("dingtalk stream: %s; frame ignored", r.reason)
+            return
+        headers = frame.get("headers") if isinstance(frame.get("headers"), dict) else {}
+        message_id, topic = _str(headers.get("messageId")), _str(headers.get("topic"))
+        kind, data = frame.get("type"), _str(frame.get("data"))
+        try:
+            if kind == "SYSTEM":
+                if topic == "disconnect":
+                    log.info("dingtalk stream: the gateway asks to reconnect")
+                await answer(_ack(message_id, data=data))
+            elif kind != "CALLBACK":
+                await answer(_ack(message_id, data=data))  # events: RelayDesk subscribes to none
+            elif topic == STREAM_ROBOT:
+                await self.robot_message(json_object(data, "the frame's data"))
+                await answer(_ack(message_id, data=json.dumps({"response": None})))
+            elif topic == STREAM_CARD:
+                response = await self.card_click(json_object(data, "the frame's data"), f"stream:{message_id}")
+                await answer(_ack(message_id, data=json.dumps({"response": response}, ensure_ascii=False)))
+            else:
+                await answer(_ack(message_id, code=404, message=f"topic {topic} not subscribed"))
+        except Refusal as r:
+            # A frame that can never succeed: said so, so that the gateway does not redeliver it forever.
+            log.warning("dingtalk stream: frame %s refused: %s", message_id, r.reason)
+            await answer(_ack(message_id, code=400, message=r.reason))
+
     # ---- sending -----------------------------------------------------------
 
     async def send(self, to: Address, message: Outbound, ref: dict | None) -> dict | None:
@@ -663,11 +708,12 @@ class DingTalkChannel(Channel):
         body: dict = {
             "cardTemplateId": self.config.card_template_id,
             "outTrackId": out_track_id,
-            "callbackType": "HTTP",
-            "callbackRouteKey": self.config.card_callback_route_key,
+            "callbackType": "STREAM" if self.stream is not None else "HTTP",
             "cardData": {"cardParamMap": params},
             "userIdType": 1,
         }
+        if self.stream is None:
+            body["callbackRouteKey"] = self.config.card_callback_route_key
         if to.kind == "group":
             body["openSpaceId"] = f"dtv1.card//IM_GROUP.{to.id}"
             body["imGroupOpenSpaceModel"] = space
@@ -710,18 +756,10 @@ class DingTalkChannel(Channel):
 # ---- helpers ---------------------------------------------------------------
 
 
-def _json_object(body: bytes) -> dict:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise _Refuse(400, "body is not JSON") from None
-    if not isinstance(data, dict):
-        raise _Refuse(400, "body is not a JSON object")
-    return data
-
-
-def _str(value) -> str:
-    return value if isinstance(value, str) else ""
+def _ack(message_id: str, *, code: int = 200, message: str = "OK", data: str = "") -> str:
+    """The answer frame the DingTalk gateway expects for a pushed frame."""
+    return json.dumps({"code": code, "headers": {"contentType": "application/json", "messageId": message_id},
+                       "message": message, "data": data}, ensure_ascii=False)
 
 
 def _with_mentions(text: str, mentions: tuple[str, ...], sep: str = " ") -> str:

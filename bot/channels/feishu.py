@@ -38,20 +38,25 @@ user_id / union_id (`on_...`) / e-mail, recognised by their form.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
 import re
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 
-from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id
-from bot.channels import feishu_crypto as crypto
+from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id, register
+import bot.channels.feishu_crypto as crypto
 from bot.channels.feishu_api import FeishuAPI, FeishuAPIError
+from bot.channels.feishu_frame import CONTROL, DATA, Frame, FrameError
+from bot.channels.stream import EndpointError, StreamLink
 from bot.config import FeishuConfig
+from bot.inbound import Refusal, json_object
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
 from cards.feishu import button_token, card_content, safe_id
 from storage.db import Database
@@ -94,13 +99,6 @@ class _Bounded(OrderedDict):
         super().__setitem__(key, value)
         while len(self) > self.limit:
             self.popitem(last=False)
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _receiver(to: Address) -> tuple[str, str]:
@@ -201,13 +199,7 @@ def parse_post(content: dict, mentions: list[dict], bot_open_id: str | None) -> 
     return text, ids + tuple(more), images
 
 
-def _json_object(raw: bytes | str) -> dict:
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    return value
-
-
+@register("feishu", FeishuConfig)
 class FeishuChannel(Channel):
     name = "feishu"
     # 5 QPS per user and 5 QPS per group, shared by all bots (docs/channels/feishu.md).
@@ -231,18 +223,31 @@ class FeishuChannel(Channel):
         self._inline: _Bounded = _Bounded(10_000)
         self._warned: set[str] = set()
         self._groups_seen: _Bounded = _Bounded(1_000)
+        # Stream mode: the long connection, its service id (for ping frames), split payloads.
+        self.stream = (StreamLink("feishu", self._stream_endpoint, self._on_stream_frame,
+                                  keepalive=self._ping_frame) if config.mode == "stream" else None)
+        self._service_id = 0
+        self._parts: _Bounded = _Bounded(100)
 
     # ---- lifecycle -------------------------------------------------------
 
     def routes(self) -> list[web.AbstractRouteDef]:
-        return [web.post(CALLBACK_PATH, self.handle_callback)]
+        # Stream mode: events and clicks come over the outbound connection; no public URL.
+        return [] if self.stream is not None else [web.post(CALLBACK_PATH, self.handle_callback)]
 
     async def start(self) -> None:
         await self.api.start()
         if not self.bot_open_id:
             self._bot_task = asyncio.create_task(self._lookup_bot(), name="feishu-bot-info")
+        if self.stream is not None:
+            self.stream.start()
+
+    def health(self) -> dict | None:
+        return None if self.stream is None else {"stream": self.stream.health()}
 
     async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.close()
         if self._bot_task is not None and not self._bot_task.done():
             self._bot_task.cancel()
             # Waits for the lookup to end without swallowing a cancellation of close() itself.
@@ -276,66 +281,58 @@ class FeishuChannel(Channel):
 
     # ---- inbound ---------------------------------------------------------
 
-    def _count(self, request: web.Request, result: str) -> None:
-        from bot.app import RUNTIME
-
-        rt = request.app.get(RUNTIME)
-        if rt is not None:
-            rt.metrics.inbound.labels(self.name, result).inc()
-
     async def handle_callback(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()  # past client_max_size aiohttp answers 413
-        try:
-            payload = self._open(request, body)
-            return await self._dispatch(request, payload)
-        except _Refusal as r:
-            self._count(request, "rejected")
-            return web.json_response({"error": r.message}, status=r.status)
+        body = await request.read()
+        payload = self._open(request, body)
+        response: web.StreamResponse | None = None
+
+        async def write(answer: dict) -> None:
+            nonlocal response
+            response = web.json_response(answer)
+            await response.prepare(request)
+            await response.write_eof()
+
+        await self.handle_payload(payload, write)
+        assert response is not None
+        return response
 
     def _open(self, request: web.Request, body: bytes) -> dict:
-        """Verify and decrypt a callback body; the event payload."""
-        try:
-            outer = _json_object(body)
-        except (ValueError, UnicodeDecodeError):
-            raise _Refusal(400, "the body is not a JSON object") from None
+        """Verify and decrypt a callback body; the event payload.
+
+        Feishu signs the raw body: with an Encrypt Key set, the signature is checked
+        before the body is parsed at all.
+        """
         key = self.config.encrypt_key
         ts = request.headers.get("X-Lark-Request-Timestamp", "")
         nonce = request.headers.get("X-Lark-Request-Nonce", "")
         sig = request.headers.get("X-Lark-Signature", "")
-        if key and sig:
-            if not crypto.same(crypto.signature(ts, nonce, key, body), sig):
-                if self._is_legacy_card(outer) and crypto.same(
-                        crypto.legacy_signature(ts, nonce, self.config.verification_token, body), sig):
-                    self._refuse_legacy()
-                log.warning("Feishu callback from %s: X-Lark-Signature mismatch (timestamp=%r nonce=%r); "
-                            "check [feishu] encrypt_key", request.remote, ts, nonce)
-                raise _Refusal(403, "signature mismatch")
+        if key and sig and not crypto.same(crypto.signature(ts, nonce, key, body), sig):
+            if crypto.same(crypto.legacy_signature(ts, nonce, self.config.verification_token, body), sig) \
+                    and self._is_legacy_card(json_object(body)):
+                self._refuse_legacy()
+            raise Refusal(403, "signature mismatch", hint="check [feishu] encrypt_key")
+        outer = json_object(body)
         if "encrypt" in outer:
             if not key:
                 self._warn_once("no_key", "Feishu sends encrypted callbacks but [feishu] encrypt_key is not set: "
                                 "copy the Encrypt Key from 开发者后台 → 事件与回调 → 加密策略")
-                raise _Refusal(400, "encrypted callback, but no encrypt_key is configured")
+                raise Refusal(400, "encrypted callback, but no encrypt_key is configured")
             if not isinstance(outer["encrypt"], str):
-                raise _Refusal(400, "encrypt must be a string")
+                raise Refusal(400, "encrypt must be a string")
             try:
-                payload = _json_object(crypto.decrypt(key, outer["encrypt"]))
-            except crypto.FeishuCryptoError as e:
-                log.warning("Feishu callback from %s: cannot decrypt (%s); check [feishu] encrypt_key",
-                            request.remote, e)
-                raise _Refusal(400, "cannot decrypt the body") from None
-            except (ValueError, UnicodeDecodeError):
-                raise _Refusal(400, "the decrypted body is not a JSON object") from None
+                plain = crypto.decrypt(key, outer["encrypt"])
+            except crypto.FeishuCryptoError:
+                raise Refusal(400, "cannot decrypt the body", hint="check [feishu] encrypt_key") from None
+            payload = json_object(plain, "the decrypted body")
         else:
             payload = outer
         challenge = payload.get("type") == "url_verification"
         if key and not sig and not challenge:
-            raise _Refusal(403, "X-Lark-Signature missing")
+            raise Refusal(403, "X-Lark-Signature missing")
         header = payload.get("header")
         token = header.get("token") if isinstance(header, dict) and "token" in header else payload.get("token")
         if not isinstance(token, str) or not crypto.same(token, self.config.verification_token):
-            log.warning("Feishu callback from %s: wrong verification token; check [feishu] verification_token",
-                        request.remote)
-            raise _Refusal(403, "wrong verification token")
+            raise Refusal(403, "wrong verification token", hint="check [feishu] verification_token")
         return payload
 
     @staticmethod
@@ -344,40 +341,42 @@ class FeishuChannel(Channel):
 
     def _refuse_legacy(self) -> None:
         self._warn_once("legacy", "Feishu: %s", LEGACY_CARD_HINT)
-        raise _Refusal(400, LEGACY_CARD_HINT)
+        raise Refusal(400, LEGACY_CARD_HINT)
 
-    async def _dispatch(self, request: web.Request, payload: dict) -> web.StreamResponse:
+    async def handle_payload(self, payload: dict, write: Callable[[dict], Awaitable[None]]) -> None:
+        """A verified event payload (callback body or stream frame) through the sink; `write`
+        sends the answer once what the payload carries is recorded."""
         if payload.get("type") == "url_verification":
             challenge = payload.get("challenge")
             if not isinstance(challenge, str):
-                raise _Refusal(400, "challenge missing")
-            return web.json_response({"challenge": challenge})
+                raise Refusal(400, "challenge missing")
+            await write({"challenge": challenge})
+            return
         if self._is_legacy_card(payload):
             self._refuse_legacy()
         header, event = payload.get("header"), payload.get("event")
-        if payload.get("schema") != "2.0" or not isinstance(header, dict) or not isinstance(event, dict):
-            # Schema 1.0 events: RelayDesk subscribes to none.
-            self._count(request, "ignored")
-            return web.json_response({})
-        event_type = header.get("event_type")
-        if event_type not in (MESSAGE_EVENT, CARD_EVENT):
-            self._count(request, "ignored")
-            return web.json_response({})
+        event_type = header.get("event_type") if isinstance(header, dict) else None
+        if payload.get("schema") != "2.0" or not isinstance(event, dict) or event_type not in (MESSAGE_EVENT,
+                                                                                             CARD_EVENT):
+            # Schema 1.0 events and other event types: RelayDesk subscribes to none.
+            self.count("ignored")
+            await write({})
+            return
         try:
             if event_type == MESSAGE_EVENT:
                 events = await self._message_events(event)
             else:
                 click = self._card_event(header, event)
         except (KeyError, TypeError, AttributeError, ValueError) as e:
-            log.warning("Feishu %s event not understood: %s: %s", event_type, type(e).__name__, e)
-            raise _Refusal(400, f"malformed {event_type} event") from None
+            raise Refusal(400, f"malformed {event_type} event", hint=f"{type(e).__name__}: {e}") from None
         if event_type == CARD_EVENT:
-            return await self._answer_click(request, click)
+            await self._answer_click(click, write)
+            return
         for e in events:
             await self.sink(e)
         if not events:
-            self._count(request, "ignored")
-        return web.json_response({})
+            self.count("ignored")
+        await write({})
 
     async def _message_events(self, event: dict) -> list[InboundEvent]:
         sender, msg = event["sender"], event["message"]
@@ -408,7 +407,7 @@ class FeishuChannel(Channel):
                 self._threads[(chat_id, open_id)] = (message_id, time.monotonic())
         kind = msg.get("message_type")
         raw = msg.get("content") or "{}"
-        content = _json_object(raw) if isinstance(raw, str) else raw
+        content = json_object(raw, "the message content") if isinstance(raw, str) else raw
         common = dict(platform=self.name, sender_id=open_id, conversation=conversation,
                       context={"message_id": message_id, "chat_id": chat_id})
         if kind == "text":
@@ -450,7 +449,7 @@ class FeishuChannel(Channel):
             context={"message_id": message_id, "chat_id": chat_id, "update_token": event.get("token")},
         )
 
-    async def _answer_click(self, request: web.Request, inbound: InboundEvent) -> web.StreamResponse:
+    async def _answer_click(self, inbound: InboundEvent, write: Callable[[dict], Awaitable[None]]) -> None:
         """The sink's verdict on a click as Feishu's callback answer: toast and replacement card."""
         message_id = inbound.context.get("message_id")
         answered = asyncio.Event()
@@ -467,10 +466,7 @@ class FeishuChannel(Channel):
                     body["card"] = {"type": "raw", "data": json.loads(content)}
                     if message_id:
                         self._inline[message_id] = (time.monotonic(), content)
-            response = web.json_response(body)
-            await response.prepare(request)
-            await response.write_eof()
-            return response
+            await write(body)
         finally:
             answered.set()
             pending = self._answering.get(message_id) if message_id else None
@@ -478,6 +474,79 @@ class FeishuChannel(Channel):
                 pending.discard(answered)
                 if not pending:
                     del self._answering[message_id]
+
+    # ---- stream mode (long connection) ------------------------------------
+
+    async def _stream_endpoint(self, session) -> str:
+        """POST /callback/ws/endpoint: the WebSocket URL (with its device and service ids)."""
+        body = {"AppID": self.config.app_id, "AppSecret": self.config.app_secret}
+        async with session.post(f"{self.config.api_base}/callback/ws/endpoint", json=body,
+                                headers={"locale": "zh"}) as r:
+            text = await r.text()
+            if r.status != 200:
+                raise EndpointError(f"/callback/ws/endpoint answered {r.status}: {text[:200]}")
+        doc = json_object(text, "the endpoint answer")
+        data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
+        url = data.get("URL")
+        if doc.get("code") != 0 or not isinstance(url, str) or not url:
+            raise EndpointError(f"/callback/ws/endpoint: code {doc.get('code')}: {str(doc.get('msg'))[:200]}")
+        service = parse_qs(urlsplit(url).query).get("service_id", ["0"])[0]
+        self._service_id = int(service) if service.isdigit() else 0
+        conf = data.get("ClientConfig") if isinstance(data.get("ClientConfig"), dict) else {}
+        ping = conf.get("PingInterval")
+        if isinstance(ping, int) and 5 <= ping <= 600 and self.stream is not None:
+            self.stream.timings.heartbeat = float(ping)
+        return url
+
+    def _ping_frame(self) -> bytes:
+        return Frame(service=self._service_id, method=CONTROL, headers=[("type", "ping")]).encode()
+
+    async def _on_stream_frame(self, raw, answer) -> None:
+        """One frame: control frames (pong) need nothing; an event is answered, on the same
+        connection, once it is recorded (a card click with its toast and card)."""
+        try:
+            frame = Frame.decode(raw if isinstance(raw, bytes) else raw.encode())
+        except FrameError as e:
+            log.warning("Feishu stream: a frame that is not a pbbp2 frame was ignored (%s)", e)
+            return
+        if frame.method != DATA or frame.header("type") != "event":
+            return  # pong; "card" frames (legacy card callbacks) are not sent over long connections
+        payload = self._whole_payload(frame)
+        if payload is None:
+            return  # more parts to come
+        started = time.monotonic()
+
+        async def write(body: dict) -> None:
+            data = base64.b64encode(json.dumps(body, ensure_ascii=False).encode()).decode() if body else None
+            frame.headers.append(("biz_rt", str(int((time.monotonic() - started) * 1000))))
+            frame.payload = json.dumps({"code": 200, "headers": {}, "data": data}).encode()
+            await answer(frame.encode())
+
+        try:
+            await self.handle_payload(json_object(payload, "the event"), write)
+        except Refusal as r:
+            # Never going to succeed: answered (400) so that Feishu does not push it again.
+            log.warning("Feishu stream: event %s refused: %s", frame.header("message_id"), r.reason)
+            frame.payload = json.dumps({"code": 400, "headers": {}, "data": None}).encode()
+            await answer(frame.encode())
+
+    def _whole_payload(self, frame: Frame) -> bytes | None:
+        """The payload of a message Feishu split over several frames, once all have come."""
+        try:
+            total, seq = int(frame.header("sum", "1") or 1), int(frame.header("seq", "0") or 0)
+        except ValueError:
+            return frame.payload
+        if total <= 1:
+            return frame.payload
+        if not 0 <= seq < total <= 64:
+            return None
+        parts = self._parts.get(frame.header("message_id")) or [None] * total
+        parts[seq] = frame.payload
+        if any(p is None for p in parts):
+            self._parts[frame.header("message_id")] = parts
+            return None
+        self._parts.pop(frame.header("message_id"), None)
+        return b"".join(parts)
 
     # ---- outbound --------------------------------------------------------
 

@@ -13,8 +13,6 @@ import hashlib
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -22,11 +20,13 @@ from sqlalchemy import func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
-from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id
+from bot.channel import Channel, DeliveryError, EventSink, Wiring, current_outbox_id, register
+from bot.config import PersonConfig, PlaygroundConfig, TeamConfig
 from bot.tasks import wait_event
-from bot.config import PersonConfig, TeamConfig
 from bot.events import Address, CardMessage, Image, Outbound, Text
 from cards.playground import render_card_html, render_text_html
+from bot.playground.model import MEDIA_PREFIX, NAME, Pane
+from bot.playground.routes import playground_routes
 from storage.db import Database
 from storage.models import PlaygroundMessage
 from storage.types import utcnow
@@ -34,51 +34,34 @@ from storage.types import utcnow
 log = logging.getLogger(__name__)
 
 BOT_NAME = "RelayDesk"
-MEDIA_PREFIX = "/playground/media/"
 IMAGE_TYPES = {".png", ".jpg", ".jpeg", ".gif", ".webp"}
 # How often a waiting long-poll looks at the table even without a wake-up,
 # for rows written by another bot process on the same database.
 RECHECK_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
-class Pane:
-    """One chat window of the page."""
-
-    key: str  # "customer" | "group" | "lead": stable handle for the page and tests
-    conversation: str
-    speakers: tuple[str, ...]
-    # Group panes: everybody who may write in the group (speakers and more).
-    members: frozenset[str] = field(default_factory=frozenset)
-    team_name: str | None = None
-
-    @property
-    def kind(self) -> str:
-        return self.conversation.split(":", 1)[0]
-
-
 def conversation_key(to: Address) -> str:
-    if to.channel != PlaygroundChannel.name:
+    if to.channel != NAME:
         raise DeliveryError(f"not a playground address: {to}", retryable=False)
     if to.kind not in ("user", "group") or not to.id:
         raise DeliveryError(f"bad playground address: {to}", retryable=False)
     return f"{to.kind}:{to.id}"
 
 
-def parse_conversation(key: str) -> Address | None:
-    kind, sep, ident = key.partition(":")
-    if not sep or kind not in ("user", "group") or not ident:
-        return None
-    return Address(PlaygroundChannel.name, kind, ident)  # type: ignore[arg-type]
-
-
 def playground_id(person: PersonConfig) -> str:
     return person.identities.get("playground") or person.id
 
 
+@register("playground", PlaygroundConfig)
 class PlaygroundChannel(Channel):
-    name = "playground"
+    name = NAME
     rate_limited = False
+
+    @classmethod
+    def build(cls, section: PlaygroundConfig, wiring: Wiring) -> PlaygroundChannel | None:
+        if not section.enabled:
+            return None
+        return cls(wiring.sink, wiring.db, wiring.config.people, teams=wiring.config.teams)
 
     def __init__(
         self,
@@ -162,8 +145,6 @@ class PlaygroundChannel(Channel):
 
     def routes(self):
         """The page and its API (bot/playground/routes.py)."""
-        from bot.playground.routes import playground_routes
-
         return playground_routes(self)
 
     async def close(self) -> None:
@@ -369,16 +350,3 @@ class PlaygroundChannel(Channel):
     def _wake(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-
-
-def message_json(row: PlaygroundMessage) -> dict:
-    at: datetime = row.created_at
-    return {
-        "id": row.id,
-        "conversation": row.conversation,
-        "sender_id": row.sender_id,
-        "sender_name": row.sender_name,
-        "kind": row.kind,
-        "payload": row.payload,
-        "at": at.isoformat().replace("+00:00", "Z"),
-    }

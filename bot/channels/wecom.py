@@ -46,9 +46,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy import delete, update
 from sqlmodel import select
 
-from bot.channel import Channel, DeliveryError, EventSink, HandleResult, current_is_resend, current_outbox_id
+from bot.channel import Channel, DeliveryError, EventSink, HandleResult, current_is_resend, current_outbox_id, register
 from bot.channels.wecom_api import WeComAPI, WeComAPIError
 from bot.channels.wecom_crypto import DecryptError, MalformedRequest, SignatureError, WeComCrypto, parse_xml
+from bot.inbound import Refusal, text as _text
 from bot.tasks import wait_event
 from bot.config import WeComConfig
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
@@ -72,11 +73,12 @@ CODE_TTL = timedelta(hours=24)
 SWEEP_INTERVAL = 600  # seconds between looks for pictures not fetched yet
 # Seconds between looks for a picture message's attachment while the core has not applied it yet.
 PICTURE_POLL = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
-SIGNATURE_LOG_INTERVAL = 60.0  # public endpoints get scanned; don't log every refusal
+CONFIG_HINT = "check [wecom] token / encoding_aes_key / corp_id against the app's 接收消息 settings"
 _IMAGE_EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp",
               "image/bmp": ".bmp"}
 
 
+@register("wecom", WeComConfig)
 class WeComChannel(Channel):
     name = PLATFORM
     # App messages: 30/min per member (excess silently dropped); group posts: 20/min
@@ -94,7 +96,6 @@ class WeComChannel(Channel):
         self.media_dir = Path(config.media_dir) if config.media_dir else data_dir / "wecom-media"
         self._sent: dict[str, deque[float]] = defaultdict(deque)
         self._tasks: set[asyncio.Task] = set()
-        self._last_signature_log = 0.0
         self._sweeper: asyncio.Task | None = None
         self._stopping = asyncio.Event()
 
@@ -141,57 +142,45 @@ class WeComChannel(Channel):
     def _params(self, request: web.Request, *names: str) -> list[str]:
         values = [request.query.get(n, "") for n in names]
         if not all(values):
-            raise MalformedRequest("missing " + ", ".join(n for n, v in zip(names, values) if not v))
+            raise Refusal(400, "missing " + ", ".join(n for n, v in zip(names, values) if not v))
         return values
 
     def _check_time(self, timestamp: str) -> None:
         try:
             ts = int(timestamp)
         except ValueError:
-            raise MalformedRequest("timestamp is not a number") from None
+            raise Refusal(400, "timestamp is not a number") from None
         window = self.config.replay_window.total_seconds()
         if window > 0 and abs(time.time() - ts) > window:
-            raise SignatureError(f"timestamp {ts} outside the replay window")
+            raise Refusal(403, f"timestamp {ts} outside the replay window")
 
-    def _refuse(self, request: web.Request, err: Exception) -> web.Response:
-        status = 400 if isinstance(err, MalformedRequest) else 403
-        # Public endpoints get scanned: log the first refusal of a minute, count the rest.
-        now = time.monotonic()
-        if now - self._last_signature_log >= SIGNATURE_LOG_INTERVAL:
-            self._last_signature_log = now
-            hint = (" (check [wecom] token / encoding_aes_key / corp_id against the app's 接收消息 settings)"
-                    if isinstance(err, (SignatureError, DecryptError)) else "")
-            log.warning("wecom callback refused (%d): %s%s; raw query: %s (further refusals this minute "
-                        "are logged at debug level)", status, err, hint, request.query_string[:300])
-        else:
-            log.debug("wecom callback refused (%d): %s", status, err)
-        return web.Response(status=status, text="bad request" if status == 400 else "forbidden")
+    def _open(self, sig: str, ts: str, nonce: str, encrypt: str) -> str:
+        """Signature, replay window, then AES: the plain text of a signed, encrypted field."""
+        try:
+            self.crypto.check_signature(sig, ts, nonce, encrypt)
+            self._check_time(ts)
+            return self.crypto.decrypt(encrypt)
+        except (SignatureError, DecryptError) as e:
+            raise Refusal(403, str(e), hint=CONFIG_HINT) from None
 
     async def handle_get(self, request: web.Request) -> web.Response:
         """URL verification: answer the decrypted echostr, nothing else."""
-        try:
-            sig, ts, nonce, echostr = self._params(request, "msg_signature", "timestamp", "nonce", "echostr")
-            self.crypto.check_signature(sig, ts, nonce, echostr)
-            self._check_time(ts)
-            plain = self.crypto.decrypt(echostr)
-        except (MalformedRequest, SignatureError, DecryptError) as e:
-            return self._refuse(request, e)
-        return web.Response(text=plain, content_type="text/plain")
+        sig, ts, nonce, echostr = self._params(request, "msg_signature", "timestamp", "nonce", "echostr")
+        return web.Response(text=self._open(sig, ts, nonce, echostr), content_type="text/plain")
 
     async def handle_post(self, request: web.Request) -> web.Response:
-        body = await request.read()  # over [server] max_body_bytes: aiohttp answers 413
+        body = await request.read()
+        sig, ts, nonce = self._params(request, "msg_signature", "timestamp", "nonce")
         try:
-            sig, ts, nonce = self._params(request, "msg_signature", "timestamp", "nonce")
+            # WeCom signs the <Encrypt> field, not the body: the envelope is parsed first,
+            # defused and depth-limited.
             envelope = parse_xml(body)
             encrypt = envelope.get("Encrypt")
             if not isinstance(encrypt, str) or not encrypt.strip():
                 raise MalformedRequest("no <Encrypt> element")
-            encrypt = encrypt.strip()
-            self.crypto.check_signature(sig, ts, nonce, encrypt)
-            self._check_time(ts)
-            message = parse_xml(self.crypto.decrypt(encrypt))
-        except (MalformedRequest, SignatureError, DecryptError) as e:
-            return self._refuse(request, e)
+            message = parse_xml(self._open(sig, ts, nonce, encrypt.strip()))
+        except MalformedRequest as e:
+            raise Refusal(400, str(e)) from None
         await self.handle_message(message)
         return web.Response(text="")
 
@@ -199,22 +188,22 @@ class WeComChannel(Channel):
 
     async def handle_message(self, msg: dict) -> HandleResult | None:
         """One decrypted message or event; returns what the sink made of it (None: not for the sink)."""
-        sender = _text(msg, "FromUserName")
-        mtype = _text(msg, "MsgType").lower()
+        sender = _field(msg, "FromUserName")
+        mtype = _field(msg, "MsgType").lower()
         if not sender or not mtype:
             log.info("wecom: message without sender or type ignored")
             return None
         conv = Address(PLATFORM, "user", sender)
         if mtype == "event":
-            if _text(msg, "Event").lower() == "template_card_event":
+            if _field(msg, "Event").lower() == "template_card_event":
                 return await self._on_click(msg, conv)
             return None  # enter_agent, subscribe, menu clicks ...: nothing to do
         event_id = self._message_id(msg)
         base = dict(platform=PLATFORM, event_id=event_id, sender_id=sender, conversation=conv)
         if mtype == "text":
-            return await self.sink(InboundEvent(kind="text", text=_text(msg, "Content"), **base))
+            return await self.sink(InboundEvent(kind="text", text=_field(msg, "Content"), **base))
         if mtype == "image":
-            media_id, pic_url = _text(msg, "MediaId"), _text(msg, "PicUrl")
+            media_id, pic_url = _field(msg, "MediaId"), _field(msg, "PicUrl")
             ref = MEDIA_PREFIX + media_id if media_id else pic_url
             if not ref:
                 return None
@@ -224,14 +213,14 @@ class WeComChannel(Channel):
                 self._spawn(self._picture_after(event_id, ref, pic_url))
             return result
         if mtype == "voice":
-            said = _text(msg, "Recognition").strip()
+            said = _field(msg, "Recognition").strip()
             if said:
                 return await self.sink(InboundEvent(kind="text", text=said, **base))
             await self._reply_once(event_id, conv, t("wecom.voice_unsupported"))
             return None
         if mtype == "location":
-            where = t("wecom.location", label=_text(msg, "Label") or "—", lat=_text(msg, "Location_X"),
-                      lng=_text(msg, "Location_Y"))
+            where = t("wecom.location", label=_field(msg, "Label") or "—", lat=_field(msg, "Location_X"),
+                      lng=_field(msg, "Location_Y"))
             # A location adds to the sender's open ticket, like "补充 …".
             return await self.sink(InboundEvent(kind="text", text=f"补充 {where}", **base))
         await self._reply_once(event_id, conv, t("wecom.unsupported"))
@@ -239,18 +228,18 @@ class WeComChannel(Channel):
 
     @staticmethod
     def _message_id(msg: dict) -> str:
-        msg_id = _text(msg, "MsgId").strip()
+        msg_id = _field(msg, "MsgId").strip()
         if msg_id:
             return f"m:{msg_id}"
         digest = hashlib.sha1(repr(sorted((k, str(v)) for k, v in msg.items())).encode()).hexdigest()[:20]
-        return f"m:{_text(msg, 'FromUserName')}:{_text(msg, 'CreateTime')}:{digest}"
+        return f"m:{_field(msg, 'FromUserName')}:{_field(msg, 'CreateTime')}:{digest}"
 
     async def _on_click(self, msg: dict, conv: Address) -> HandleResult | None:
-        key = _text(msg, "EventKey")
+        key = _field(msg, "EventKey")
         if not key:
             return None
-        task_id, code = _text(msg, "TaskId"), _text(msg, "ResponseCode")
-        created = _text(msg, "CreateTime")
+        task_id, code = _field(msg, "TaskId"), _field(msg, "ResponseCode")
+        created = _field(msg, "CreateTime")
         if task_id and code:
             await self._remember_code(task_id, conv.id, code, created)
         digest = hashlib.sha1(f"{task_id}\0{key}".encode()).hexdigest()[:20]
@@ -560,9 +549,8 @@ class WeComChannel(Channel):
                 return
 
 
-def _text(msg: dict, key: str) -> str:
-    value = msg.get(key, "")
-    return value if isinstance(value, str) else ""
+def _field(msg: dict, key: str) -> str:
+    return _text(msg.get(key))
 
 
 def _shown(template_card: dict) -> str:

@@ -29,6 +29,8 @@ from wechatpy.enterprise.crypto import PrpCrypto
 from wechatpy.enterprise.exceptions import InvalidCorpIdException
 from wechatpy.utils import WeChatSigner
 
+# WeCom's deepest element is SelectedItems/SelectedItem/OptionIds/OptionId under <xml>.
+MAX_XML_DEPTH = 8
 _RANDOM_ALPHABET = string.ascii_letters + string.digits
 REPLY_TEMPLATE = """<xml>
 <Encrypt><![CDATA[{encrypt}]]></Encrypt>
@@ -83,7 +85,20 @@ def parse_xml(data: bytes | str) -> dict:
         raise MalformedRequest(f"malformed XML: {e}") from None
     if root.tag != "xml":
         raise MalformedRequest(f"unexpected root element <{root.tag}>")
+    if _depth(root) > MAX_XML_DEPTH:
+        raise MalformedRequest("XML nested too deeply")
     return _element_dict(root)
+
+
+def _depth(root: Element) -> int:
+    """How deep elements nest under `root` (iteratively: the input is untrusted)."""
+    deepest, stack = 0, [(root, 0)]
+    while stack:
+        el, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_XML_DEPTH:
+            stack.extend((child, depth + 1) for child in el)
+    return deepest
 
 
 def _element_dict(el: Element) -> dict:

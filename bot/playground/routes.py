@@ -15,7 +15,7 @@ the outbox worker); what people type goes to the core through the channel's sink
 """
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import math
 import re
@@ -24,14 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.channels.playground import (
-    MEDIA_PREFIX,
-    Pane,
-    PlaygroundChannel,
-    message_json,
-    parse_conversation,
-)
+from bot.playground.model import MEDIA_PREFIX, Page, Pane, message_json, parse_conversation
 from bot.events import InboundEvent
+from bot.inbound import UPLOAD_TIMEOUT, Refusal, json_object
 from bot.texts import t
 
 log = logging.getLogger(__name__)
@@ -57,13 +52,6 @@ _PAGE_HEADERS = {
 }
 
 
-class Refusal(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=_NO_STORE)
 
@@ -71,18 +59,10 @@ def _error(status: int, message: str) -> web.Response:
 async def _read_json(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise Refusal(413, f"request body larger than {MAX_BODY // 1024} KiB")
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise Refusal(413, f"request body larger than {MAX_BODY // 1024} KiB")
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise Refusal(400, "the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise Refusal(400, "the request body must be a JSON object")
-    return data
+    body = await request.read()  # already read, within [server] limits, by the app's guard
+    if len(body) > MAX_BODY:
+        raise Refusal(413, f"request body larger than {MAX_BODY // 1024} KiB")
+    return json_object(body, "the request body")
 
 
 def _field(data: dict[str, Any], name: str) -> str:
@@ -103,7 +83,7 @@ def _closing(request: web.Request) -> bool:
     return bool(getattr(proto, "_close", False) or getattr(proto, "_force_close", False))
 
 
-def pane_title(channel: PlaygroundChannel, pane: Pane, speaker: str | None = None) -> str:
+def pane_title(channel: Page, pane: Pane, speaker: str | None = None) -> str:
     if pane.kind == "group":
         if pane.team_name:
             return t("playground.group_title", team=pane.team_name)
@@ -116,7 +96,7 @@ def role_label(role: str) -> str:
     return t(f"playground.roles.{role}")
 
 
-def playground_routes(channel: PlaygroundChannel) -> list[web.RouteDef]:
+def playground_routes(channel: Page) -> list[web.RouteDef]:
     """The playground's routes, bound to its channel."""
 
     def speaker_and_conversation(data: dict[str, Any]) -> tuple[str, str]:
@@ -186,13 +166,13 @@ def playground_routes(channel: PlaygroundChannel) -> list[web.RouteDef]:
         raw_after = request.query.get("after", "0")
         raw_wait = request.query.get("wait", "0")
         if not re.fullmatch(r"\d{1,18}", raw_after):
-            return _error(400, "'after' must be a message id (a whole number >= 0)")
+            raise Refusal(400, "'after' must be a message id (a whole number >= 0)")
         try:
             wait = float(raw_wait)
         except ValueError:
-            return _error(400, f"'wait' must be a number of seconds between 0 and {MAX_WAIT:g}")
+            raise Refusal(400, f"'wait' must be a number of seconds between 0 and {MAX_WAIT:g}")
         if not math.isfinite(wait) or not 0 <= wait <= MAX_WAIT:
-            return _error(400, f"'wait' must be a number of seconds between 0 and {MAX_WAIT:g}")
+            raise Refusal(400, f"'wait' must be a number of seconds between 0 and {MAX_WAIT:g}")
         after = int(raw_after)
         rows, last = await channel.wait_for_messages(after, wait, PAGE_SIZE, stop=lambda: _closing(request))
         return web.json_response(
@@ -201,17 +181,14 @@ def playground_routes(channel: PlaygroundChannel) -> list[web.RouteDef]:
         )
 
     async def send(request: web.Request) -> web.Response:
-        try:
-            data = await _read_json(request)
-            person, conversation = speaker_and_conversation(data)
-            text = data.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise Refusal(400, "empty message: type some text")
-            text = text.strip()
-            if len(text) > MAX_TEXT:
-                raise Refusal(400, f"message longer than {MAX_TEXT} characters")
-        except Refusal as r:
-            return _error(r.status, r.message)
+        data = await _read_json(request)
+        person, conversation = speaker_and_conversation(data)
+        text = data.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise Refusal(400, "empty message: type some text")
+        text = text.strip()
+        if len(text) > MAX_TEXT:
+            raise Refusal(400, f"message longer than {MAX_TEXT} characters")
         client_id = data["client_id"]
         # The person's own bubble first, so it shows before the bot's answer.
         await channel.record_user_text(conversation, person, text, client_id)
@@ -236,14 +213,11 @@ def playground_routes(channel: PlaygroundChannel) -> list[web.RouteDef]:
         return web.json_response({"ok": True, "duplicate": result.duplicate}, headers=_NO_STORE)
 
     async def click(request: web.Request) -> web.Response:
-        try:
-            data = await _read_json(request)
-            person, conversation = speaker_and_conversation(data)
-            token = _field(data, "token")
-            if len(token) > 512:
-                raise Refusal(400, "'token' is too long")
-        except Refusal as r:
-            return _error(r.status, r.message)
+        data = await _read_json(request)
+        person, conversation = speaker_and_conversation(data)
+        token = _field(data, "token")
+        if len(token) > 512:
+            raise Refusal(400, "'token' is too long")
         address = parse_conversation(conversation)
         assert address is not None
         event = InboundEvent(
@@ -273,14 +247,18 @@ def playground_routes(channel: PlaygroundChannel) -> list[web.RouteDef]:
             if request.content_length is not None and request.content_length > MAX_PHOTO:
                 raise Refusal(413, f"picture larger than {MAX_PHOTO // (1024 * 1024)} MiB")
             data = bytearray()
-            async for chunk in request.content.iter_any():
-                data += chunk
-                if len(data) > MAX_PHOTO:
-                    raise Refusal(413, f"picture larger than {MAX_PHOTO // (1024 * 1024)} MiB")
+            try:
+                async with asyncio.timeout(UPLOAD_TIMEOUT):
+                    async for chunk in request.content.iter_any():
+                        data += chunk
+                        if len(data) > MAX_PHOTO:
+                            raise Refusal(413, f"picture larger than {MAX_PHOTO // (1024 * 1024)} MiB")
+            except TimeoutError:
+                raise Refusal(408, f"picture not received within {UPLOAD_TIMEOUT:g} s") from None
             if not data:
                 raise Refusal(400, "empty picture")
         except Refusal as r:
-            return _error(r.status, r.message)
+            return _error(r.status, r.reason)
         client_id = request.query["client_id"]
         path = await channel.save_photo(bytes(data), suffix)
         await channel.record_user_image(conversation, person, path, client_id)
