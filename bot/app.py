@@ -31,6 +31,7 @@ from console.links import Links
 from console.routes import Console
 from escalation.engine import EscalationEngine
 from escalation.jobs import Jobs
+from escalation.receipt_queue import AliyunReceiptQueue
 from escalation.receipts import Receipts
 from escalation.voice import VoiceWebhook
 from nlp import Classifier, SopLibrary
@@ -67,7 +68,8 @@ class Runtime:
             log.warning("%s is not a category id of the taxonomy: dispatch never matches it", key)
         self.notifier = Notifier(config, self.directory, self.service, sops)
         self.escalation = EscalationEngine(config, self.db, self.directory, self.service, self.notifier,
-                                           self.metrics, on_commit=self._wake_outbox, jobs=Jobs)
+                                           self.metrics, on_commit=self._wake_outbox, jobs=Jobs,
+                                           receipt_queue=AliyunReceiptQueue)
         self.reports = ReportJobs(config, self.directory, self.escalation, on_commit=self._wake_outbox)
         # Dispatch weighs who is on call now (the escalation engine's schedule).
         self.service.dispatcher.oncall = self._on_call

@@ -79,7 +79,8 @@ class EscalationEngine:
     def __init__(self, config: Config, db: Database, directory: Directory, service: TicketService,
                  notifier: Notifier, metrics: Metrics, *, on_commit: Callable[[], None] | None = None,
                  clock: Callable[[], datetime] | None = None,
-                 jobs: Callable[["EscalationEngine"], Any] | None = None):
+                 jobs: Callable[["EscalationEngine"], Any] | None = None,
+                 receipt_queue: Callable[["EscalationEngine"], Any] | None = None):
         self.config = config
         self.ec = config.escalation
         self.db = db
@@ -95,7 +96,10 @@ class EscalationEngine:
         # (jobs.py builds on this module, so this module does not import it).
         self._jobs = jobs
         self.scheduler = None
-        self.receipt_queue = None  # escalation.receipt_queue.AliyunReceiptQueue, with [aliyun] mns_queues
+        # escalation.receipt_queue.AliyunReceiptQueue with [aliyun] mns_queues, made by start()
+        # with the factory the runtime passes in (it builds on this module, as jobs.py does).
+        self._receipt_queue = receipt_queue
+        self.receipt_queue = None
         # Called with the lateness (seconds) of every step the sweep fired (bench).
         self.recorder: Callable[[float], None] | None = None
         self._phone_warned = False
@@ -121,10 +125,9 @@ class EscalationEngine:
         if self.scheduler is None:
             self.scheduler = self._jobs(self)
             self.scheduler.start()
-        if self.receipt_queue is None and self.config.aliyun is not None and self.config.aliyun.mns_queues:
-            from escalation.receipt_queue import AliyunReceiptQueue
-
-            self.receipt_queue = AliyunReceiptQueue(self)
+        if (self.receipt_queue is None and self._receipt_queue is not None and self.config.aliyun is not None
+                and self.config.aliyun.mns_queues):
+            self.receipt_queue = self._receipt_queue(self)
             await self.receipt_queue.start()
 
     async def stop(self) -> None:
