@@ -223,7 +223,9 @@ class Notifier:
                 enqueue(s, addr, CardMessage(card, update=True), ticket.id)
 
     async def _on_report(self, s: AsyncSession, change: Change) -> None:
+        # The view reads the report's audit event (the dispatch reasons): write it first.
         # Nothing below reads the outbox: its rows are written in one flush, not one per lookup.
+        await s.flush()
         with s.no_autoflush:
             await self._report_messages(s, change)
 
