@@ -149,7 +149,10 @@ bot_open_id = "ou_bot"
 engineers_chat = "oc_engineers"
 '''
     people = directory_toml("feishu", PEOPLE, "oc_engineers")
-    config = load_toml(tmp_path, config_toml(sqlite_url, section, people, top="allow_unknown_reporters = true"))
+    # Each report its own ticket: what is counted here is transport (none lost, none twice),
+    # not incident grouping, which would link reports about the same place.
+    config = load_toml(tmp_path, config_toml(sqlite_url, section, people, "[incidents]\nenabled = false",
+                                             top="allow_unknown_reporters = true"))
     app = create_app(config, workers=False)
     rt = app[RUNTIME]
     rt.channels.get("feishu").stream.timings = FAST
