@@ -597,6 +597,46 @@ async def test_a_card_with_no_buttons_left_is_greyed_once_then_left_alone(client
     assert again == ref and fake.calls == []
 
 
+async def test_the_last_code_is_kept_for_the_outcome(client, fake):
+    """A change that keeps the buttons (a photo count) does not spend the send answer's code:
+    however many such updates come (or are reduced to one), the outcome greys the card in place."""
+    ticket, card, engineer = await report_and_card(client, fake)
+    async with client.app[RUNTIME].db.session() as s:
+        [stored] = await s.exec(select(CardRef).where(CardRef.to_id == engineer))
+    ch = client.app[RUNTIME].channels.get("wecom")
+    to = Address("wecom", "user", engineer)
+    live = tuple(Button(b["text"], b["key"]) for b in card["button_list"])
+    fake.clear()
+    ref = stored.ref
+    for count in (1, 2):
+        photos = Card(kind="engineer", title=f"现场照片 {count} 张", buttons=live, track_key="x")
+        ref = await ch.send(to, CardMessage(photos, update=True), ref)
+    assert fake.calls == [] and ref["code"] == stored.ref["code"]
+    done = Card(kind="engineer", title="t", footer="张工 · 已完工", track_key="x")
+    ref = await ch.send(to, CardMessage(done, update=True), ref)
+    [upd] = fake.sent("message/update_template_card")
+    assert upd["button"] == {"replace_name": "张工 · 已完工"} and upd["response_code"] == stored.ref["code"]
+    assert fake.cards_to(engineer) == []
+
+
+async def test_an_outcome_without_a_code_is_sent_as_a_message_once(client, fake):
+    """No code left when the card reaches its outcome: the person gets the outcome as a
+    message (the card is never left looking open), once."""
+    ticket, card, engineer = await report_and_card(client, fake)
+    ch = client.app[RUNTIME].channels.get("wecom")
+    to = Address("wecom", "user", engineer)
+    fake.clear()
+    spent = {"task_id": card["task_id"], "shown": "old", "code": None, "code_at": time.time()}
+    done = Card(kind="engineer", title="水泵漏水", footer="张工 · 已完工", track_key="x")
+    ref = await ch.send(to, CardMessage(done, update=True), spent)
+    assert fake.sent("message/update_template_card") == []
+    [md] = [b["markdown"]["content"] for b in fake.sent("message/send", touser=engineer, msgtype="markdown")]
+    assert "已完工" in md
+    fake.clear()
+    closed = Card(kind="engineer", title="水泵漏水", footer="张工 · 已关闭", track_key="x")
+    assert await ch.send(to, CardMessage(closed, update=True), ref) == ref and fake.calls == []
+
+
 async def test_a_used_code_makes_an_actionable_card_go_out_afresh(client, fake):
     ticket, card, engineer = await report_and_card(client, fake)
     refused = fake.mock.post(f"{API}/cgi-bin/message/update_template_card").mock(return_value=httpx.Response(

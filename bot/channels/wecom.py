@@ -18,9 +18,13 @@ Outbound (the outbox calls `send`):
   keys are the core's opaque callback ids; a card without buttons is markdown.
   Card updates use `update_template_card` with a single-use response_code of
   that card: the newest click's (kept in WeComCardCode, written before the click
-  is handled), else the send answer's (kept in the card's ref). Without a usable
-  code, a card that still has buttons is sent afresh; one without buttons is
-  left as it is. A card whose last buttons go gets them greyed with its outcome.
+  is handled), else the send answer's (kept in the card's ref). The send answer's
+  code is the card's last one: a change that keeps the buttons as they are (a
+  photo count, a thumbnail) does not spend it, so the card's last word (its
+  buttons greyed with the outcome) can always be written in place; the change
+  shows with the next update. Without a usable code, a card whose buttons
+  changed is sent afresh; a card that has reached its outcome gets the outcome
+  as a message of its own, so nobody is left with a card that looks open.
   To a group (an app chat, `appchat/send`): app chats take no template cards, so
   a card is a markdown summary listing its buttons as commands to send the app
   1:1, and a later change of it is one markdown status line. @mentions go
@@ -377,8 +381,8 @@ class WeComChannel(Channel):
             answer = await self._to_user(userid, {"msgtype": "template_card", "template_card": tc})
             # The send answer's code rides in the ref (the outbox stores it); clicks' codes
             # go to WeComCardCode.
-            return {"task_id": task_id, "shown": _shown(tc), "code": answer.get("response_code") or None,
-                    "code_at": int(time.time())}
+            return {"task_id": task_id, "shown": _shown(tc), "buttons": _buttons(tc),
+                    "code": answer.get("response_code") or None, "code_at": int(time.time())}
         md = render.render_markdown(card)
         await self._to_user(userid, {"msgtype": "markdown", "markdown": {"content": md}})
         return {"markdown": True, "shown": render.fingerprint(md)}
@@ -388,9 +392,10 @@ class WeComChannel(Channel):
         if not task_id:
             # Sent as markdown (nothing to click): only a card that now has buttons goes out again.
             return await self._new_user_card(userid, card) if card.buttons else ref
+        buttons = None
         if card.buttons:
             tc = render.render_template_card(card, task_id)
-            shown = _shown(tc)
+            shown, buttons = _shown(tc), _buttons(tc)
             body: dict = {"template_card": tc}
         else:
             name = render.final_button_name(card)
@@ -398,13 +403,23 @@ class WeComChannel(Channel):
             body = {"button": {"replace_name": name}}
         if ref.get("shown") == shown:
             return ref  # the person sees this already
+        if not card.buttons and ref.get("outcome"):
+            return ref  # the outcome is shown already; nothing on the card can be used any more
         # The newest code first: a click's; else the one the send answer brought.
         code, from_click = await self._take_code(task_id), True
         if code is None and ref.get("code") and time.time() - float(ref.get("code_at") or 0) < CODE_TTL.total_seconds():
+            if buttons is not None and ref.get("buttons") == buttons:
+                # The card's last code, and its buttons work as they are: keep the code for
+                # the outcome. Several updates of one card may be reduced to the newest
+                # before they are sent, so how many come before the outcome is unknown.
+                log.debug("wecom: %s (%s) keeps its last code for the outcome; the change waits", task_id, userid)
+                return ref
             code, from_click = ref["code"], False
         if code is None:
             log.debug("wecom: no usable response_code for %s (%s)", task_id, userid)
-            return await self._new_user_card(userid, card) if card.buttons else ref
+            if card.buttons:
+                return await self._new_user_card(userid, card)
+            return await self._outcome_afresh(userid, card, ref, shown)
         try:
             await self.api.update_template_card({"userids": [userid], "response_code": code, **body})
         except WeComAPIError as e:
@@ -412,13 +427,21 @@ class WeComChannel(Channel):
                 if from_click:
                     await self._give_back_code(task_id, code)
                 raise
-            log.info("wecom: updating card %s for %s failed (%s); %s", task_id, userid, e,
-                     "sending it afresh" if card.buttons else "leaving it")
-            return await self._new_user_card(userid, card) if card.buttons else ref
-        new_ref = {**ref, "shown": shown}
+            log.info("wecom: updating card %s for %s failed (%s); sending it afresh", task_id, userid, e)
+            if card.buttons:
+                return await self._new_user_card(userid, card)
+            return await self._outcome_afresh(userid, card, ref, shown)
+        new_ref = {**ref, "shown": shown, "buttons": buttons, "outcome": not card.buttons}
         if not from_click:
             new_ref["code"] = None
         return new_ref
+
+    async def _outcome_afresh(self, userid: str, card: Card, ref: dict, shown: str) -> dict:
+        """A card that reached its outcome but cannot be updated in place: the outcome as a
+        message of its own (markdown), once (later changes of a card past its outcome are
+        not sent); a click on the old card's buttons is refused by the core."""
+        await self._to_user(userid, {"msgtype": "markdown", "markdown": {"content": render.render_markdown(card)}})
+        return {**ref, "shown": shown, "buttons": None, "outcome": True}
 
     # ---- groups ----------------------------------------------------------------
 
@@ -555,3 +578,8 @@ def _field(msg: dict, key: str) -> str:
 
 def _shown(template_card: dict) -> str:
     return render.fingerprint({k: v for k, v in template_card.items() if k != "task_id"})
+
+
+def _buttons(template_card: dict) -> str:
+    """What the card's buttons say and do: a change of these needs the card updated now."""
+    return render.fingerprint([(b.get("text"), b.get("key")) for b in template_card.get("button_list") or ()])
