@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import io
 import os
-import shutil
 from pathlib import Path
 
 from api import models as m
@@ -23,6 +21,7 @@ from api.problems import Problem
 from api.spec import Context, Reply
 from api.tickets import ACTION_PROBLEMS, api_actor, photo_id, ticket_by_number, ticket_out
 from bot.core import evidence
+from storage.media import store_content
 from storage.models import Person
 
 # Pillow's format name -> the file's suffix. Formats a phone or a browser shows everywhere.
@@ -65,13 +64,7 @@ def _suffix(data: bytes) -> str:
 
 
 def _store(folder: Path, data: bytes, suffix: str) -> Path:
-    target = folder / (hashlib.sha256(data).hexdigest()[:32] + suffix)
-    if not target.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(suffix + ".part")
-        tmp.write_bytes(data)
-        shutil.move(tmp, target)
-    return target.resolve()
+    return store_content(folder, data, suffix).resolve()
 
 
 def _photo_body_limit(api) -> int:

@@ -9,10 +9,8 @@ person id when they have none.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -28,6 +26,7 @@ from cards.playground import render_card_html, render_text_html
 from bot.playground.model import MEDIA_PREFIX, NAME, Pane
 from bot.playground.routes import playground_routes
 from storage.db import Database
+from storage.media import store_content
 from storage.models import PlaygroundMessage
 from storage.types import utcnow
 
@@ -223,16 +222,10 @@ class PlaygroundChannel(Channel):
     async def save_photo(self, data: bytes, suffix: str) -> Path:
         """Store a picture a person sent from the page, named by its content; its path."""
 
-        def write() -> Path:
-            target = self.media_dir / (hashlib.sha256(data).hexdigest()[:32] + suffix)
-            if not target.exists():
-                self.media_dir.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(suffix + ".part")
-                tmp.write_bytes(data)
-                shutil.move(tmp, target)
-            return target
+        return await asyncio.to_thread(self._store, data, suffix)
 
-        return await asyncio.to_thread(write)
+    def _store(self, data: bytes, suffix: str) -> Path:
+        return store_content(self.media_dir, data, suffix)
 
     async def record_user_image(self, conversation: str, person: str, path: Path, client_id: str) -> bool:
         """Show a person's own picture; False when this client_id was shown already."""
@@ -267,14 +260,7 @@ class PlaygroundChannel(Channel):
                 data = src.read_bytes()
             except FileNotFoundError:
                 raise DeliveryError(f"image file not found: {src}", retryable=False) from None
-            name = hashlib.sha256(data).hexdigest()[:32] + suffix
-            target = self.media_dir / name
-            if not target.exists():
-                self.media_dir.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(suffix + ".part")
-                tmp.write_bytes(data)
-                shutil.move(tmp, target)
-            return name
+            return self._store(data, suffix).name
 
         return MEDIA_PREFIX + await asyncio.to_thread(copy)
 

@@ -63,6 +63,7 @@ from cards import wecom as render
 from cards.model import Card
 from storage.db import Database
 from storage.models import Attachment, InboxEvent, ProcessedEvent, WeComCardCode
+from storage.media import store_content
 from storage.queries import insert_ignore
 from storage.types import utcnow
 
@@ -540,14 +541,7 @@ class WeComChannel(Channel):
         return True
 
     def _store_file(self, data: bytes, ctype: str) -> Path:
-        name = hashlib.sha256(data).hexdigest()[:32] + _IMAGE_EXT.get(ctype, ".jpg")
-        target = self.media_dir / name
-        if not target.exists():
-            self.media_dir.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(target.suffix + ".part")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-        return target
+        return store_content(self.media_dir, data, _IMAGE_EXT.get(ctype, ".jpg"))
 
     async def _sweep_downloads(self) -> None:
         """Now and every few minutes: pictures attached but not fetched yet (a restart, a failed
