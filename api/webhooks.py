@@ -23,13 +23,13 @@ import secrets
 import socket
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal, Optional
+from typing import Literal, Optional
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
-from pydantic import AnyHttpUrl, BaseModel, Field, StringConstraints
+from pydantic import AnyHttpUrl, BaseModel, Field
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from standardwebhooks.webhooks import Webhook as Signer

@@ -5,7 +5,7 @@ renderer copies them into the platform's button payload unchanged.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 Color = Literal["red", "orange", "blue", "green", "grey"]

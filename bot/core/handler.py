@@ -18,19 +18,17 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from bot.channel import HandleResult
 from bot.config import Config
 from bot.core import states as st
-from bot.core import evidence, followup, trail
+from bot.core import evidence, trail
 from bot.core.board import my_board
 from bot.core.commands import CUSTOMER_COMMANDS, REPORT_COMMANDS, Command, parse_command
 from bot.core.customer import UnknownCustomer, customer_conversation, named_customer
 from bot.core.directory import Directory, is_staff
 from bot.core.notify import Notifier
 from bot.core.service import Actor, Change, Refused, TicketService
-from bot.events import Address, CardMessage, InboundEvent, Text, event_to_dict
+from bot.events import CardMessage, InboundEvent, Text, event_to_dict
 from bot.metrics import Metrics
 from bot.outbox import enqueue
 from bot.texts import t
-from cards import build
-from nlp import Classifier
 from storage.db import Database
 from storage.models import CardAction, InboxEvent, OutboxMessage, Person, ProcessedEvent, Ticket
 from storage.queries import insert_ignore

@@ -7,7 +7,7 @@ with `changed=False` instead of failing (claiming your own ticket again, say).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Callable
 from zoneinfo import ZoneInfo
 
