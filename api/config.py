@@ -30,8 +30,8 @@ class ApiConfig(_Section):
     # where pictures are kept (default: <data dir>/api-media), named by their content.
     max_photo_bytes: int = Field(default=5_242_880, gt=0)
     photo_dir: Optional[Path] = None
-    # A TTF with Chinese glyphs for the service report PDF (default: Noto Sans SC,
-    # installed with the justmytype-intl-cjk package).
+    # A TTF or OTF with Chinese glyphs for the service report PDF (default: Noto
+    # Sans CJK SC, the font the managers' charts use; see reports/fonts.py).
     report_font: Optional[Path] = None
 
     @field_validator("report_font")

@@ -1,15 +1,14 @@
 """The service report as a one-page A4 PDF with Chinese text, for finance.
 
 Drawn with fpdf2, which embeds a subset of the font, so any viewer shows the
-Chinese text without fonts of its own. The font is Noto Sans SC from the
-`justmytype-intl-cjk` package (a fresh `pip install` has it), or the TTF
-named by `[api] report_font`. Building one takes about a second (most of it
+Chinese text without fonts of its own. The font is the one the managers'
+charts use (Noto Sans CJK SC, `reports.fonts`), or the TTF/OTF named by
+`[api] report_font`. Building one takes about a second (most of it
 reading the font), so it runs in a worker thread.
 """
 from __future__ import annotations
 
 import asyncio
-import importlib.resources
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -22,14 +21,9 @@ from api.report import ServiceReport, service_report
 from api.spec import Context, Later
 from api.tickets import ticket_by_number
 from bot.texts import t
+from reports.fonts import cjk_font_file
 
-DEFAULT_FONT = ("justmytype_intl_cjk", "fonts/ofl/notosanssc/NotoSansSC[wght].ttf")
 MAX_LOG_ROWS = 12
-
-
-def default_font() -> Path:
-    package, name = DEFAULT_FONT
-    return Path(str(importlib.resources.files(package) / name))
 
 
 FOOTER_Y = -18.0  # the footer's distance from the bottom edge
@@ -101,7 +95,7 @@ class _Page:
 
 def render_pdf(report: ServiceReport, *, font: Path | None = None, tz: str = "Asia/Shanghai",
                now: datetime | None = None) -> bytes:
-    p = _Page(font or default_font(), ZoneInfo(tz))
+    p = _Page(font or cjk_font_file(), ZoneInfo(tz))
     pdf, none = p.pdf, t("report.none")
     pdf.set_title(f"{t('report.title')} {report.number}")
     pdf.set_creator("RelayDesk")

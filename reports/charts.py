@@ -24,17 +24,15 @@ from matplotlib.ticker import MaxNLocator
 
 from bot.texts import t
 from reports.figures import STAGES
+from reports.fonts import cjk_font_file
 
-FONT_FILE = "NotoSansCJKsc-Regular.otf"
 DPI = 110
 
 
 @lru_cache(maxsize=1)
 def cjk_font_path() -> Path:
     """The bundled CJK font file, registered with matplotlib once."""
-    from mplfonts.conf import FONT_DIR
-
-    path = Path(FONT_DIR) / FONT_FILE
+    path = cjk_font_file()
     fontManager.addfont(str(path))
     return path
 

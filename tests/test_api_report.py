@@ -63,7 +63,7 @@ async def test_report_pdf_is_one_page_with_chinese_text(resolved):
     r = await client.get(f"/api/v1/tickets/{number}/report.pdf", headers=auth(token))
     assert r.status == 200 and r.content_type == "application/pdf"
     pdf = await r.read()
-    assert pdf.startswith(b"%PDF-") and b"/Count 1" in pdf and b"NotoSansSC" in pdf  # one page, the font embedded
+    assert pdf.startswith(b"%PDF-") and b"/Count 1" in pdf and b"NotoSansCJKSC" in pdf  # one page, the font embedded
     path = tmp_path / "report.pdf"
     path.write_bytes(pdf)
     if shutil.which("pdftotext") is None:
