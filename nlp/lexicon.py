@@ -281,12 +281,7 @@ class Lexicon:
         """Tokens of clause c (between punctuation marks) with their start offsets (plus the end)."""
         cs = breaks[c - 1] + 1 if c > 0 else 0
         ce = breaks[c] if c < len(breaks) else len(text)
-        tokens = self.segmenter.cut(text[cs:ce]) if ce > cs else []
-        starts = [cs]
-        pos = cs
-        for tok in tokens:
-            pos += len(tok)
-            starts.append(pos)
+        starts, tokens = self.segmenter.split(text[cs:ce], cs)
         if not tokens:  # a word on a punctuation mark itself: one token of its own
             tokens = [text[cs:cs + 1]]
             starts = [cs, cs + 1]

@@ -154,37 +154,46 @@ class Segmenter:
         the prepared log-probabilities. (Runs of Latin letters and digits are
         not merged into one token, which does not matter for matching.)
         """
+        return self.split(text, 0)[1]
+
+    def split(self, text: str, offset: int) -> tuple[list[int], list[str]]:
+        """(starts, tokens) of :meth:`cut`: each token's start plus `offset`, and the text's end last."""
         n = len(text)
         if n == 0:
-            return []
-        log_prob = self._log_prob
-        log_total = self._log_total
+            return [offset], []
+        get = self._log_prob.get
+        unknown = -self._log_total
+        inf = -math.inf
         score = [0.0] * (n + 1)
-        nxt = [0] * (n + 1)
+        nxt = list(range(1, n + 2))  # a token of one character unless a better word starts here
         for k in range(n - 1, -1, -1):
-            best = -math.inf
+            lp = get(text[k])
+            if lp is None:  # a character the dictionary does not know: a token of its own
+                score[k] = unknown + score[k + 1]
+                continue
+            best = lp + score[k + 1] if lp < 0.0 else inf
             best_end = k + 1
-            end = k + 1
-            lp = log_prob.get(text[k])
-            found = False
-            while lp is not None:
-                if lp < 0.0:
-                    found = True
-                    value = lp + score[end]
-                    if value > best or (value == best and end > best_end):
-                        best, best_end = value, end
-                if end >= n:
+            end = k + 2
+            while end <= n:
+                lp = get(text[k:end])
+                if lp is None:
                     break
+                if lp < 0.0:
+                    value = lp + score[end]
+                    # ends only grow: an equal value goes to the longer word
+                    if value >= best:
+                        best, best_end = value, end
                 end += 1
-                lp = log_prob.get(text[k:end])
-            if not found:  # a character the dictionary does not know: a token of its own
-                best, best_end = -log_total + score[k + 1], k + 1
+            if best == inf:  # only prefixes of words start here: a token of its own
+                best = unknown + score[k + 1]
             score[k] = best
             nxt[k] = best_end
+        starts = [offset]
         tokens = []
         x = 0
         while x < n:
             y = nxt[x]
             tokens.append(text[x:y])
+            starts.append(offset + y)
             x = y
-        return tokens
+        return starts, tokens
