@@ -169,6 +169,9 @@ class Lexicon:
             pattern_heads.setdefault(pattern.parts[0], []).append(pid)
         self._pattern_heads = {w: tuple(pids) for w, pids in pattern_heads.items()}
         self._patterns = tuple(patterns)
+        # the words a pattern needs: its parts are looked at only when all of them occur
+        self._pattern_words = tuple(frozenset(pattern.parts) for pattern in patterns)
+        self._hint_words = frozenset(w for w, ls in self._layers.items() if Layer.HINT in ls or Layer.MEASURE in ls)
         # character trie over all words: one walk per text position finds every word starting there
         trie: dict[str, Any] = {}
         for w in self._index:
@@ -190,12 +193,14 @@ class Lexicon:
         if len(raw) > _MAX_WORDS:
             raw = raw[:_MAX_WORDS]  # a guard against pathological input (漏漏漏...): the start decides
         index = self._index
-        layers = self._layers
-        # predicates matter only after a hint; pattern parts only when the pattern's first part occurs
-        has_hint = any(Layer.HINT in layers[w] or Layer.MEASURE in layers[w] for _, _, w in raw)
+        # predicates matter only after a hint; pattern parts only when every part of the pattern occurs
+        words = {w for _, _, w in raw}
+        has_hint = not self._hint_words.isdisjoint(words)
         heads = self._pattern_heads
-        started = {pid for _, _, w in raw for pid in heads.get(w, ())}
-        raw = [r for r in raw if r[2] not in self._auxiliary or self._wanted(r[2], has_hint, started)]
+        pattern_words = self._pattern_words
+        started = {pid for w in words for pid in heads.get(w, ()) if pattern_words[pid] <= words}
+        auxiliary = self._auxiliary
+        raw = [r for r in raw if r[2] not in auxiliary or self._wanted(r[2], has_hint, started)]
         if not raw:
             return []
         breaks = [m.start() for m in _CLAUSE_RE.finditer(text)]
@@ -378,14 +383,29 @@ class Lexicon:
             return
         # a predicate inside a request or greeting word is not one (报 in 报价)
         requests = self._request_words
-        for h in hits:
-            if h.layer == Layer.PREDICATE:
-                for g in live:
-                    if (g.category in requests and g.layer in _CATEGORY_LAYERS
-                            and g.start <= h.start and h.end <= g.end and g.end - g.start > h.end - h.start):
-                        h.suppressed = True
-                        break
+        request_words = [g for g in live if g.category in requests and g.layer in _CATEGORY_LAYERS]
+        if request_words:
+            for h in hits:
+                if h.layer == Layer.PREDICATE:
+                    for g in request_words:
+                        if g.start <= h.start and h.end <= g.end and g.end - g.start > h.end - h.start:
+                            h.suppressed = True
+                            break
+        # only a span with a longer live span around it can be shadowed: in (start, -end) order,
+        # that is a span ending no later than some span before it
+        spans = sorted({(h.start, h.end) for h in live}, key=lambda se: (se[0], -se[1]))
+        covered = set()
+        reach = -1
+        for span in spans:
+            if span[1] <= reach:
+                covered.add(span)
+            else:
+                reach = span[1]
+        if not covered:
+            return
         for h in live:
+            if (h.start, h.end) not in covered:
+                continue
             combo = False
             if h.layer in _CATEGORY_LAYERS:
                 shadows = _CATEGORY_LAYERS
