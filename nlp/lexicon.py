@@ -12,8 +12,9 @@ into one index and turns a report into :class:`Hit` objects:
 5. an occurrence strictly inside a longer matched word is dropped
    (停了 in 停了两次, 漏电 in 漏电开关, 急 in 不急).
 
-Segmentation is done per clause (jieba splits at punctuation too) and only
-for clauses that contain a word.
+Words are found and clauses segmented (per clause: jieba splits at
+punctuation too) in one pass of the segmenter over the dictionary, which
+holds every word of the lexicon.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Any
 
 from .segment import Segmenter
 from .taxonomy import Taxonomy
@@ -68,8 +68,8 @@ _SHORT_OK = frozenset({Layer.PIECE, Layer.PREDICATE})
 
 CLAUSE_BREAKS = ",.!?;:，。！？；：、\n\r~…()[]【】（）「」\"'"
 _CLAUSE_RE = re.compile("[" + re.escape(CLAUSE_BREAKS) + "]")
+_BREAK_CHARS = frozenset(CLAUSE_BREAKS)
 _CLAUSE_RUN_RE = re.compile("[" + re.escape(CLAUSE_BREAKS) + "]+")
-_END = ""  # trie key marking the end of a word
 _MAX_WORDS = 200  # word occurrences looked at per report
 _CODE_RE = re.compile(r"(?<![a-z0-9])[a-z]{1,5}[-.]?\d{1,6}")
 
@@ -172,24 +172,25 @@ class Lexicon:
         # the words a pattern needs: its parts are looked at only when all of them occur
         self._pattern_words = tuple(frozenset(pattern.parts) for pattern in patterns)
         self._hint_words = frozenset(w for w, ls in self._layers.items() if Layer.HINT in ls or Layer.MEASURE in ls)
-        # character trie over all words: one walk per text position finds every word starting there
-        trie: dict[str, Any] = {}
-        for w in self._index:
-            node = trie
-            for ch in w:
-                node = node.setdefault(ch, {})
-            node[_END] = w
-        self._trie = trie
+        self._words = frozenset(self._index)
         # every word the lexicon finds anchors the dictionary: words containing one (影响 for 响) are kept
         self.segmenter = Segmenter(taxonomy.all_words(), anchors=self._index)
+        # the segmenter's pass finds the lexicon's words: each must be a dictionary word
+        unknown = sorted(w for w in self._words if not self.segmenter.is_word(w))
+        if unknown:  # pragma: no cover - the dictionary is built from the taxonomy's words
+            raise RuntimeError(f"words missing from the segmenter's dictionary: {unknown[:5]}")
+        if any(ch in _BREAK_CHARS for w in self._words for ch in w):  # pragma: no cover - see taxonomy checks
+            raise RuntimeError("a word contains a clause break")
 
     # ------------------------------------------------------------------
 
     def hits(self, text: str) -> list[Hit]:
         """All live (not suppressed) hits in the match form of a report, in text order."""
-        raw = self._scan(text)
+        # one pass finds every word and segments every clause (the segmentation is used around words)
+        nxt, raw = self.segmenter.scan(text, _BREAK_CHARS, self._words)
         if not raw:
             return []
+        raw.sort()
         if len(raw) > _MAX_WORDS:
             raw = raw[:_MAX_WORDS]  # a guard against pathological input (漏漏漏...): the start decides
         index = self._index
@@ -212,7 +213,7 @@ class Lexicon:
             c = bisect_right(breaks, s)
             seg = clauses.get(c)
             if seg is None:
-                seg = clauses[c] = self._segment_clause(text, breaks, c)
+                seg = clauses[c] = self._clause_tokens(text, nxt, breaks, c)
             cs, starts, tokens = seg
             t = bisect_right(starts, s) - 1
             ts, te = starts[t], starts[t + 1]
@@ -264,29 +265,19 @@ class Lexicon:
                 if h.end <= r.start and not h.negated and _CLAUSE_RE.search(text, h.end, r.start) is None:
                     h.negated = True
 
-    def _scan(self, text: str) -> list[tuple[int, int, str]]:
-        """(start, end, word) for every occurrence of every word, overlaps included."""
-        trie = self._trie
-        n = len(text)
-        raw: list[tuple[int, int, str]] = []
-        for i in range(n):
-            node = trie.get(text[i])
-            j = i + 1
-            while node is not None:
-                word = node.get(_END)
-                if word is not None:
-                    raw.append((i, j, word))
-                if j >= n:
-                    break
-                node = node.get(text[j])
-                j += 1
-        return raw
-
-    def _segment_clause(self, text: str, breaks: list[int], c: int) -> tuple[int, list[int], list[str]]:
+    @staticmethod
+    def _clause_tokens(text: str, nxt: list[int], breaks: list[int], c: int) -> tuple[int, list[int], list[str]]:
         """Tokens of clause c (between punctuation marks) with their start offsets (plus the end)."""
         cs = breaks[c - 1] + 1 if c > 0 else 0
         ce = breaks[c] if c < len(breaks) else len(text)
-        starts, tokens = self.segmenter.split(text[cs:ce], cs)
+        starts = [cs]
+        tokens = []
+        x = cs
+        while x < ce:
+            y = nxt[x]
+            tokens.append(text[x:y])
+            starts.append(y)
+            x = y
         if not tokens:  # a word on a punctuation mark itself: one token of its own
             tokens = [text[cs:cs + 1]]
             starts = [cs, cs + 1]
