@@ -201,7 +201,8 @@ class Lexicon:
         pattern_words = self._pattern_words
         started = {pid for w in words for pid in heads.get(w, ()) if pattern_words[pid] <= words}
         auxiliary = self._auxiliary
-        raw = [r for r in raw if r[2] not in auxiliary or self._wanted(r[2], has_hint, started)]
+        if not auxiliary.isdisjoint(words):
+            raw = [r for r in raw if r[2] not in auxiliary or self._wanted(r[2], has_hint, started)]
         if not raw:
             return []
         breaks = [m.start() for m in _CLAUSE_RE.finditer(text)]
@@ -231,16 +232,14 @@ class Lexicon:
                     neg_start = self._negation_suffix(text[ts:s], s)
                 if neg_start < 0:
                     neg_start = self._negation_before(t, tokens, starts)
+            negated = neg_start >= 0
             for layer, category, ref in index[word]:
                 if inside and neg_start < ts and not (e - s == 1 and layer in _SHORT_OK):
                     continue  # part of an ordinary longer word (响 in 影响, 锈 in 不锈钢)
                 if (layer == Layer.PREDICATE and not has_hint) or (
                         layer == Layer.PIECE and ref is not None and ref[0] not in started):
                     continue
-                hit = Hit(s, e, layer, category, ref=ref)
-                if neg_start >= 0:
-                    hit.negated, hit.neg_start = True, neg_start
-                hits.append(hit)
+                hits.append(Hit(s, e, layer, category, negated, neg_start, False, ref))
 
         if self._patterns:
             hits.extend(self._assemble(hits, text))
