@@ -103,8 +103,11 @@ class Normalizer:
         if english:
             words = sorted(self._english, key=len, reverse=True)
             alternation = "|".join(re.escape(w) for w in words)
+            # the lookahead on the words' first letters lets the regex skip every other position
+            # at once (a Chinese report would otherwise try every word at every character)
+            firsts = "".join(re.escape(ch) for ch in sorted({w[0] for w in words}))
             self._english_re: re.Pattern[str] | None = re.compile(
-                rf"(?<![a-z])(?:{alternation})(?![a-z])"
+                rf"(?=[{firsts}])(?<![a-z])(?:{alternation})(?![a-z])"
             )
         else:
             self._english_re = None
