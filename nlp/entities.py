@@ -42,6 +42,17 @@ def _alternation(words: tuple[str, ...] | list[str]) -> str:
     return "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
 
 
+def _starts(words: tuple[str, ...] | list[str] | str) -> str:
+    """A lookahead for the first characters of `words` (or the characters of a string).
+
+    Put before an alternation of many words it changes nothing a pattern
+    matches, but lets the regex engine leave a position after one character
+    test instead of trying every word (or every word after every name length).
+    """
+    chars = sorted(set(words) if isinstance(words, str) else {w[0] for w in words if w})
+    return "(?=[" + "".join(re.escape(ch) for ch in chars) + "])" if chars else "(?!)"
+
+
 def _place_alternation(words: tuple[str, ...]) -> str:
     """Like _alternation, with 号 also written as # (3#楼, 4#线)."""
     return _alternation(words).replace("号", "(?:号|#)")
@@ -51,7 +62,7 @@ class EntityExtractor:
     def __init__(self, words: EntityWords) -> None:
         labels = _alternation(words.serial_labels) or "(?!)"
         self._serial_re = re.compile(
-            rf"(?<![A-Za-z手])(?:{labels})\s*(?:号码|号|码)?\s*(?:[:=#]|是|为)?\s*"
+            rf"{_starts(words.serial_labels)}(?<![A-Za-z手])(?:{labels})\s*(?:号码|号|码)?\s*(?:[:=#]|是|为)?\s*"
             r"([A-Za-z0-9][A-Za-z0-9_/.\-]*)",
             re.IGNORECASE,
         )
@@ -64,11 +75,11 @@ class EntityExtractor:
             # E.OC3, A.C90 (dotted display codes)
             re.compile(r"(?<![A-Za-z0-9.])([Ee]\.[A-Za-z]{1,4}\d{0,3}|[A-Za-z]\.(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{2,5})(?![A-Za-z0-9.])"),
             # E03, F0012, AL-21, Err05, Er-3, OC1
-            re.compile(rf"(?<![A-Za-z0-9.\-])((?:{prefixes})[-.]?\d{{1,6}})(?![A-Za-z0-9]|\.\d|[栋楼层区号座幢线])", re.IGNORECASE),
+            re.compile(rf"{_starts(words.code_prefixes)}(?<![A-Za-z0-9.\-])((?:{prefixes})[-.]?\d{{1,6}})(?![A-Za-z0-9]|\.\d|[栋楼层区号座幢线])", re.IGNORECASE),
             # OC, OH ... written alone in capitals
             re.compile(rf"(?<![A-Za-z0-9])((?:{code_words})\d{{0,3}})(?![A-Za-z0-9])"),
             # 故障码 14, 代码0x0000007B
-            re.compile(rf"(?:{code_labels})\s*[:=]?\s*(0[xX][0-9A-Fa-f]{{1,8}}|\d{{1,6}})(?![0-9A-Za-z])", re.IGNORECASE),
+            re.compile(rf"{_starts(words.code_labels)}(?:{code_labels})\s*[:=]?\s*(0[xX][0-9A-Fa-f]{{1,8}}|\d{{1,6}})(?![0-9A-Za-z])", re.IGNORECASE),
             # Err 7, AL 21: a prefix in capitals and the number after one space
             re.compile(r"(?<![A-Za-z0-9])((?:Err|ERR|Er|ER|AL|ALM|E) \d{1,4})(?![0-9A-Za-z.])"),
             # P-02, H-15: one capital, a dash and the number
@@ -87,18 +98,20 @@ class EntityExtractor:
             parts.append(rf"(?P<id>{_ID}(?:{units}))")
         if rooms:
             parts.append(rf"(?P<idroom>{_ID}(?:号|#)(?:{rooms}))")
-        parts.append(r"(?P<floor>地下[一二三四五\d]层|负[一二三四五\d]层|(?<![A-Za-z])B\d层?"
+        parts.append(_starts("地负B" + "".join(w[0] for w in loc.floors if w))
+                     + r"(?P<floor>地下[一二三四五\d]层|负[一二三四五\d]层|(?<![A-Za-z])B\d层?"
                      + (rf"|{floors}" if floors else "") + ")")
         if sites:
-            parts.append(rf"(?P<site>{_NAME_CHAR}{{0,4}}?(?:{sites}))")
+            # a site's name is Han characters before the site word: its first character comes soon
+            parts.append(rf"(?=[{_HAN}]{{0,4}}{_starts(loc.sites)[3:-1]})(?P<site>{_NAME_CHAR}{{0,4}}?(?:{sites}))")
         if named:
-            parts.append(rf"(?P<named>{_NAME_CHAR}{{0,4}}?(?:{named}))")
+            parts.append(rf"(?=[{_HAN}]{{0,4}}{_starts(loc.named_sites)[3:-1]})(?P<named>{_NAME_CHAR}{{0,4}}?(?:{named}))")
         # a door number after a unit (3单元602)
         parts.append(r"(?P<door>(?<=单元)\d{3,4}(?:室|号)?(?![0-9]))")
         if places:
-            parts.append(rf"(?P<place>{places})")
+            parts.append(rf"{_starts(loc.places)}(?P<place>{places})")
         if rooms:
-            parts.append(rf"(?P<room>{rooms})")
+            parts.append(rf"{_starts(loc.rooms)}(?P<room>{rooms})")
         self._element_re = re.compile("|".join(parts))
         # every place element ends with one of these characters
         self._location_chars = frozenset(
