@@ -17,6 +17,8 @@ _HAN = r"\u4e00-\u9fff"
 # characters that never belong to a place name (function words, pronouns, verbs of chat)
 _NAME_STOP = "址置点的了在是到去送进和与跟从往向把被就都也还又我你他她它们这那个哪些每各有没不很太要想能会说给让请问吗呢吧啊呀嘛哦喂整全该其另某几多少台里边"
 _NAME_CHAR = rf"(?:(?![{_NAME_STOP}])[{_HAN}])"
+# _ID_START: the characters an identifier starts with, tested once before the alternatives
+_ID_START = r"(?=[\dA-Za-z一二三四五六七八九十两东南西北])"
 _ID = r"(?:(?<![0-9A-Za-z.])\d{1,4}|(?<![A-Za-z0-9])[A-Za-z]{1,2}\d{0,2}|[一二三四五六七八九十两]{1,3}|[东南西北]{1,2})"
 
 _CN_DIGITS = {"零": "0", "〇": "0", "一": "1", "幺": "1", "二": "2", "两": "2", "三": "3", "四": "4",
@@ -95,9 +97,9 @@ class EntityExtractor:
         sites = _alternation(loc.sites)
         parts = []
         if units:
-            parts.append(rf"(?P<id>{_ID}(?:{units}))")
+            parts.append(rf"{_ID_START}(?P<id>{_ID}(?:{units}))")
         if rooms:
-            parts.append(rf"(?P<idroom>{_ID}(?:号|#)(?:{rooms}))")
+            parts.append(rf"{_ID_START}(?P<idroom>{_ID}(?:号|#)(?:{rooms}))")
         parts.append(_starts("地负B" + "".join(w[0] for w in loc.floors if w))
                      + r"(?P<floor>地下[一二三四五\d]层|负[一二三四五\d]层|(?<![A-Za-z])B\d层?"
                      + (rf"|{floors}" if floors else "") + ")")
