@@ -27,7 +27,7 @@ _CN_DIGITS = {"零": "0", "〇": "0", "一": "1", "幺": "1", "二": "2", "两":
 _MAX_ELEMENTS = 5  # place elements in one location (滨海工业园 + 5号厂房 + 2楼 + 泵房)
 _DIGIT_RE = re.compile(r"[0-9]")
 _CAPITALS_RE = re.compile(r"[A-Z]{2}")
-_PHONE_RE = re.compile(r"(?<![0-9])(?:(?:\+|00)?86[\s-]?)?(1[3-9]\d(?:[\s-]?\d){8})(?![0-9])")
+_PHONE_RE = re.compile(r"(?=[+018])(?<![0-9])(?:(?:\+|00)?86[\s-]?)?(1[3-9]\d(?:[\s-]?\d){8})(?![0-9])")
 _CN_PHONE_RE = re.compile(r"(?<![零〇一幺二两三四五六七八九])[一幺][三四五六七八九][零〇一幺二两三四五六七八九]{9}(?![零〇一幺二两三四五六七八九])")
 
 
@@ -75,17 +75,17 @@ class EntityExtractor:
         code_labels = _alternation(words.code_labels) or "(?!)"
         self._code_res = [
             # E.OC3, A.C90 (dotted display codes)
-            re.compile(r"(?<![A-Za-z0-9.])([Ee]\.[A-Za-z]{1,4}\d{0,3}|[A-Za-z]\.(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{2,5})(?![A-Za-z0-9.])"),
+            re.compile(r"(?=[A-Za-z])(?<![A-Za-z0-9.])([Ee]\.[A-Za-z]{1,4}\d{0,3}|[A-Za-z]\.(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{2,5})(?![A-Za-z0-9.])"),
             # E03, F0012, AL-21, Err05, Er-3, OC1
             re.compile(rf"{_starts(words.code_prefixes)}(?<![A-Za-z0-9.\-])((?:{prefixes})[-.]?\d{{1,6}})(?![A-Za-z0-9]|\.\d|[栋楼层区号座幢线])", re.IGNORECASE),
             # OC, OH ... written alone in capitals
-            re.compile(rf"(?<![A-Za-z0-9])((?:{code_words})\d{{0,3}})(?![A-Za-z0-9])"),
+            re.compile(rf"{_starts(words.code_words)}(?<![A-Za-z0-9])((?:{code_words})\d{{0,3}})(?![A-Za-z0-9])"),
             # 故障码 14, 代码0x0000007B
             re.compile(rf"{_starts(words.code_labels)}(?:{code_labels})\s*[:=]?\s*(0[xX][0-9A-Fa-f]{{1,8}}|\d{{1,6}})(?![0-9A-Za-z])", re.IGNORECASE),
             # Err 7, AL 21: a prefix in capitals and the number after one space
-            re.compile(r"(?<![A-Za-z0-9])((?:Err|ERR|Er|ER|AL|ALM|E) \d{1,4})(?![0-9A-Za-z.])"),
+            re.compile(r"(?=[EA])(?<![A-Za-z0-9])((?:Err|ERR|Er|ER|AL|ALM|E) \d{1,4})(?![0-9A-Za-z.])"),
             # P-02, H-15: one capital, a dash and the number
-            re.compile(r"(?<![A-Za-z0-9\-])([A-Z]-\d{1,4})(?![0-9A-Za-z]|\.\d|[栋楼层区号座幢线])"),
+            re.compile(r"(?=[A-Z])(?<![A-Za-z0-9\-])([A-Z]-\d{1,4})(?![0-9A-Za-z]|\.\d|[栋楼层区号座幢线])"),
         ]
 
         loc = words.location
