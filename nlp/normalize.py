@@ -36,7 +36,8 @@ _EMOJI_RE = re.compile(
     "]+"
     r"|\[[\u4e00-\u9fff]{1,4}\]"
 )
-_SPACE_NEAR_HAN_RE = re.compile(r"\s+(?=[\u3400-\u9fff])|(?<=[\u3400-\u9fff])\s+")
+# (?=\s) first: a position without a space is left after one test, before any lookbehind
+_SPACE_NEAR_HAN_RE = re.compile(r"(?=\s)(?:\s+(?=[\u3400-\u9fff])|(?<=[\u3400-\u9fff])\s+)")
 _ASCII_LETTER_RE = re.compile(r"[a-z]")
 _CLAUSE_END_RE = re.compile(r"[\s,.!?;:，。！？；：、~…()\[\]【】（）「」\"']")
 _CLAUSE_MAX = 24  # a readable impact clause; a longer one is cut to the impact itself
