@@ -161,6 +161,9 @@ class Lexicon:
         self._request_words = frozenset(c.id for c in taxonomy.categories.values()
                                         if c.kind in ("request", "fallback"))
         self._index = {w: tuple(entries) for w, entries in index.items()}
+        # a word's entries without its pattern parts, for when no pattern it is a part of can complete
+        self._plain = {w: tuple(e for e in entries if e[0] != Layer.PIECE) for w, entries in index.items()}
+        self._has_pieces = frozenset(w for w, entries in index.items() if any(e[0] == Layer.PIECE for e in entries))
         self._layers = {w: frozenset(layer for layer, _, _ in entries) for w, entries in index.items()}
         # words that are only predicates or pattern parts, and the patterns each word starts
         self._auxiliary = frozenset(w for w, ls in self._layers.items() if ls <= _SHORT_OK)
@@ -208,6 +211,8 @@ class Lexicon:
         breaks = [m.start() for m in _CLAUSE_RE.finditer(text)]
         clauses: dict[int, tuple[int, list[int], list[str]]] = {}
         may_negate = not self._negation_firsts.isdisjoint(text)
+        plain = self._plain
+        has_pieces = self._has_pieces
         hits: list[Hit] = []
         for s, e, word in raw:
             # segment the clause around the word (once per clause)
@@ -233,7 +238,7 @@ class Lexicon:
                 if neg_start < 0:
                     neg_start = self._negation_before(t, tokens, starts)
             negated = neg_start >= 0
-            for layer, category, ref in index[word]:
+            for layer, category, ref in (index[word] if started and word in has_pieces else plain[word]):
                 if inside and neg_start < ts and not (e - s == 1 and layer in _SHORT_OK):
                     continue  # part of an ordinary longer word (响 in 影响, 锈 in 不锈钢)
                 if (layer == Layer.PREDICATE and not has_hint) or (
