@@ -388,14 +388,13 @@ class Lexicon:
                             break
         # only a span with a longer live span around it can be shadowed: in (start, -end) order,
         # that is a span ending no later than some span before it
-        spans = sorted({(h.start, h.end) for h in live}, key=lambda se: (se[0], -se[1]))
         covered = set()
         reach = -1
-        for span in spans:
-            if span[1] <= reach:
-                covered.add(span)
+        for start, neg_end in sorted({(h.start, -h.end) for h in live}):
+            if -neg_end <= reach:
+                covered.add((start, -neg_end))
             else:
-                reach = span[1]
+                reach = -neg_end
         if not covered:
             return
         for h in live:
