@@ -167,6 +167,10 @@ class Lexicon:
         self._layers = {w: frozenset(layer for layer, _, _ in entries) for w, entries in index.items()}
         # words that are only predicates or pattern parts, and the patterns each word starts
         self._auxiliary = frozenset(w for w, ls in self._layers.items() if ls <= _SHORT_OK)
+        # what makes an auxiliary word wanted: being a predicate (after a hint), or the patterns it is a part of
+        self._aux_predicates = frozenset(w for w in self._auxiliary if Layer.PREDICATE in self._layers[w])
+        self._aux_patterns = {w: frozenset(ref[0] for layer, _, ref in index[w] if layer == Layer.PIECE and ref)
+                              for w in self._auxiliary}
         pattern_heads: dict[str, list[int]] = {}
         for pid, pattern in enumerate(patterns):
             pattern_heads.setdefault(pattern.parts[0], []).append(pid)
@@ -205,7 +209,11 @@ class Lexicon:
         started = {pid for w in words for pid in heads.get(w, ()) if pattern_words[pid] <= words}
         auxiliary = self._auxiliary
         if not auxiliary.isdisjoint(words):
-            raw = [r for r in raw if r[2] not in auxiliary or self._wanted(r[2], has_hint, started)]
+            # an auxiliary word is kept as a predicate after a hint, or as a part of a pattern that can complete
+            predicates = self._aux_predicates if has_hint else frozenset()
+            patterns = self._aux_patterns
+            raw = [r for r in raw if r[2] not in auxiliary or r[2] in predicates
+                   or (started and not patterns[r[2]].isdisjoint(started))]
         if not raw:
             return []
         breaks = [m.start() for m in _CLAUSE_RE.finditer(text)]
@@ -251,14 +259,6 @@ class Lexicon:
         self._suppress_contained(hits)
         self._apply_resolved(hits, text)
         return [h for h in hits if not h.suppressed and h.layer not in (Layer.PIECE, Layer.RESOLVED)]
-
-    def _wanted(self, word: str, has_hint: bool, started: set[int]) -> bool:
-        for layer, _, ref in self._index[word]:
-            if layer == Layer.PREDICATE and has_hint:
-                return True
-            if layer == Layer.PIECE and ref is not None and ref[0] in started:
-                return True
-        return False
 
     @staticmethod
     def _apply_resolved(hits: list[Hit], text: str) -> None:
