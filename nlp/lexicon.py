@@ -179,15 +179,16 @@ class Lexicon:
         # the words a pattern needs: its parts are looked at only when all of them occur
         self._pattern_words = tuple(frozenset(pattern.parts) for pattern in patterns)
         self._hint_words = frozenset(w for w, ls in self._layers.items() if Layer.HINT in ls or Layer.MEASURE in ls)
-        self._words = frozenset(self._index)
+        # the segmenter's pass finds the words within a clause; a word with punctuation in it
+        # (a deployment's own taxonomy may have one) is looked for on its own
+        self._break_words = tuple(sorted(w for w in self._index if not _BREAK_CHARS.isdisjoint(w)))
+        self._words = frozenset(self._index).difference(self._break_words)
         # every word the lexicon finds anchors the dictionary: words containing one (影响 for 响) are kept
         self.segmenter = Segmenter(taxonomy.all_words(), anchors=self._index)
-        # the segmenter's pass finds the lexicon's words: each must be a dictionary word
+        # each word the segmenter's pass is to find must be a dictionary word
         unknown = sorted(w for w in self._words if not self.segmenter.is_word(w))
         if unknown:  # pragma: no cover - the dictionary is built from the taxonomy's words
             raise RuntimeError(f"words missing from the segmenter's dictionary: {unknown[:5]}")
-        if any(ch in _BREAK_CHARS for w in self._words for ch in w):  # pragma: no cover - see taxonomy checks
-            raise RuntimeError("a word contains a clause break")
 
     # ------------------------------------------------------------------
 
@@ -195,6 +196,11 @@ class Lexicon:
         """All live (not suppressed) hits in the match form of a report, in text order."""
         # one pass finds every word and segments every clause (the segmentation is used around words)
         nxt, raw = self.segmenter.scan(text, _BREAK_CHARS, self._words)
+        for word in self._break_words:
+            at = text.find(word)
+            while at >= 0:
+                raw.append((at, at + len(word), word))
+                at = text.find(word, at + 1)
         if not raw:
             return []
         raw.sort()
