@@ -21,7 +21,10 @@ python run_bot.py classify`) and its throughput after start-up (median of
 --runs runs), measured on noisy 20-80 character reports made from the files'
 texts (greetings, fillers, phone numbers and emoji added; every line differs,
 so no cache can help). --cli-root measures another checkout's CLI with the
-same input (before/after comparisons).
+same input (before/after comparisons). Each CLI figure is given in wall time
+and in CPU time (user + system of the CLI and its worker processes): reports
+per CPU-second do not depend on what else the machine is doing, wall-clock
+figures do, so the load average is printed with them.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import random
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -178,32 +183,41 @@ def _cli(root: Path, taxonomy: str | None, jobs: int | None) -> list[str]:
             + ([f"--jobs={jobs}"] if jobs else []))
 
 
-def cli_startup(taxonomy: str | None, runs: int = 5, root: Path = ROOT) -> float:
-    """Median wall time of `echo 好的 | python run_bot.py classify` (warm: one run first)."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed_run(cmd: list[str], **kwargs) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process and its children) of one run of cmd."""
+    cpu = _children_cpu()
+    start = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, cwd=ROOT, **kwargs)
+    return time.perf_counter() - start, _children_cpu() - cpu
+
+
+def cli_startup(taxonomy: str | None, runs: int = 5, root: Path = ROOT) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of `echo 好的 | python run_bot.py classify` (warm: one run first)."""
     cmd = _cli(root, taxonomy, None)
-    subprocess.run(cmd, input="好的\n".encode(), stdout=subprocess.DEVNULL, check=True, cwd=ROOT)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(cmd, input="好的\n".encode(), stdout=subprocess.DEVNULL, check=True, cwd=ROOT)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    _timed_run(cmd, input="好的\n".encode())
+    walls, cpus = zip(*(_timed_run(cmd, input="好的\n".encode()) for _ in range(runs)))
+    return statistics.median(walls), statistics.median(cpus)
 
 
-def cli_throughput(lines: list[str], startup: float, taxonomy: str | None, jobs: int | None = None,
-                   runs: int = 3, root: Path = ROOT) -> float:
-    """Median reports per second through the CLI, start-up time subtracted."""
+def cli_throughput(lines: list[str], startup: tuple[float, float], taxonomy: str | None, jobs: int | None = None,
+                   runs: int = 3, root: Path = ROOT) -> tuple[float, float]:
+    """Median reports per second and per CPU-second through the CLI, start-up (wall, CPU) subtracted."""
     cmd = _cli(root, taxonomy, jobs)
     rates = []
+    cpu_rates = []
     with tempfile.TemporaryFile() as fh:
         fh.write("".join(line + "\n" for line in lines).encode("utf-8"))
         for _ in range(runs):
             fh.seek(0)
-            start = time.perf_counter()
-            subprocess.run(cmd, stdin=fh, stdout=subprocess.DEVNULL, check=True, cwd=ROOT)
-            elapsed = time.perf_counter() - start
-            rates.append(len(lines) / max(elapsed - startup, 1e-9))
-    return statistics.median(rates)
+            wall, cpu = _timed_run(cmd, stdin=fh)
+            rates.append(len(lines) / max(wall - startup[0], 1e-9))
+            cpu_rates.append(len(lines) / max(cpu - startup[1], 1e-9))
+    return statistics.median(rates), statistics.median(cpu_rates)
 
 
 def print_accuracy(report: dict, top: int) -> None:
@@ -260,9 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.cli_root).resolve() if args.cli_root else ROOT
         lines = noisy_reports(texts, args.cli_lines)
         report["cli_root"] = str(root)
-        report["cli_startup_seconds"] = cli_startup(args.taxonomy, root=root)
-        report["cli_throughput"] = cli_throughput(lines, report["cli_startup_seconds"], args.taxonomy,
-                                                  args.jobs, args.runs, root)
+        report["load_average_before"] = os.getloadavg()
+        report["cli_startup_seconds"], report["cli_startup_cpu_seconds"] = cli_startup(args.taxonomy, root=root)
+        report["cli_throughput"], report["cli_throughput_per_cpu_second"] = cli_throughput(
+            lines, (report["cli_startup_seconds"], report["cli_startup_cpu_seconds"]), args.taxonomy,
+            args.jobs, args.runs, root)
+        report["load_average_after"] = os.getloadavg()
 
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
@@ -281,10 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"throughput (in process, after warm-up): {report['throughput']:.0f} reports/s")
     if "cli_startup_seconds" in report:
         print(f"CLI ({report['cli_root']})")
-        print(f"CLI start-up (echo 好的 | python run_bot.py classify, median): {report['cli_startup_seconds']:.2f} s")
+        print(f"CLI start-up (echo 好的 | python run_bot.py classify, median): {report['cli_startup_seconds']:.2f} s "
+              f"wall, {report['cli_startup_cpu_seconds']:.2f} s CPU")
         jobs = f", --jobs={args.jobs}" if args.jobs else ""
         print(f"CLI throughput ({args.cli_lines} noisy 20-80 character reports{jobs}, after start-up, "
-              f"median of {args.runs}): {report['cli_throughput']:.0f} reports/s")
+              f"median of {args.runs}): {report['cli_throughput']:.0f} reports/s wall, "
+              f"{report['cli_throughput_per_cpu_second']:.0f} reports per CPU-second")
+        print("load average (1, 5, 15 min) before / after the CLI runs: "
+              + " / ".join(", ".join(f"{x:.2f}" for x in report[k])
+                           for k in ("load_average_before", "load_average_after")))
     return 0
 
 

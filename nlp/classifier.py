@@ -24,7 +24,6 @@ Priority
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -159,7 +158,7 @@ class Classifier:
             # a place is given as written: traditional characters stay (一樓大堂)
             written = self._normalize.as_written(text, display, entities.location)
             if written != entities.location:
-                entities = dataclasses.replace(entities, location=written)
+                entities = entities._replace(location=written)
         hits = self._lexicon.hits(match)
         if not hits and entities.error_code is None:
             fb = self.taxonomy.fallback

@@ -68,7 +68,8 @@ def _render_chunk(lines: list[str]) -> str:
 
 def _renderer(classifier: Any, library: Any, explain: bool) -> Callable[[str], str]:
     """One input line -> one JSON output line (with its newline)."""
-    dumps = json.dumps
+    # one encoder for every line (json.dumps with options builds a new one per call)
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
     classify = classifier.classify
 
     def render(line: str) -> str:
@@ -78,7 +79,7 @@ def _renderer(classifier: Any, library: Any, explain: bool) -> Callable[[str], s
             card = library.lookup(result)
             record["sop"] = None if card is None else {
                 "key": card.key, "title": card.title, "steps": list(card.steps)}
-        return dumps(record, ensure_ascii=False) + "\n"
+        return dumps(record) + "\n"
 
     return render
 

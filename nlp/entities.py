@@ -7,7 +7,7 @@ nouns) comes from the taxonomy file's [entities] section.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .taxonomy import EntityWords
 
@@ -17,6 +17,8 @@ _HAN = r"\u4e00-\u9fff"
 # characters that never belong to a place name (function words, pronouns, verbs of chat)
 _NAME_STOP = "址置点的了在是到去送进和与跟从往向把被就都也还又我你他她它们这那个哪些每各有没不很太要想能会说给让请问吗呢吧啊呀嘛哦喂整全该其另某几多少台里边"
 _NAME_CHAR = rf"(?:(?![{_NAME_STOP}])[{_HAN}])"
+# _ID_START: the characters an identifier starts with, tested once before the alternatives
+_ID_START = r"(?=[\dA-Za-z一二三四五六七八九十两东南西北])"
 _ID = r"(?:(?<![0-9A-Za-z.])\d{1,4}|(?<![A-Za-z0-9])[A-Za-z]{1,2}\d{0,2}|[一二三四五六七八九十两]{1,3}|[东南西北]{1,2})"
 
 _CN_DIGITS = {"零": "0", "〇": "0", "一": "1", "幺": "1", "二": "2", "两": "2", "三": "3", "四": "4",
@@ -25,12 +27,13 @@ _CN_DIGITS = {"零": "0", "〇": "0", "一": "1", "幺": "1", "二": "2", "两":
 _MAX_ELEMENTS = 5  # place elements in one location (滨海工业园 + 5号厂房 + 2楼 + 泵房)
 _DIGIT_RE = re.compile(r"[0-9]")
 _CAPITALS_RE = re.compile(r"[A-Z]{2}")
-_PHONE_RE = re.compile(r"(?<![0-9])(?:(?:\+|00)?86[\s-]?)?(1[3-9]\d(?:[\s-]?\d){8})(?![0-9])")
+_PHONE_RE = re.compile(r"(?=[+018])(?<![0-9])(?:(?:\+|00)?86[\s-]?)?(1[3-9]\d(?:[\s-]?\d){8})(?![0-9])")
 _CN_PHONE_RE = re.compile(r"(?<![零〇一幺二两三四五六七八九])[一幺][三四五六七八九][零〇一幺二两三四五六七八九]{9}(?![零〇一幺二两三四五六七八九])")
 
 
-@dataclass(frozen=True, slots=True)
-class Entities:
+class Entities(NamedTuple):
+    """What one report names (a tuple: built once per report, cheaply)."""
+
     serial: str | None = None
     location: str | None = None
     error_code: str | None = None
@@ -39,6 +42,17 @@ class Entities:
 
 def _alternation(words: tuple[str, ...] | list[str]) -> str:
     return "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+
+
+def _starts(words: tuple[str, ...] | list[str] | str) -> str:
+    """A lookahead for the first characters of `words` (or the characters of a string).
+
+    Put before an alternation of many words it changes nothing a pattern
+    matches, but lets the regex engine leave a position after one character
+    test instead of trying every word (or every word after every name length).
+    """
+    chars = sorted(set(words) if isinstance(words, str) else {w[0] for w in words if w})
+    return "(?=[" + "".join(re.escape(ch) for ch in chars) + "])" if chars else "(?!)"
 
 
 def _place_alternation(words: tuple[str, ...]) -> str:
@@ -50,7 +64,7 @@ class EntityExtractor:
     def __init__(self, words: EntityWords) -> None:
         labels = _alternation(words.serial_labels) or "(?!)"
         self._serial_re = re.compile(
-            rf"(?<![A-Za-z手])(?:{labels})\s*(?:号码|号|码)?\s*(?:[:=#]|是|为)?\s*"
+            rf"{_starts(words.serial_labels)}(?<![A-Za-z手])(?:{labels})\s*(?:号码|号|码)?\s*(?:[:=#]|是|为)?\s*"
             r"([A-Za-z0-9][A-Za-z0-9_/.\-]*)",
             re.IGNORECASE,
         )
@@ -61,17 +75,17 @@ class EntityExtractor:
         code_labels = _alternation(words.code_labels) or "(?!)"
         self._code_res = [
             # E.OC3, A.C90 (dotted display codes)
-            re.compile(r"(?<![A-Za-z0-9.])([Ee]\.[A-Za-z]{1,4}\d{0,3}|[A-Za-z]\.(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{2,5})(?![A-Za-z0-9.])"),
+            re.compile(r"(?=[A-Za-z])(?<![A-Za-z0-9.])([Ee]\.[A-Za-z]{1,4}\d{0,3}|[A-Za-z]\.(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{2,5})(?![A-Za-z0-9.])"),
             # E03, F0012, AL-21, Err05, Er-3, OC1
-            re.compile(rf"(?<![A-Za-z0-9.\-])((?:{prefixes})[-.]?\d{{1,6}})(?![A-Za-z0-9]|\.\d|[栋楼层区号座幢线])", re.IGNORECASE),
+            re.compile(rf"{_starts(words.code_prefixes)}(?<![A-Za-z0-9.\-])((?:{prefixes})[-.]?\d{{1,6}})(?![A-Za-z0-9]|\.\d|[栋楼层区号座幢线])", re.IGNORECASE),
             # OC, OH ... written alone in capitals
-            re.compile(rf"(?<![A-Za-z0-9])((?:{code_words})\d{{0,3}})(?![A-Za-z0-9])"),
+            re.compile(rf"{_starts(words.code_words)}(?<![A-Za-z0-9])((?:{code_words})\d{{0,3}})(?![A-Za-z0-9])"),
             # 故障码 14, 代码0x0000007B
-            re.compile(rf"(?:{code_labels})\s*[:=]?\s*(0[xX][0-9A-Fa-f]{{1,8}}|\d{{1,6}})(?![0-9A-Za-z])", re.IGNORECASE),
+            re.compile(rf"{_starts(words.code_labels)}(?:{code_labels})\s*[:=]?\s*(0[xX][0-9A-Fa-f]{{1,8}}|\d{{1,6}})(?![0-9A-Za-z])", re.IGNORECASE),
             # Err 7, AL 21: a prefix in capitals and the number after one space
-            re.compile(r"(?<![A-Za-z0-9])((?:Err|ERR|Er|ER|AL|ALM|E) \d{1,4})(?![0-9A-Za-z.])"),
+            re.compile(r"(?=[EA])(?<![A-Za-z0-9])((?:Err|ERR|Er|ER|AL|ALM|E) \d{1,4})(?![0-9A-Za-z.])"),
             # P-02, H-15: one capital, a dash and the number
-            re.compile(r"(?<![A-Za-z0-9\-])([A-Z]-\d{1,4})(?![0-9A-Za-z]|\.\d|[栋楼层区号座幢线])"),
+            re.compile(r"(?=[A-Z])(?<![A-Za-z0-9\-])([A-Z]-\d{1,4})(?![0-9A-Za-z]|\.\d|[栋楼层区号座幢线])"),
         ]
 
         loc = words.location
@@ -83,21 +97,23 @@ class EntityExtractor:
         sites = _alternation(loc.sites)
         parts = []
         if units:
-            parts.append(rf"(?P<id>{_ID}(?:{units}))")
+            parts.append(rf"{_ID_START}(?P<id>{_ID}(?:{units}))")
         if rooms:
-            parts.append(rf"(?P<idroom>{_ID}(?:号|#)(?:{rooms}))")
-        parts.append(r"(?P<floor>地下[一二三四五\d]层|负[一二三四五\d]层|(?<![A-Za-z])B\d层?"
+            parts.append(rf"{_ID_START}(?P<idroom>{_ID}(?:号|#)(?:{rooms}))")
+        parts.append(_starts("地负B" + "".join(w[0] for w in loc.floors if w))
+                     + r"(?P<floor>地下[一二三四五\d]层|负[一二三四五\d]层|(?<![A-Za-z])B\d层?"
                      + (rf"|{floors}" if floors else "") + ")")
         if sites:
-            parts.append(rf"(?P<site>{_NAME_CHAR}{{0,4}}?(?:{sites}))")
+            # a site's name is Han characters before the site word: its first character comes soon
+            parts.append(rf"(?=[{_HAN}]{{0,4}}{_starts(loc.sites)[3:-1]})(?P<site>{_NAME_CHAR}{{0,4}}?(?:{sites}))")
         if named:
-            parts.append(rf"(?P<named>{_NAME_CHAR}{{0,4}}?(?:{named}))")
+            parts.append(rf"(?=[{_HAN}]{{0,4}}{_starts(loc.named_sites)[3:-1]})(?P<named>{_NAME_CHAR}{{0,4}}?(?:{named}))")
         # a door number after a unit (3单元602)
         parts.append(r"(?P<door>(?<=单元)\d{3,4}(?:室|号)?(?![0-9]))")
         if places:
-            parts.append(rf"(?P<place>{places})")
+            parts.append(rf"{_starts(loc.places)}(?P<place>{places})")
         if rooms:
-            parts.append(rf"(?P<room>{rooms})")
+            parts.append(rf"{_starts(loc.rooms)}(?P<room>{rooms})")
         self._element_re = re.compile("|".join(parts))
         # every place element ends with one of these characters
         self._location_chars = frozenset(

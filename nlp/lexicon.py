@@ -12,8 +12,9 @@ into one index and turns a report into :class:`Hit` objects:
 5. an occurrence strictly inside a longer matched word is dropped
    (停了 in 停了两次, 漏电 in 漏电开关, 急 in 不急).
 
-Segmentation is done per clause (jieba splits at punctuation too) and only
-for clauses that contain a word.
+Words are found and clauses segmented (per clause: jieba splits at
+punctuation too) in one pass of the segmenter over the dictionary, which
+holds every word of the lexicon.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Any
 
 from .segment import Segmenter
 from .taxonomy import Taxonomy
@@ -68,8 +68,8 @@ _SHORT_OK = frozenset({Layer.PIECE, Layer.PREDICATE})
 
 CLAUSE_BREAKS = ",.!?;:，。！？；：、\n\r~…()[]【】（）「」\"'"
 _CLAUSE_RE = re.compile("[" + re.escape(CLAUSE_BREAKS) + "]")
+_BREAK_CHARS = frozenset(CLAUSE_BREAKS)
 _CLAUSE_RUN_RE = re.compile("[" + re.escape(CLAUSE_BREAKS) + "]+")
-_END = ""  # trie key marking the end of a word
 _MAX_WORDS = 200  # word occurrences looked at per report
 _CODE_RE = re.compile(r"(?<![a-z0-9])[a-z]{1,5}[-.]?\d{1,6}")
 
@@ -161,53 +161,79 @@ class Lexicon:
         self._request_words = frozenset(c.id for c in taxonomy.categories.values()
                                         if c.kind in ("request", "fallback"))
         self._index = {w: tuple(entries) for w, entries in index.items()}
+        # a word's entries without its pattern parts, for when no pattern it is a part of can complete
+        self._plain = {w: tuple(e for e in entries if e[0] != Layer.PIECE) for w, entries in index.items()}
+        self._has_pieces = frozenset(w for w, entries in index.items() if any(e[0] == Layer.PIECE for e in entries))
         self._layers = {w: frozenset(layer for layer, _, _ in entries) for w, entries in index.items()}
         # words that are only predicates or pattern parts, and the patterns each word starts
         self._auxiliary = frozenset(w for w, ls in self._layers.items() if ls <= _SHORT_OK)
+        # what makes an auxiliary word wanted: being a predicate (after a hint), or the patterns it is a part of
+        self._aux_predicates = frozenset(w for w in self._auxiliary if Layer.PREDICATE in self._layers[w])
+        self._aux_patterns = {w: frozenset(ref[0] for layer, _, ref in index[w] if layer == Layer.PIECE and ref)
+                              for w in self._auxiliary}
         pattern_heads: dict[str, list[int]] = {}
         for pid, pattern in enumerate(patterns):
             pattern_heads.setdefault(pattern.parts[0], []).append(pid)
         self._pattern_heads = {w: tuple(pids) for w, pids in pattern_heads.items()}
         self._patterns = tuple(patterns)
-        # character trie over all words: one walk per text position finds every word starting there
-        trie: dict[str, Any] = {}
-        for w in self._index:
-            node = trie
-            for ch in w:
-                node = node.setdefault(ch, {})
-            node[_END] = w
-        self._trie = trie
+        # the words a pattern needs: its parts are looked at only when all of them occur
+        self._pattern_words = tuple(frozenset(pattern.parts) for pattern in patterns)
+        self._hint_words = frozenset(w for w, ls in self._layers.items() if Layer.HINT in ls or Layer.MEASURE in ls)
+        # the segmenter's pass finds the words within a clause; a word with punctuation in it
+        # (a deployment's own taxonomy may have one) is looked for on its own
+        self._break_words = tuple(sorted(w for w in self._index if not _BREAK_CHARS.isdisjoint(w)))
+        self._words = frozenset(self._index).difference(self._break_words)
         # every word the lexicon finds anchors the dictionary: words containing one (影响 for 响) are kept
         self.segmenter = Segmenter(taxonomy.all_words(), anchors=self._index)
+        # each word the segmenter's pass is to find must be a dictionary word
+        unknown = sorted(w for w in self._words if not self.segmenter.is_word(w))
+        if unknown:  # pragma: no cover - the dictionary is built from the taxonomy's words
+            raise RuntimeError(f"words missing from the segmenter's dictionary: {unknown[:5]}")
 
     # ------------------------------------------------------------------
 
     def hits(self, text: str) -> list[Hit]:
         """All live (not suppressed) hits in the match form of a report, in text order."""
-        raw = self._scan(text)
+        # one pass finds every word and segments every clause (the segmentation is used around words)
+        nxt, raw = self.segmenter.scan(text, _BREAK_CHARS, self._words)
+        for word in self._break_words:
+            at = text.find(word)
+            while at >= 0:
+                raw.append((at, at + len(word), word))
+                at = text.find(word, at + 1)
         if not raw:
             return []
+        raw.sort()
         if len(raw) > _MAX_WORDS:
             raw = raw[:_MAX_WORDS]  # a guard against pathological input (漏漏漏...): the start decides
         index = self._index
-        layers = self._layers
-        # predicates matter only after a hint; pattern parts only when the pattern's first part occurs
-        has_hint = any(Layer.HINT in layers[w] or Layer.MEASURE in layers[w] for _, _, w in raw)
+        # predicates matter only after a hint; pattern parts only when every part of the pattern occurs
+        words = {w for _, _, w in raw}
+        has_hint = not self._hint_words.isdisjoint(words)
         heads = self._pattern_heads
-        started = {pid for _, _, w in raw for pid in heads.get(w, ())}
-        raw = [r for r in raw if r[2] not in self._auxiliary or self._wanted(r[2], has_hint, started)]
+        pattern_words = self._pattern_words
+        started = {pid for w in words for pid in heads.get(w, ()) if pattern_words[pid] <= words}
+        auxiliary = self._auxiliary
+        if not auxiliary.isdisjoint(words):
+            # an auxiliary word is kept as a predicate after a hint, or as a part of a pattern that can complete
+            predicates = self._aux_predicates if has_hint else frozenset()
+            patterns = self._aux_patterns
+            raw = [r for r in raw if r[2] not in auxiliary or r[2] in predicates
+                   or (started and not patterns[r[2]].isdisjoint(started))]
         if not raw:
             return []
         breaks = [m.start() for m in _CLAUSE_RE.finditer(text)]
         clauses: dict[int, tuple[int, list[int], list[str]]] = {}
         may_negate = not self._negation_firsts.isdisjoint(text)
+        plain = self._plain
+        has_pieces = self._has_pieces
         hits: list[Hit] = []
         for s, e, word in raw:
             # segment the clause around the word (once per clause)
             c = bisect_right(breaks, s)
             seg = clauses.get(c)
             if seg is None:
-                seg = clauses[c] = self._segment_clause(text, breaks, c)
+                seg = clauses[c] = self._clause_tokens(text, nxt, breaks, c)
             cs, starts, tokens = seg
             t = bisect_right(starts, s) - 1
             ts, te = starts[t], starts[t + 1]
@@ -225,30 +251,20 @@ class Lexicon:
                     neg_start = self._negation_suffix(text[ts:s], s)
                 if neg_start < 0:
                     neg_start = self._negation_before(t, tokens, starts)
-            for layer, category, ref in index[word]:
+            negated = neg_start >= 0
+            for layer, category, ref in (index[word] if started and word in has_pieces else plain[word]):
                 if inside and neg_start < ts and not (e - s == 1 and layer in _SHORT_OK):
                     continue  # part of an ordinary longer word (响 in 影响, 锈 in 不锈钢)
                 if (layer == Layer.PREDICATE and not has_hint) or (
                         layer == Layer.PIECE and ref is not None and ref[0] not in started):
                     continue
-                hit = Hit(s, e, layer, category, ref=ref)
-                if neg_start >= 0:
-                    hit.negated, hit.neg_start = True, neg_start
-                hits.append(hit)
+                hits.append(Hit(s, e, layer, category, negated, neg_start, False, ref))
 
         if self._patterns:
             hits.extend(self._assemble(hits, text))
         self._suppress_contained(hits)
         self._apply_resolved(hits, text)
         return [h for h in hits if not h.suppressed and h.layer not in (Layer.PIECE, Layer.RESOLVED)]
-
-    def _wanted(self, word: str, has_hint: bool, started: set[int]) -> bool:
-        for layer, _, ref in self._index[word]:
-            if layer == Layer.PREDICATE and has_hint:
-                return True
-            if layer == Layer.PIECE and ref is not None and ref[0] in started:
-                return True
-        return False
 
     @staticmethod
     def _apply_resolved(hits: list[Hit], text: str) -> None:
@@ -259,34 +275,19 @@ class Lexicon:
                 if h.end <= r.start and not h.negated and _CLAUSE_RE.search(text, h.end, r.start) is None:
                     h.negated = True
 
-    def _scan(self, text: str) -> list[tuple[int, int, str]]:
-        """(start, end, word) for every occurrence of every word, overlaps included."""
-        trie = self._trie
-        n = len(text)
-        raw: list[tuple[int, int, str]] = []
-        for i in range(n):
-            node = trie.get(text[i])
-            j = i + 1
-            while node is not None:
-                word = node.get(_END)
-                if word is not None:
-                    raw.append((i, j, word))
-                if j >= n:
-                    break
-                node = node.get(text[j])
-                j += 1
-        return raw
-
-    def _segment_clause(self, text: str, breaks: list[int], c: int) -> tuple[int, list[int], list[str]]:
+    @staticmethod
+    def _clause_tokens(text: str, nxt: list[int], breaks: list[int], c: int) -> tuple[int, list[int], list[str]]:
         """Tokens of clause c (between punctuation marks) with their start offsets (plus the end)."""
         cs = breaks[c - 1] + 1 if c > 0 else 0
         ce = breaks[c] if c < len(breaks) else len(text)
-        tokens = self.segmenter.cut(text[cs:ce]) if ce > cs else []
         starts = [cs]
-        pos = cs
-        for tok in tokens:
-            pos += len(tok)
-            starts.append(pos)
+        tokens = []
+        x = cs
+        while x < ce:
+            y = nxt[x]
+            tokens.append(text[x:y])
+            starts.append(y)
+            x = y
         if not tokens:  # a word on a punctuation mark itself: one token of its own
             tokens = [text[cs:cs + 1]]
             starts = [cs, cs + 1]
@@ -383,14 +384,28 @@ class Lexicon:
             return
         # a predicate inside a request or greeting word is not one (报 in 报价)
         requests = self._request_words
-        for h in hits:
-            if h.layer == Layer.PREDICATE:
-                for g in live:
-                    if (g.category in requests and g.layer in _CATEGORY_LAYERS
-                            and g.start <= h.start and h.end <= g.end and g.end - g.start > h.end - h.start):
-                        h.suppressed = True
-                        break
+        request_words = [g for g in live if g.category in requests and g.layer in _CATEGORY_LAYERS]
+        if request_words:
+            for h in hits:
+                if h.layer == Layer.PREDICATE:
+                    for g in request_words:
+                        if g.start <= h.start and h.end <= g.end and g.end - g.start > h.end - h.start:
+                            h.suppressed = True
+                            break
+        # only a span with a longer live span around it can be shadowed: in (start, -end) order,
+        # that is a span ending no later than some span before it
+        covered = set()
+        reach = -1
+        for start, neg_end in sorted({(h.start, -h.end) for h in live}):
+            if -neg_end <= reach:
+                covered.add((start, -neg_end))
+            else:
+                reach = -neg_end
+        if not covered:
+            return
         for h in live:
+            if (h.start, h.end) not in covered:
+                continue
             combo = False
             if h.layer in _CATEGORY_LAYERS:
                 shadows = _CATEGORY_LAYERS

@@ -36,7 +36,8 @@ _EMOJI_RE = re.compile(
     "]+"
     r"|\[[\u4e00-\u9fff]{1,4}\]"
 )
-_SPACE_NEAR_HAN_RE = re.compile(r"\s+(?=[\u3400-\u9fff])|(?<=[\u3400-\u9fff])\s+")
+# (?=\s) first: a position without a space is left after one test, before any lookbehind
+_SPACE_NEAR_HAN_RE = re.compile(r"(?=\s)(?:\s+(?=[\u3400-\u9fff])|(?<=[\u3400-\u9fff])\s+)")
 _ASCII_LETTER_RE = re.compile(r"[a-z]")
 _CLAUSE_END_RE = re.compile(r"[\s,.!?;:，。！？；：、~…()\[\]【】（）「」\"']")
 _CLAUSE_MAX = 24  # a readable impact clause; a longer one is cut to the impact itself
@@ -91,18 +92,23 @@ class Normalizer:
         max_chars: int,
     ) -> None:
         self._max_chars = max_chars
-        # typos indexed by first character, longest first: one left-to-right pass
-        by_first: dict[str, list[tuple[str, str]]] = {}
-        for wrong, right in sorted(typos, key=lambda kv: -len(kv[0])):
-            by_first.setdefault(wrong[0], []).append((wrong, right))
-        self._typos = {ch: tuple(items) for ch, items in by_first.items()}
-        self._typo_firsts = frozenset(self._typos)
+        # one alternation of the typo entries, longest first: a left-to-right regex pass replaces
+        # the longest entry at each position (the first entry wins among repeats)
+        self._typo_table: dict[str, str] = {}
+        for wrong, right in typos:
+            self._typo_table.setdefault(wrong, right)
+        self._typo_firsts = frozenset(wrong[0] for wrong in self._typo_table)
+        self._typo_re = re.compile("|".join(
+            re.escape(w) for w in sorted(self._typo_table, key=len, reverse=True))) if self._typo_table else None
         self._english = dict(english)
         if english:
             words = sorted(self._english, key=len, reverse=True)
             alternation = "|".join(re.escape(w) for w in words)
+            # the lookahead on the words' first letters lets the regex skip every other position
+            # at once (a Chinese report would otherwise try every word at every character)
+            firsts = "".join(re.escape(ch) for ch in sorted({w[0] for w in words}))
             self._english_re: re.Pattern[str] | None = re.compile(
-                rf"(?<![a-z])(?:{alternation})(?![a-z])"
+                rf"(?=[{firsts}])(?<![a-z])(?:{alternation})(?![a-z])"
             )
         else:
             self._english_re = None
@@ -176,26 +182,7 @@ class Normalizer:
 
     def _fix_typos(self, text: str) -> str:
         """Replace typo entries left to right, the longest entry at each position first."""
-        typos = self._typos
-        out: list[str] = []
-        last = 0
-        i = 0
-        n = len(text)
-        while i < n:
-            candidates = typos.get(text[i])
-            if candidates is not None:
-                for wrong, right in candidates:
-                    if text.startswith(wrong, i):
-                        out.append(text[last:i])
-                        out.append(right)
-                        i += len(wrong)
-                        last = i
-                        break
-                else:
-                    i += 1
-            else:
-                i += 1
-        if not out:
+        if self._typo_re is None:
             return text
-        out.append(text[last:])
-        return "".join(out)
+        table = self._typo_table
+        return self._typo_re.sub(lambda m: table[m.group(0)], text)

@@ -145,46 +145,84 @@ class Segmenter:
         """`words` are added to jieba's dictionary; dictionary words containing an anchor or a word are kept."""
         self._log_prob, self._log_total = _dictionary(tuple(sorted(set(words))), tuple(sorted(set(anchors))))
 
+    def is_word(self, word: str) -> bool:
+        """True for a word of the prepared dictionary (every word given to the constructor is one)."""
+        return self._log_prob.get(word, _PREFIX) < 0.0
+
     def cut(self, text: str) -> list[str]:
         """Tokens covering the whole text (their concatenation is the text).
 
         As jieba's ``cut(HMM=False)``: the word graph of the text (jieba's
         ``get_DAG``) and the most probable route through it, ties going to the
-        longer word. Graph and route are computed in one backward pass over
-        the prepared log-probabilities. (Runs of Latin letters and digits are
-        not merged into one token, which does not matter for matching.)
+        longer word. (Runs of Latin letters and digits are not merged into one
+        token, which does not matter for matching.)
         """
-        n = len(text)
-        if n == 0:
-            return []
-        log_prob = self._log_prob
-        log_total = self._log_total
-        score = [0.0] * (n + 1)
-        nxt = [0] * (n + 1)
-        for k in range(n - 1, -1, -1):
-            best = -math.inf
-            best_end = k + 1
-            end = k + 1
-            lp = log_prob.get(text[k])
-            found = False
-            while lp is not None:
-                if lp < 0.0:
-                    found = True
-                    value = lp + score[end]
-                    if value > best or (value == best and end > best_end):
-                        best, best_end = value, end
-                if end >= n:
-                    break
-                end += 1
-                lp = log_prob.get(text[k:end])
-            if not found:  # a character the dictionary does not know: a token of its own
-                best, best_end = -log_total + score[k + 1], k + 1
-            score[k] = best
-            nxt[k] = best_end
+        nxt, _ = self.scan(text)
         tokens = []
         x = 0
-        while x < n:
+        while x < len(text):
             y = nxt[x]
             tokens.append(text[x:y])
             x = y
         return tokens
+
+    def scan(self, text: str, breaks: frozenset[str] = frozenset(),
+             words: frozenset[str] = frozenset()) -> tuple[list[int], list[tuple[int, int, str]]]:
+        """The best route through each clause of the text, and where `words` (dictionary words) occur.
+
+        Clauses end at a character of `breaks`, which belongs to no clause and
+        no word; each clause is segmented on its own, as :meth:`cut` would
+        segment it alone. Returns (nxt, found): a token starting at k ends at
+        nxt[k] (follow nxt from a clause's start to its end for its tokens),
+        and found holds (start, end, word) for every occurrence of a word of
+        `words`, overlaps included, in no particular order.
+
+        Graph and route are computed in one backward pass over the prepared
+        log-probabilities: at each position the dictionary words starting there
+        are found by extending the text one character at a time while it is
+        still a word or the prefix of one, which also finds every occurrence
+        of `words` (each is a dictionary word, so its prefixes are all there).
+        """
+        n = len(text)
+        get = self._log_prob.get
+        unknown = -self._log_total  # a character the dictionary does not know: a token of its own
+        inf = -math.inf
+        score = [0.0] * (n + 1)  # a clause's end (a break or the text's end) scores 0
+        nxt = list(range(1, n + 2))  # a token of one character unless a better word starts here
+        found: list[tuple[int, int, str]] = []
+        clause_end = n
+        for k in range(n - 1, -1, -1):
+            ch = text[k]
+            if ch in breaks:
+                clause_end = k
+                continue
+            lp = get(ch)
+            if lp is None:
+                score[k] = unknown + score[k + 1]
+                continue
+            if lp < 0.0:
+                best = lp + score[k + 1]
+                if ch in words:
+                    found.append((k, k + 1, ch))
+            else:
+                best = inf
+            best_end = k + 1
+            end = k + 2
+            while end <= clause_end:
+                part = text[k:end]
+                lp = get(part)
+                if lp is None:
+                    break
+                if lp < 0.0:
+                    value = lp + score[end]
+                    # ends only grow: an equal value goes to the longer word
+                    if value >= best:
+                        best, best_end = value, end
+                    if part in words:
+                        found.append((k, end, part))
+                end += 1
+            if best == inf:  # only prefixes of words start here: a token of its own
+                best = unknown + score[k + 1]
+            score[k] = best
+            nxt[k] = best_end
+        return nxt, found

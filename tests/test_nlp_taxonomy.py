@@ -121,6 +121,13 @@ def test_minimal_file_loads_and_classifies(tmp_path):
     assert clf.classify("你好").category == "other"
 
 
+def test_a_word_with_punctuation_in_it_is_found(tmp_path):
+    # clauses are segmented apart at punctuation; a deployment's word may still span it
+    clf = Classifier.from_file(write(tmp_path, MINIMAL.replace('"冒水"]', '"冒水", "滴答~滴答"]')))
+    assert clf.classify("屋顶一直滴答~滴答的").category == "water_leak"
+    assert clf.classify("屋顶一直滴答滴答的").category == "other"
+
+
 def test_edited_copy_changes_the_classification(tmp_path):
     text = default_taxonomy_path().read_text(encoding="utf-8")
     text += '\n[categories.pool]\nname = "泳池设备"\nkind = "fault"\npriority = "P1"\nkeywords = ["泳池水发绿"]\n'
