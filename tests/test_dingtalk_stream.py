@@ -23,8 +23,8 @@ from sqlmodel import select
 
 from bench.platforms.dingtalk import fake_api_routes
 from bot.app import RUNTIME, create_app
-from bot.channels.dingtalk import STREAM_CARD, STREAM_ROBOT
-from bot.channels.stream import LinkTimings
+from bot.channels.dingtalk.adapter import STREAM_CARD, STREAM_ROBOT
+from bot.channels.shared.stream import LinkTimings
 from bot.core import states as st
 from storage.models import CardAction, InboxEvent, ProcessedEvent, Ticket
 from support import config_toml, directory_toml, load_toml

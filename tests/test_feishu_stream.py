@@ -21,8 +21,8 @@ from sqlmodel import select
 
 from bench.platforms.feishu import fake_api_routes
 from bot.app import RUNTIME, create_app
-from bot.channels.feishu_frame import CONTROL, DATA, Frame
-from bot.channels.stream import LinkTimings
+from bot.channels.feishu.frame import CONTROL, DATA, Frame
+from bot.channels.shared.stream import LinkTimings
 from bot.core import states as st
 from storage.models import CardAction, InboxEvent, Ticket
 from support import config_toml, directory_toml, load_toml

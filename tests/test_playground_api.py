@@ -12,11 +12,11 @@ from aiohttp import web
 from sqlmodel import select
 
 from bot.channel import DeliveryError, HandleResult, current_outbox_id
-from bot.channels.playground import PlaygroundChannel
+from bot.channels.playground.adapter import PlaygroundChannel
 from bot.config import load_config
 from bot.events import Address, CardMessage, Image, InboundEvent, Text
 from bot.inbound import guard
-from bot.playground.routes import playground_routes
+from bot.channels.playground.routes import playground_routes
 from cards.model import Button, Card
 from storage.db import Database
 from storage.models import PlaygroundMessage
@@ -549,7 +549,7 @@ async def test_paging(client, channel, db):
 
 
 def test_static_folder_has_the_page():
-    static = Path(__file__).resolve().parents[1] / "bot" / "playground" / "static"
+    static = Path(__file__).resolve().parents[1] / "bot" / "channels" / "playground" / "static"
     assert {"index.html", "app.js", "style.css"} <= {p.name for p in static.iterdir()}
     for p in static.iterdir():
         text = p.read_text(encoding="utf-8")
@@ -630,7 +630,7 @@ async def test_bad_pictures_are_refused_and_change_nothing(client, sink, db, que
 
 
 async def test_a_picture_too_large_is_refused(client, sink, db):
-    from bot.playground.routes import MAX_PHOTO
+    from bot.channels.playground.routes import MAX_PHOTO
 
     query = {"conversation": "user:cust_wang", "sender_id": "cust_wang", "client_id": "big"}
     r = await client.post("/playground/api/photo", params=query, data=io.BytesIO(b"\xff" * (MAX_PHOTO + 1)),

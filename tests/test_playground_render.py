@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 import pytest
 
 from cards.model import Button, Card, CardField, TimelineStep
-from cards.playground import render_card_html, render_text_html
+from bot.channels.playground.render import render_card_html, render_text_html
 
 LABELS = ("已接单", "工程师出发", "到达现场", "维修中", "完工待评", "已评价")
 

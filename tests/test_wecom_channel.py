@@ -12,7 +12,7 @@ import pytest
 from sqlmodel import select
 
 from bot.app import RUNTIME, create_app
-from bot.channels.wecom_crypto import WeComCrypto
+from bot.channels.wecom.crypto import WeComCrypto
 from bot.channel import DeliveryError
 from bot.events import Address, CardMessage, Image
 from cards.model import Button, Card

@@ -51,14 +51,14 @@ from urllib.parse import parse_qs, urlsplit
 from aiohttp import web
 
 from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id, register
-import bot.channels.feishu_crypto as crypto
-from bot.channels.feishu_api import FeishuAPI, FeishuAPIError
-from bot.channels.feishu_frame import CONTROL, DATA, Frame, FrameError
-from bot.channels.stream import EndpointError, StreamLink
+import bot.channels.feishu.crypto as crypto
+from bot.channels.feishu.api import FeishuAPI, FeishuAPIError
+from bot.channels.feishu.frame import CONTROL, DATA, Frame, FrameError
+from bot.channels.shared.stream import EndpointError, StreamLink
 from bot.config import FeishuConfig
 from bot.inbound import Refusal, json_object
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
-from cards.feishu import button_token, card_content, safe_id
+from bot.channels.feishu.render import button_token, card_content, safe_id
 from storage.db import Database
 
 log = logging.getLogger(__name__)

@@ -51,15 +51,15 @@ from sqlalchemy import delete, update
 from sqlmodel import select
 
 from bot.channel import Channel, DeliveryError, EventSink, HandleResult, current_is_resend, current_outbox_id, register
-from bot.channels.wecom_api import WeComAPI, WeComAPIError
-from bot.channels.wecom_crypto import DecryptError, MalformedRequest, SignatureError, WeComCrypto, parse_xml
+from bot.channels.wecom.api import WeComAPI, WeComAPIError
+from bot.channels.wecom.crypto import DecryptError, MalformedRequest, SignatureError, WeComCrypto, parse_xml
 from bot.inbound import Refusal, text as _text
 from bot.tasks import wait_event
 from bot.config import WeComConfig
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
 from bot.outbox import enqueue
 from bot.texts import t
-from cards import wecom as render
+import bot.channels.wecom.render as render
 from cards.model import Card
 from storage.db import Database
 from storage.models import Attachment, InboxEvent, ProcessedEvent, WeComCardCode

@@ -22,9 +22,9 @@ from bot.channel import Channel, DeliveryError, EventSink, Wiring, current_outbo
 from bot.config import PersonConfig, PlaygroundConfig, TeamConfig
 from bot.tasks import wait_event
 from bot.events import Address, CardMessage, Image, Outbound, Text
-from cards.playground import render_card_html, render_text_html
-from bot.playground.model import MEDIA_PREFIX, NAME, Pane
-from bot.playground.routes import playground_routes
+from bot.channels.playground.render import render_card_html, render_text_html
+from bot.channels.playground.model import MEDIA_PREFIX, NAME, Pane
+from bot.channels.playground.routes import playground_routes
 from storage.db import Database
 from storage.media import store_content
 from storage.models import PlaygroundMessage

@@ -28,7 +28,7 @@ from dingtalk.core.utils import DingTalkSigner
 from dingtalk.crypto import DingTalkCrypto
 
 from bot.channel import DeliveryError, read_upload
-from bot.channels.access_token import AccessToken
+from bot.channels.shared.access_token import AccessToken
 from bot.config import DingTalkConfig
 
 log = logging.getLogger(__name__)

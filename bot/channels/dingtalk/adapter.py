@@ -51,7 +51,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
 from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id, register
-from bot.channels.dingtalk_api import (
+from bot.channels.dingtalk.api import (
     BadPayload,
     BadSignature,
     DingTalkAPI,
@@ -63,12 +63,12 @@ from bot.channels.dingtalk_api import (
     same,
     timestamp_ms,
 )
-from bot.channels.stream import EndpointError, StreamLink
+from bot.channels.shared.stream import EndpointError, StreamLink
 from bot.config import DingTalkConfig
 from bot.inbound import Refusal, json_object, parse_json, text as _str
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
 from bot.outbox import enqueue
-from cards.dingtalk import action_value, card_markdown, card_params
+from bot.channels.dingtalk.render import action_value, card_markdown, card_params
 from storage.db import Database
 from storage.models import DingTalkSession, DingTalkUserSync, Identity, OutboxMessage, Person
 from storage.queries import insert_ignore
