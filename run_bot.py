@@ -69,7 +69,7 @@ def _load(args):
 def serve(args) -> int:
     config = _load(args)  # before the heavy imports: a bad config starts nothing
 
-    from bot.app import create_app
+    from app.runtime import create_app
     from bot.server import serve_forever
     from storage.db import SchemaVersionError
 
@@ -117,7 +117,7 @@ def worker(args) -> int:
     import signal
 
     config = _load(args)
-    from bot.app import Runtime
+    from app.runtime import Runtime
     from bot.outbox import process_identity
     from storage.db import SchemaVersionError
 
@@ -148,7 +148,7 @@ def worker(args) -> int:
 def inbox(args) -> int:
     """`list`: the dead letters; `retry [ID ...]`: apply them again (all, or those named)."""
     config = _load(args)
-    from bot.app import Runtime
+    from app.runtime import Runtime
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -73,7 +73,7 @@ def channel(db, sink, config, tmp_path):
 
 @pytest.fixture
 async def client(aiohttp_client, channel):
-    app = web.Application(middlewares=[guard(1_048_576, 1.0)])  # as bot.app serves it
+    app = web.Application(middlewares=[guard(1_048_576, 1.0)])  # as app.runtime serves it
     app.add_routes(playground_routes(channel))
     return await aiohttp_client(app)
 
@@ -211,7 +211,7 @@ role = "director"
     )
     cfg = load_config(toml, env={})
     channel = PlaygroundChannel(sink, db, cfg.people, teams=cfg.teams, media_dir=tmp_path / "m")
-    app = web.Application(middlewares=[guard(1_048_576, 1.0)])  # as bot.app serves it
+    app = web.Application(middlewares=[guard(1_048_576, 1.0)])  # as app.runtime serves it
     app.add_routes(playground_routes(channel))
     client = await aiohttp_client(app)
     data = await (await client.get("/playground/api/state")).json()
@@ -560,7 +560,7 @@ async def test_long_poll_ends_when_the_server_shuts_down(channel, unused_tcp_por
     """As under `run_app`: no handler cancellation, shutdown waits for running handlers."""
     import aiohttp
 
-    app = web.Application(middlewares=[guard(1_048_576, 1.0)])  # as bot.app serves it
+    app = web.Application(middlewares=[guard(1_048_576, 1.0)])  # as app.runtime serves it
     app.add_routes(playground_routes(channel))
     runner = web.AppRunner(app, shutdown_timeout=15)
     await runner.setup()
