@@ -69,7 +69,7 @@ def _load(args):
 def serve(args) -> int:
     config = _load(args)  # before the heavy imports: a bad config starts nothing
 
-    from app.runtime import create_app
+    from app.web import create_app
     from bot.server import serve_forever
     from storage.db import SchemaVersionError
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
-from app.runtime import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.core import states as st
 from bot.events import CardMessage, message_from_dict
 from channel_harness import DINGTALK, HARNESSES, Harness, Req, config

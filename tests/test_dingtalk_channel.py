@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
-from app.runtime import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.channel import current_outbox_id
 from bot.channels.dingtalk.api import EventCrypto, card_signature, robot_sign
 from bot.config import ConfigError

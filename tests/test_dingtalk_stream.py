@@ -22,7 +22,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from bench.platforms.dingtalk import fake_api_routes
-from app.runtime import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.channels.dingtalk.adapter import STREAM_CARD, STREAM_ROBOT
 from bot.channels.shared.stream import LinkTimings
 from bot.core import states as st

@@ -20,7 +20,7 @@ import pytest
 import respx
 from sqlmodel import func, select
 
-from app.runtime import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.channels.feishu import crypto as fc
 from bot.events import Address, CardMessage
 from cards.model import Button, Card

@@ -20,7 +20,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from bench.platforms.feishu import fake_api_routes
-from app.runtime import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.channels.feishu.frame import CONTROL, DATA, Frame
 from bot.channels.shared.stream import LinkTimings
 from bot.core import states as st

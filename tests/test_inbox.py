@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlmodel import select
 
-from app.runtime import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.events import Address, InboundEvent
 from bot.inbox import MAX_ATTEMPTS
 from storage.models import InboxEvent, Ticket

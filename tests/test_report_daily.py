@@ -23,7 +23,7 @@ import pytest
 from matplotlib.image import imread
 from sqlmodel import select, update
 
-from app.runtime import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.outbox import SENT
 from reports import charts
 from storage.models import OutboxMessage, PlaygroundMessage, Ticket

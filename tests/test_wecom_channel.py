@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from app.runtime import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.channels.wecom.crypto import WeComCrypto
 from bot.channel import DeliveryError
 from bot.events import Address, CardMessage, Image
