@@ -8,7 +8,7 @@ Each channel module registers itself when imported: `@register("wecom",
 WeComConfig)` puts `{config key: (config section class, adapter class)}` into
 `KINDS`; `build_channels` makes one adapter per section present in the config,
 in registration order (the order people are reached by them). The composition
-root (bot/app.py) imports the channel modules; nothing else needs to know them.
+root (app/runtime.py) imports the channel packages; nothing else needs to know them.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The playground's card and text renderer (cards/playground.py)."""
+"""The playground's card and text renderer (bot/channels/playground/render.py)."""
 from __future__ import annotations
 
 import re

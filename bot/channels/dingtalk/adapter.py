@@ -60,10 +60,10 @@ from bot.channels.dingtalk.api import (
     card_signature,
     fresh,
     robot_sign,
-    same,
     timestamp_ms,
 )
 from bot.channels.shared.stream import EndpointError, StreamLink
+from bot.channels.shared.verify import same
 from bot.config import DingTalkConfig
 from bot.inbound import Refusal, json_object, parse_json, text as _str
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text

@@ -29,6 +29,7 @@ from dingtalk.crypto import DingTalkCrypto
 
 from bot.channel import DeliveryError, read_upload
 from bot.channels.shared.access_token import AccessToken
+from bot.channels.shared.verify import same
 from bot.config import DingTalkConfig
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,6 @@ def robot_sign(timestamp: str, app_secret: str) -> str:
 def card_signature(timestamp: str, api_secret: str) -> str:
     """The `x-ddpaas-signature` header of a card callback."""
     return _hmac_b64(api_secret, str(timestamp))
-
-
-def same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def timestamp_ms(value: str | None) -> int | None:

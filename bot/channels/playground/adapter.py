@@ -1,7 +1,7 @@
 """The playground channel: a web page served by the bot instead of an IM platform.
 
 Every message the bot sends here becomes a PlaygroundMessage row that the page
-fetches by long-polling (bot/playground/routes.py). Conversations are keyed
+fetches by long-polling (routes.py). Conversations are keyed
 "user:<id>" (a person's 1:1 chat with the bot) and "group:<id>" (a group chat);
 a person's id on the playground is their `identities.playground`, or their
 person id when they have none.
@@ -143,7 +143,7 @@ class PlaygroundChannel(Channel):
     # ---- lifecycle -------------------------------------------------------
 
     def routes(self):
-        """The page and its API (bot/playground/routes.py)."""
+        """The page and its API (routes.py)."""
         return playground_routes(self)
 
     async def close(self) -> None:
