@@ -75,7 +75,7 @@ class Runtime:
         self.bot.reports = ReportChat(config, self.service,
                                       console_link=lambda p: self.links.console_url(p.id, config.reports.link_ttl))
         self.console = Console(config, self.db, self.links, self.service, self.notifier)
-        for channel in build_channels(config, self.bot, self.db):
+        for channel in build_channels(config, self.bot, self.db, self.directory):
             self.channels.add(channel)
         self.directory.channels = self.channels.names()
         self.outbox = OutboxWorker(self.db, self.channels, config.outbox, self.metrics, owner=self.owner)

@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable, ClassVar, Iterator, Literal
 from aiohttp import web
 
 from bot.config import Config
+from bot.core.directory import Directory
 from bot.events import Address, InboundEvent, Outbound
 from cards.model import Card
 from storage.db import Database
@@ -134,6 +135,9 @@ class Wiring:
     config: Config
     sink: EventSink
     db: Database
+    # People and their platform ids: a channel whose platform reports address-book
+    # changes asks it to apply them rather than writing its tables.
+    directory: Directory | None = None
 
 
 # config key -> (config section class, adapter class), in registration order.
@@ -152,9 +156,10 @@ def register(key: str, section: type):
     return add
 
 
-def build_channels(config: Config, sink: EventSink, db: Database) -> list[Channel]:
+def build_channels(config: Config, sink: EventSink, db: Database,
+                   directory: Directory | None = None) -> list[Channel]:
     """One channel per registered kind whose config section is present and on."""
-    wiring = Wiring(config, sink, db)
+    wiring = Wiring(config, sink, db, directory)
     channels: list[Channel] = []
     for key, (section_type, adapter) in KINDS.items():
         section = getattr(config, key, None)
