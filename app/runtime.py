@@ -83,6 +83,7 @@ class Runtime:
                                  poll_interval=config.outbox.poll_interval.total_seconds())
         self.heartbeat = Heartbeat(self.db, self.owner)
         self.bot.on_accept = self.inbox.wake
+        self.bot.on_picture_applied = self._picture_applied
         self.outbox.yield_to = self.bot.yield_to_callbacks
         for channel in self.channels:
             channel.wake_outbox = self.outbox.wake
@@ -92,6 +93,11 @@ class Runtime:
     def _on_call(self, team_id: str, at) -> str | None:
         now = self.escalation.oncall.who(team_id, at)
         return now.person_id if now is not None else None
+
+    def _picture_applied(self, event) -> None:
+        channel = self.channels.get(event.platform)
+        if channel is not None:
+            channel.picture_applied(event)
 
     def _wake_outbox(self) -> None:
         self.outbox.wake()

@@ -109,6 +109,10 @@ class Channel(ABC):
     async def start(self) -> None:
         """Open clients; called once the app starts."""
 
+    def picture_applied(self, event: InboundEvent) -> None:
+        """The core has applied (and committed) a picture message this channel handed it;
+        a channel that must fetch the file itself starts that here. Must not block."""
+
     def health(self) -> dict | None:
         """What /healthz shows of this channel (a stream connection's state), if anything."""
         return None

@@ -62,7 +62,7 @@ from bot.texts import t
 import bot.channels.wecom.render as render
 from cards.model import Card
 from storage.db import Database
-from storage.models import Attachment, InboxEvent, ProcessedEvent, WeComCardCode
+from storage.models import Attachment, ProcessedEvent, WeComCardCode
 from storage.media import store_content
 from storage.queries import insert_ignore
 from storage.types import utcnow
@@ -76,8 +76,6 @@ MEDIA_LIFETIME = timedelta(days=3)  # WeCom keeps a media_id this long
 # copies; the conservative figure, so an update is not wasted on a dead code.
 CODE_TTL = timedelta(hours=24)
 SWEEP_INTERVAL = 600  # seconds between looks for pictures not fetched yet
-# Seconds between looks for a picture message's attachment while the core has not applied it yet.
-PICTURE_POLL = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 CONFIG_HINT = "check [wecom] token / encoding_aes_key / corp_id against the app's 接收消息 settings"
 _IMAGE_EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp",
               "image/bmp": ".bmp"}
@@ -212,11 +210,9 @@ class WeComChannel(Channel):
             ref = MEDIA_PREFIX + media_id if media_id else pic_url
             if not ref:
                 return None
-            result = await self.sink(InboundEvent(kind="image", image_ref=ref,
-                                                  context={"pic_url": pic_url}, **base))
-            if not result.duplicate and media_id:
-                self._spawn(self._picture_after(event_id, ref, pic_url))
-            return result
+            # The file is fetched once the core has attached it (picture_applied).
+            return await self.sink(InboundEvent(kind="image", image_ref=ref,
+                                                context={"pic_url": pic_url}, **base))
         if mtype == "voice":
             said = _field(msg, "Recognition").strip()
             if said:
@@ -498,18 +494,13 @@ class WeComChannel(Channel):
 
     # ---- pictures users send ----------------------------------------------------
 
-    async def _picture_after(self, event_id: str, ref: str, pic_url: str | None) -> None:
-        """Fetch a picture once the core has attached it (it may apply the message after the answer)."""
-        for delay in PICTURE_POLL:
-            async with self.db.session() as s:
-                waiting = (await s.exec(select(InboxEvent.id).where(
-                    InboxEvent.status == "pending", InboxEvent.platform == PLATFORM,
-                    InboxEvent.event_id == event_id))).first() is not None
-            if await self._download_pending(ref, pic_url) or not waiting:
-                return  # fetched, or applied without an attachment (no open ticket)
-            if await self._pause(delay):
-                return
-        # still not applied: the periodic sweep will fetch it
+    def picture_applied(self, event: InboundEvent) -> None:
+        """The core applied a picture message: fetch the file it attached (if it did: a
+        picture with no open ticket is not attached, and nothing is fetched)."""
+        ref = event.image_ref or ""
+        if ref.startswith(MEDIA_PREFIX) and not self._stopping.is_set():
+            pic_url = event.context.get("pic_url") if isinstance(event.context, dict) else None
+            self._spawn(self._download_pending(ref, pic_url or None))
 
     async def _download_pending(self, ref: str, pic_url: str | None = None) -> bool:
         """Fetch a picture attached as `wecom:<media_id>` and point its attachments at the file.
