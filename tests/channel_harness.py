@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from bot.channels.feishu import crypto as fc
-from bot.channels.dingtalk.api import EventCrypto, card_signature, robot_sign
+from bot.channels.dingtalk.crypto import EventCrypto, card_signature, robot_sign
 from bot.channels.wecom.crypto import WeComCrypto
 from bot.config import Config
 from bot.channels.dingtalk import render as dt_cards

@@ -20,7 +20,7 @@ from sqlmodel import select
 
 from app.web import RUNTIME, create_app
 from bot.channel import current_outbox_id
-from bot.channels.dingtalk.api import EventCrypto, card_signature, robot_sign
+from bot.channels.dingtalk.crypto import EventCrypto, card_signature, robot_sign
 from bot.config import ConfigError
 from bot.events import Address, CardMessage
 from bot.texts import t

@@ -1,4 +1,4 @@
-"""DingTalk (钉钉): the adapter, its API client (with the callback crypto) and card renderer.
+"""DingTalk (钉钉): the adapter, its API client, callback crypto and card renderer.
 
 Importing the package registers the channel (`bot.channel.register`).
 """

@@ -51,12 +51,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
 from bot.channel import Channel, DeliveryError, EventSink, Wiring, current_outbox_id, register
-from bot.channels.dingtalk.api import (
+from bot.channels.dingtalk.api import DingTalkAPI, SessionGone
+from bot.channels.dingtalk.crypto import (
     BadPayload,
     BadSignature,
-    DingTalkAPI,
     EventCrypto,
-    SessionGone,
     card_signature,
     fresh,
     robot_sign,
