@@ -1,4 +1,4 @@
-"""WeCom (企业微信): the adapter, its API client, callback crypto and card renderer.
+"""WeCom (企业微信): the adapter, its API client, callback crypto, card renderer and card-code state.
 
 Importing the package registers the channel (`bot.channel.register`).
 """
