@@ -69,7 +69,7 @@ def _load(args):
 def serve(args) -> int:
     config = _load(args)  # before the heavy imports: a bad config starts nothing
 
-    from bot.app import create_app
+    from app.web import create_app
     from bot.server import serve_forever
     from storage.db import SchemaVersionError
 
@@ -113,32 +113,29 @@ def init_db(args) -> int:
 
 def worker(args) -> int:
     """The inbox and outbox workers and the escalation sweep in their own process
-    (with `[server] workers = false` in the answering process; several on PostgreSQL)."""
-    import signal
-
+    (with `[server] workers = false` in the answering process; several on PostgreSQL).
+    SIGTERM or SIGINT stops it within the bounds of bot/server.py."""
     config = _load(args)
-    from bot.app import Runtime
+    from app.runtime import Runtime
     from bot.outbox import process_identity
+    from bot.server import run_until_signal
     from storage.db import SchemaVersionError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+    rt = None
 
-    async def run() -> None:
+    async def start() -> None:
+        nonlocal rt
         rt = Runtime(config, owner=process_identity(f"worker-{args.slot}"))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await rt.start(workers=True)
         print(f"RelayDesk worker {rt.owner} running", flush=True)
-        try:
-            await stop.wait()
-        finally:
-            await rt.stop()
+
+    async def stop() -> None:
+        await rt.stop()
 
     try:
-        asyncio.run(run())
+        run_until_signal(start, stop)
     except SchemaVersionError as e:
         print(f"relaydesk: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -148,7 +145,7 @@ def worker(args) -> int:
 def inbox(args) -> int:
     """`list`: the dead letters; `retry [ID ...]`: apply them again (all, or those named)."""
     config = _load(args)
-    from bot.app import Runtime
+    from app.runtime import Runtime
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

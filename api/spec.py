@@ -42,7 +42,7 @@ from storage.queries import insert_ignore
 
 
 class Runtime(Protocol):
-    """What the API uses of the bot's runtime (bot/app.py builds it and mounts the API)."""
+    """What the API uses of the bot's runtime (app/runtime.py builds it, app/web.py mounts the API)."""
 
     config: Config
     db: Database

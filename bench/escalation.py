@@ -53,7 +53,7 @@ async def _admin(url: str, sql: str) -> None:
 
 
 async def run(args) -> int:
-    from bot.app import Runtime
+    from app.runtime import Runtime
     from escalation.seed import seed_due_tickets
     from storage.models import OutboxMessage, TicketEvent
 

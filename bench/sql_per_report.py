@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy import event  # noqa: E402
 
-from bot.app import Runtime  # noqa: E402
+from app.runtime import Runtime  # noqa: E402
 from bot.config import load_config  # noqa: E402
 from bot.events import Address, InboundEvent  # noqa: E402
 

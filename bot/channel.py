@@ -8,7 +8,7 @@ Each channel module registers itself when imported: `@register("wecom",
 WeComConfig)` puts `{config key: (config section class, adapter class)}` into
 `KINDS`; `build_channels` makes one adapter per section present in the config,
 in registration order (the order people are reached by them). The composition
-root (bot/app.py) imports the channel modules; nothing else needs to know them.
+root (app/runtime.py) imports the channel packages; nothing else needs to know them.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable, ClassVar, Iterator, Literal
 from aiohttp import web
 
 from bot.config import Config
+from bot.core.directory import Directory
 from bot.events import Address, InboundEvent, Outbound
 from cards.model import Card
 from storage.db import Database
@@ -108,6 +109,10 @@ class Channel(ABC):
     async def start(self) -> None:
         """Open clients; called once the app starts."""
 
+    def picture_applied(self, event: InboundEvent) -> None:
+        """The core has applied (and committed) a picture message this channel handed it;
+        a channel that must fetch the file itself starts that here. Must not block."""
+
     def health(self) -> dict | None:
         """What /healthz shows of this channel (a stream connection's state), if anything."""
         return None
@@ -134,6 +139,9 @@ class Wiring:
     config: Config
     sink: EventSink
     db: Database
+    # People and their platform ids: a channel whose platform reports address-book
+    # changes asks it to apply them rather than writing its tables.
+    directory: Directory | None = None
 
 
 # config key -> (config section class, adapter class), in registration order.
@@ -152,9 +160,10 @@ def register(key: str, section: type):
     return add
 
 
-def build_channels(config: Config, sink: EventSink, db: Database) -> list[Channel]:
+def build_channels(config: Config, sink: EventSink, db: Database,
+                   directory: Directory | None = None) -> list[Channel]:
     """One channel per registered kind whose config section is present and on."""
-    wiring = Wiring(config, sink, db)
+    wiring = Wiring(config, sink, db, directory)
     channels: list[Channel] = []
     for key, (section_type, adapter) in KINDS.items():
         section = getattr(config, key, None)

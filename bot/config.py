@@ -360,7 +360,7 @@ class Config(_Section):
                 missing = ", ".join(sorted({"P0", "P1", "P2"} - set(t.sla)))
                 raise ValueError(f"teams[{i}].sla: deadlines missing for {missing}")
         check_references(self)
-        check_report_references(self)
+        check_report_references(self.reports, (t.id for t in self.teams))
         return self
 
     def team(self, team_id: str | None) -> TeamConfig | None:

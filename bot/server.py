@@ -15,6 +15,9 @@ phase has its bound:
 
 Nothing acknowledged is lost by cutting any phase short: accepted events and
 queued messages are rows, and a lease that a stopped process held runs out.
+
+`run_until_signal` is the same without HTTP, for the worker process
+(`python run_bot.py worker`): its stop gets `CLEANUP_BOUND_S`, then phase 3.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import signal
 import sys
 import threading
 
+from typing import Awaitable, Callable
+
 from aiohttp import web
 
 log = logging.getLogger(__name__)
@@ -34,34 +39,67 @@ CLEANUP_BOUND_S = 6.0
 LEFTOVER_BOUND_S = 1.0
 
 
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _within_bound(cleanup: Awaitable[None]) -> None:
+    """Await `cleanup` for at most CLEANUP_BOUND_S; past that, cancel it and go on."""
+    task = asyncio.ensure_future(cleanup)
+    done, _ = await asyncio.wait({task}, timeout=CLEANUP_BOUND_S)
+    if not done:
+        log.error("shutdown: cleanup did not finish within %.0f s; stopping anyway", CLEANUP_BOUND_S)
+        task.cancel()
+    elif task.exception() is not None:
+        raise task.exception()
+
+
 async def _serve(app: web.Application, host: str, port: int) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=REQUEST_GRACE_S)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await _stop_on_signals().wait()
         log.info("stopping: no new requests; finishing the work in hand")
     finally:
-        cleanup = asyncio.ensure_future(runner.cleanup())
-        done, _ = await asyncio.wait({cleanup}, timeout=CLEANUP_BOUND_S)
-        if not done:
-            log.error("shutdown: cleanup did not finish within %.0f s; stopping anyway", CLEANUP_BOUND_S)
-            cleanup.cancel()
-        elif cleanup.exception() is not None:
-            raise cleanup.exception()
+        await _within_bound(runner.cleanup())
+
+
+async def _until_signal(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
+    stopping = _stop_on_signals()
+    await start()
+    try:
+        await stopping.wait()
+        log.info("stopping: finishing the work in hand")
+    finally:
+        await _within_bound(stop())
 
 
 def serve_forever(app: web.Application, host: str, port: int) -> None:
     """Run `app` on host:port until SIGTERM/SIGINT; return once stopped, within
     about REQUEST_GRACE_S + CLEANUP_BOUND_S + LEFTOVER_BOUND_S seconds."""
+    _run(_serve(app, host, port))
+
+
+def run_until_signal(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
+    """Await `start()`, then wait for SIGTERM/SIGINT, then `stop()`; return within about
+    CLEANUP_BOUND_S + LEFTOVER_BOUND_S seconds of the signal. A failing `start` raises
+    without calling `stop`."""
+    _run(_until_signal(start, stop))
+
+
+def _run(main: Awaitable[None]) -> None:
+    """Run `main` on a new loop; then the leftover tasks get LEFTOVER_BOUND_S and lingering
+    driver threads do not keep the process alive."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve(app, host, port))
+        loop.run_until_complete(main)
     finally:
         _cancel_leftovers(loop)
         loop.run_until_complete(loop.shutdown_asyncgens())

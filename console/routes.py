@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from sqlmodel import select
 
-from bot.channels.playground import MEDIA_PREFIX
+from bot.channels.playground.model import MEDIA_PREFIX
 from bot.config import Config
 from bot.core import states as st
 from bot.core.directory import is_staff

@@ -19,16 +19,12 @@ page's lead pane) when the playground runs.
 from __future__ import annotations
 
 from datetime import time, timedelta
-from typing import TYPE_CHECKING, Optional
+from typing import Iterable, Optional
 
 from pydantic import Field, field_validator
 
 from bot.config_types import Duration, Section as _Section
 from escalation.config import parse_hhmm
-
-if TYPE_CHECKING:  # pragma: no cover
-    from bot.config import Config
-
 
 def _span(value: str) -> str:
     start, sep, end = value.partition("-")
@@ -80,9 +76,13 @@ class ReportsConfig(_Section):
         return parse_hhmm(start), parse_hhmm(end)
 
 
-def check_references(config: "Config") -> None:
-    """Teams named in [reports.groups] exist; raise ValueError naming the key."""
-    teams = {t.id for t in config.teams}
-    for team_id in config.reports.groups:
+def check_references(reports: "ReportsConfig", team_ids: Iterable[str]) -> None:
+    """Teams named in [reports.groups] exist; raise ValueError naming the key.
+
+    Given the team ids rather than the whole config, so this module does not
+    import bot/config.py (which imports it).
+    """
+    teams = set(team_ids)
+    for team_id in reports.groups:
         if team_id not in teams:
             raise ValueError(f"reports.groups.{team_id}: unknown team {team_id!r}")

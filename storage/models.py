@@ -274,7 +274,7 @@ class PlaygroundMessage(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False, default=utcnow)
 
 
-# ---- DingTalk channel (bot/channels/dingtalk.py) ------------------------------
+# ---- DingTalk channel (bot/channels/dingtalk/) ---------------------------------
 
 
 class DingTalkSession(SQLModel, table=True):
@@ -305,7 +305,7 @@ class DingTalkUserSync(SQLModel, table=True):
     last_error: Optional[str] = None
 
 
-# ---- WeCom channel (bot/channels/wecom.py) -------------------------------------
+# ---- WeCom channel (bot/channels/wecom/) ----------------------------------------
 
 
 class WeComCardCode(SQLModel, table=True):

@@ -16,11 +16,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlencode
 
-from bot.channels import feishu_crypto as fc
-from bot.channels.dingtalk_api import EventCrypto, card_signature, robot_sign
-from bot.channels.wecom_crypto import WeComCrypto
+from bot.channels.feishu import crypto as fc
+from bot.channels.dingtalk.crypto import EventCrypto, card_signature, robot_sign
+from bot.channels.wecom.crypto import WeComCrypto
 from bot.config import Config
-from cards import dingtalk as dt_cards, feishu as fs_cards, playground as pg_cards, wecom as wc_cards
+from bot.channels.dingtalk import render as dt_cards
+from bot.channels.feishu import render as fs_cards
+from bot.channels.playground import render as pg_cards
+from bot.channels.wecom import render as wc_cards
 from cards.model import Card
 from support import load_toml
 

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from bot.channels.access_token import AccessToken
+from bot.channels.shared.access_token import AccessToken
 
 
 class Clock:

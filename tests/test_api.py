@@ -14,7 +14,7 @@ import pytest
 from sqlmodel import func, select
 
 from api_support import auth, cli, demo_config, new_token, photo_b64, quick_token
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from storage.integration import ApiIdempotency, ApiToken
 from storage.models import Attachment, PlaygroundMessage, Ticket, TicketEvent
 

@@ -8,7 +8,7 @@ import pytest
 from sqlmodel import select
 
 from api_support import auth, demo_config, quick_token
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.events import Address, InboundEvent
 from storage.models import PlaygroundMessage, TicketEvent
 

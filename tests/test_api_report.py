@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from api_support import auth, demo_config, photo_b64, quick_token
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.events import Address, InboundEvent
 from conftest import IN_CI
 

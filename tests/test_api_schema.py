@@ -27,7 +27,7 @@ from api.operations import API
 from api.routes import api_routes  # noqa: F401  (fills the operation table)
 from api.tokens import SCOPES
 from api_support import demo_config, quick_token
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from conftest import IN_CI, reset_postgres, run_sync
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

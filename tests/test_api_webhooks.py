@@ -15,7 +15,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from api.webhooks import PublicResolver, check_url
 from api_support import auth, demo_config, quick_token
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from storage.models import OutboxMessage
 
 # How long the receiver stays down (the minute; shortened here).

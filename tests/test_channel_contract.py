@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.core import states as st
 from bot.events import CardMessage, message_from_dict
 from channel_harness import DINGTALK, HARNESSES, Harness, Req, config
-from bot.channels.dingtalk_api import EventCrypto
+from bot.channels.dingtalk.crypto import EventCrypto
 from storage.models import CardAction, InboxEvent, OutboxMessage, ProcessedEvent, Ticket
 
 REPORT = "3号线水泵不出水了，整条线停着"

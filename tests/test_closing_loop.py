@@ -14,7 +14,7 @@ from aiohttp import web
 from PIL import Image
 from sqlmodel import select
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.config import DEFAULT_CONFIG_PATH, load_config
 from bot.core import followup
 from bot.core.dispatch import Dispatcher, phone_location

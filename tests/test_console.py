@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from console.links import CONSOLE, TRACK, LinkRefused, Links
 
 

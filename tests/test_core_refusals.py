@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from sqlmodel import select
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.core.numbers import format_number
 from storage.db import Database, SchemaVersionError
 from storage.models import SchemaMeta, Ticket, TicketEvent

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import select
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.events import Address, InboundEvent
 from bot.outbox import PENDING
 from storage.models import OutboxMessage, PlaygroundMessage, ProcessedEvent, Ticket, TicketEvent

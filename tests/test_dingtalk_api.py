@@ -9,7 +9,7 @@ import pytest
 import respx
 
 from bot.channel import DeliveryError
-from bot.channels.dingtalk_api import DingTalkAPI, SessionGone
+from bot.channels.dingtalk.api import DingTalkAPI, SessionGone
 from bot.config import DingTalkConfig
 
 API = "https://api.dt.test"

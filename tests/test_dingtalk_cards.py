@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from bot.core.commands import parse_command
-from cards.dingtalk import BUTTON_SLOTS, PARAM_KEYS, action_value, card_markdown, card_params, clip, ticket_number
+from bot.channels.dingtalk.render import BUTTON_SLOTS, PARAM_KEYS, action_value, card_markdown, card_params, clip, ticket_number
 from cards.model import Button, Card, CardField, TimelineStep
 
 NUMBER = "SRV-20260126-00872-A9F"

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.channel import current_outbox_id
-from bot.channels.dingtalk_api import EventCrypto, card_signature, robot_sign
+from bot.channels.dingtalk.crypto import EventCrypto, card_signature, robot_sign
 from bot.config import ConfigError
 from bot.events import Address, CardMessage
 from bot.texts import t

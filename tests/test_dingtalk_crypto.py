@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from dingtalk.crypto.base import BasePrpCrypto
 
-from bot.channels.dingtalk_api import (
+from bot.channels.dingtalk.crypto import (
     BadPayload,
     BadSignature,
     EventCrypto,

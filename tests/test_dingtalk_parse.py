@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from bot.channels.dingtalk import DingTalkChannel
+from bot.channels.dingtalk.adapter import DingTalkChannel
 from bot.inbound import Refusal
 from bot.config import DingTalkConfig
 

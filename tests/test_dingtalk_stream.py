@@ -22,11 +22,12 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from bench.platforms.dingtalk import fake_api_routes
-from bot.app import RUNTIME, create_app
-from bot.channels.dingtalk import STREAM_CARD, STREAM_ROBOT
-from bot.channels.stream import LinkTimings
+from app.web import RUNTIME, create_app
+from bot.channels.dingtalk.adapter import STREAM_CARD, STREAM_ROBOT
+from bot.channels.shared.stream import LinkTimings
 from bot.core import states as st
 from storage.models import CardAction, InboxEvent, ProcessedEvent, Ticket
+from conftest import reset_postgres
 from support import config_toml, directory_toml, load_toml
 
 OUTAGE = float(os.environ.get("RELAYDESK_TEST_OUTAGE", "3"))
@@ -242,3 +243,66 @@ async def test_gateway_outage_reconnects_by_itself_and_healthz_tells(bot, gatewa
     await gateway.acked([mid], timeout=FAST.backoff_max * 4 + 10)
     assert await stream_state(client) == "up"
     assert await count(rt, ProcessedEvent) == 2
+
+
+# ---- two processes on one stream app ---------------------------------------------
+
+
+def inbound(rt, result: str) -> float:
+    return rt.metrics.registry.get_sample_value("relaydesk_inbound_events_total",
+                                                {"platform": "dingtalk", "result": result}) or 0.0
+
+
+async def _drain_together(runtimes) -> None:
+    """Both processes' inbox workers at once, until neither finds anything."""
+    while sum(await asyncio.gather(*(rt.inbox.drain() for rt in runtimes))):
+        pass
+
+
+@pytest.mark.postgres
+async def test_two_processes_sharing_the_app_make_each_ticket_once_and_lose_none(
+        gateway, tmp_path, aiohttp_client, pg_database_url):
+    """Two bot processes (two Runtimes on one PostgreSQL) hold a connection each to the same
+    app; the fake pushes every frame to both connections, drops connections, and one process
+    stops halfway. Every report is acknowledged, recorded once and makes one ticket."""
+    await reset_postgres(pg_database_url)
+    section = f'''[dingtalk]
+mode = "stream"
+app_key = "dingstream"
+app_secret = "stream-secret"
+api_base = "{gateway.base}"
+oapi_base = "{gateway.base}"
+card_template_id = "tpl.schema"
+engineers_chat = "cidEngineers=="
+'''
+    people = directory_toml("dingtalk", PEOPLE, "cidEngineers==")
+    text = config_toml(pg_database_url, section, people, "[incidents]\nenabled = false",
+                       top="allow_unknown_reporters = true")
+    clients, runtimes = [], []
+    for name in ("first", "second"):
+        app = create_app(load_toml(tmp_path, text, f"{name}.toml"), workers=False)
+        rt = app[RUNTIME]
+        rt.channels.get("dingtalk").stream.timings = FAST
+        clients.append(await aiohttp_client(app))
+        rt.bot.defer_inbound = True
+        runtimes.append(rt)
+    while gateway.connections < 2:  # both connected before the first push
+        await asyncio.sleep(0.05)
+    gateway.drop_after, gateway.drops_left = 15, 6
+
+    first = [gateway.push(STREAM_ROBOT, robot_message(i)) for i in range(60)]
+    await gateway.acked(first, timeout=120)
+    # Each frame reached both processes: one recorded it, the other found it recorded.
+    assert sum(inbound(rt, "accepted") for rt in runtimes) == 60
+    assert sum(inbound(rt, "duplicate") for rt in runtimes) > 0
+    await _drain_together(runtimes)  # both inbox workers apply at once
+    await clients[0].close()  # the first process stops; the second carries on alone
+    rest = [gateway.push(STREAM_ROBOT, robot_message(i)) for i in range(60, 120)]
+    await gateway.acked(rest, timeout=120)
+
+    survivor = runtimes[1]
+    assert await count(survivor, InboxEvent) == 120
+    await _drain_together([survivor])
+    async with survivor.db.session() as s:
+        reporters = (await s.exec(select(Ticket.reporter_id))).all()
+    assert len(reporters) == 120 and len(set(reporters)) == 120

@@ -11,7 +11,7 @@ import pytest
 import respx
 from sqlmodel import select
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.events import Address, InboundEvent, Text
 from bot.outbox import enqueue
 from escalation.auditor import audit

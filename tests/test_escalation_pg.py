@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.events import Address, InboundEvent
 from escalation.seed import seed_due_tickets
 from storage.models import EscalationTimer, OutboxMessage, Ticket, TicketEvent

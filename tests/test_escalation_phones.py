@@ -22,7 +22,7 @@ from aiohttp import web
 from sqlmodel import select
 from twilio.request_validator import RequestValidator
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from storage.models import OutboxMessage, Person, PhoneCall, TicketEvent
 from test_escalation_engine import Clock, Esc, PinnedPriority, write_config
 from test_escalation_voice import POLICY, PUBLIC, TOKEN as TWILIO_TOKEN, FakeTwilio

@@ -11,7 +11,7 @@ from aiohttp import web
 from sqlmodel import select
 from twilio.request_validator import RequestValidator
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from storage.models import OutboxMessage, PhoneCall, ProcessedEvent, TicketEvent
 from test_escalation_engine import Clock, Esc, PinnedPriority, write_config
 

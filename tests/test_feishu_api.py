@@ -10,7 +10,7 @@ import pytest
 import respx
 
 from bot.channel import DeliveryError
-from bot.channels.feishu_api import FeishuAPI, FeishuAPIError
+from bot.channels.feishu.api import FeishuAPI, FeishuAPIError
 
 BASE = "https://feishu.test"
 TOKEN = "/open-apis/auth/v3/tenant_access_token/internal"

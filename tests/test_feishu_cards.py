@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from bot.channels.feishu import neutralize, parse_post, resolve_mentions, text_content
-from cards.feishu import button_token, card_content, render_card
+from bot.channels.feishu.adapter import neutralize, parse_post, resolve_mentions, text_content
+from bot.channels.feishu.render import button_token, card_content, render_card
 from cards.model import Button, Card, CardField, TimelineStep
 
 BOT = "ou_bot"

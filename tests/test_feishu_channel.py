@@ -20,8 +20,8 @@ import pytest
 import respx
 from sqlmodel import func, select
 
-from bot.app import RUNTIME, create_app
-from bot.channels import feishu_crypto as fc
+from app.web import RUNTIME, create_app
+from bot.channels.feishu import crypto as fc
 from bot.events import Address, CardMessage
 from cards.model import Button, Card
 from storage.models import Attachment, CardAction, ProcessedEvent, Ticket

@@ -1,7 +1,7 @@
 """The long-connection frame codec against bytes made by the official pbbp2_pb2 (protobuf 7.36.2)."""
 import pytest
 
-from bot.channels.feishu_frame import CONTROL, DATA, Frame, FrameError
+from bot.channels.feishu.frame import CONTROL, DATA, Frame, FrameError
 
 # Frame(SeqID=7, LogID=300, service=42, method=1, headers type/message_id/sum/seq/trace_id,
 #       payload_type="json", payload='{"schema":"2.0","中":1}') serialised by lark_oapi.ws.pb.pbbp2_pb2.

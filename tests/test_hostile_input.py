@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import select
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from channel_harness import HARNESSES, config
 from storage.models import InboxEvent, PlaygroundMessage, ProcessedEvent, Ticket
 

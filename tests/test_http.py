@@ -1,7 +1,7 @@
 """The HTTP surface every deployment has: health, metrics, body limits."""
 import time
 
-from bot.app import create_app
+from app.web import create_app
 
 
 async def test_healthz_and_metrics(make_config, aiohttp_client):
@@ -34,7 +34,7 @@ async def test_unknown_path_is_404(make_config, aiohttp_client):
 async def test_healthz_is_503_while_database_writes_fail_and_200_after(make_config, database_url, aiohttp_client):
     from sqlalchemy import text
 
-    from bot.app import RUNTIME
+    from app.web import RUNTIME
 
     app = create_app(make_config(database_url), workers=False)
     client = await aiohttp_client(app)
@@ -68,7 +68,7 @@ async def test_healthz_is_503_while_database_writes_fail_and_200_after(make_conf
 
 
 async def test_healthz_names_a_worker_that_stopped_passing(make_config, aiohttp_client):
-    from bot.app import RUNTIME
+    from app.web import RUNTIME
 
     app = create_app(make_config(), workers=False)
     client = await aiohttp_client(app)

@@ -1,4 +1,8 @@
-"""The import graph of the project's packages: no circles, and the core and cards know no channel.
+"""The import graph of the project's packages: no circles, and the layers.
+
+The composition root (app/) wires the process and nothing imports it; bot/
+knows the other packages only by their config sections; the core and cards
+know no channel.
 
 Read from the source with `ast`, without importing anything. Every import
 statement counts, wherever it is: inside functions (lazy imports) and under
@@ -13,7 +17,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("api", "bot", "cards", "escalation", "nlp", "storage")
+PACKAGES = ("api", "app", "bot", "cards", "console", "escalation", "nlp", "reports", "storage")
 
 
 def modules() -> dict[str, Path]:
@@ -120,9 +124,41 @@ def test_no_import_circles():
     assert circles(import_graph()) == []
 
 
+# The channel kinds: each IM's package, the phone and the webhook subscriptions.
+def is_channel(module: str) -> bool:
+    return module.startswith("bot.channels") or module in ("escalation.phone", "api.webhooks")
+
+
 def test_the_core_and_cards_import_no_channel():
     graph = import_graph()
-    channels = {m for m in graph if m.startswith("bot.channels") or m in ("escalation.phone", "bot.app")}
+    assert any(is_channel(m) for m in graph) and any(m.startswith("bot.core") for m in graph)
     for module in graph:
         if module.startswith(("bot.core", "cards")):
-            assert not reachable(graph, module) & channels, module
+            reached = reachable(graph, module)
+            assert not {m for m in reached if is_channel(m)}, module
+            assert not {m for m in reached if m.startswith("app")}, module
+
+
+def test_nothing_imports_the_composition_root():
+    graph = import_graph()
+    assert "app.runtime" in graph and "app.web" in graph
+    for module, deps in graph.items():
+        if not module.startswith("app"):
+            assert not {d for d in deps if d == "app" or d.startswith("app.")}, module
+
+
+def test_bot_knows_the_other_packages_only_by_their_config_sections():
+    """The wiring of escalation, the API, the console and the reports lives in app/."""
+    graph = import_graph()
+    outside = ("api", "console", "escalation", "reports")
+    for module, deps in graph.items():
+        if module.split(".")[0] != "bot":
+            continue
+        wired = {d for d in deps if d.split(".")[0] in outside and not d.endswith(".config")}
+        assert not wired, (module, wired)
+
+
+def test_the_layer_checks_see_a_violation():
+    graph = {"bot.core.x": {"cards.model"}, "cards.model": {"bot.channels.wecom.adapter"},
+             "bot.channels.wecom.adapter": set()}
+    assert {m for m in reachable(graph, "bot.core.x") if is_channel(m)} == {"bot.channels.wecom.adapter"}

@@ -2,10 +2,12 @@
 kept and retried when applying fails, and picked up again after a restart."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlmodel import select
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.events import Address, InboundEvent
 from bot.inbox import MAX_ATTEMPTS
 from storage.models import InboxEvent, Ticket
@@ -173,3 +175,38 @@ async def test_an_event_failing_five_times_is_a_dead_letter_that_inbox_retry_app
     again = cli("retry")
     assert "retried 0" in again.stdout
     assert await _count(rt, Ticket) == 1  # applied once
+
+
+def picture(event_id: str, sender: str = "cust_wang") -> InboundEvent:
+    return InboundEvent(platform="playground", event_id=event_id, sender_id=sender,
+                        conversation=Address("playground", "user", sender), kind="image",
+                        image_ref=f"wecom:{event_id}")
+
+
+async def test_a_picture_is_announced_to_its_channel_after_it_is_applied(make_config, sqlite_url, aiohttp_client):
+    """The core tells the channel when a picture message is applied and committed (WeCom fetches
+    the file then); an accepted but not yet applied one, or a rolled-back one, is not announced."""
+    rt = await _start(make_config, sqlite_url, aiohttp_client)
+    told: list[tuple[str, int]] = []
+
+    async def pending():
+        return await _count(rt, InboxEvent, InboxEvent.status == "pending")
+
+    def remember(event):
+        told.append((event.event_id, len(told)))
+
+    rt.bot.on_picture_applied = remember
+    await rt.bot(report("r1"))
+    await rt.bot(picture("p1"))
+    await asyncio.sleep(0.05)
+    assert told == [] and await pending() == 2
+    await rt.inbox.drain()
+    await asyncio.sleep(0)
+    assert told == [("p1", 0)]
+
+    with pytest.raises(RuntimeError):
+        async with rt.db.session() as s:
+            await rt.bot.process(s, picture("p2"))
+            raise RuntimeError("rolled back")
+    await asyncio.sleep(0.05)
+    assert told == [("p1", 0)]

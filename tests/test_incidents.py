@@ -7,7 +7,7 @@ import re
 
 from sqlmodel import select
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.events import Address, InboundEvent
 from storage.models import LinkedReport, OutboxMessage, Ticket, TicketEvent
 

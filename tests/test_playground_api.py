@@ -12,11 +12,11 @@ from aiohttp import web
 from sqlmodel import select
 
 from bot.channel import DeliveryError, HandleResult, current_outbox_id
-from bot.channels.playground import PlaygroundChannel
+from bot.channels.playground.adapter import PlaygroundChannel
 from bot.config import load_config
 from bot.events import Address, CardMessage, Image, InboundEvent, Text
 from bot.inbound import guard
-from bot.playground.routes import playground_routes
+from bot.channels.playground.routes import playground_routes
 from cards.model import Button, Card
 from storage.db import Database
 from storage.models import PlaygroundMessage
@@ -73,7 +73,7 @@ def channel(db, sink, config, tmp_path):
 
 @pytest.fixture
 async def client(aiohttp_client, channel):
-    app = web.Application(middlewares=[guard(1_048_576, 1.0)])  # as bot.app serves it
+    app = web.Application(middlewares=[guard(1_048_576, 1.0)])  # as app.runtime serves it
     app.add_routes(playground_routes(channel))
     return await aiohttp_client(app)
 
@@ -211,7 +211,7 @@ role = "director"
     )
     cfg = load_config(toml, env={})
     channel = PlaygroundChannel(sink, db, cfg.people, teams=cfg.teams, media_dir=tmp_path / "m")
-    app = web.Application(middlewares=[guard(1_048_576, 1.0)])  # as bot.app serves it
+    app = web.Application(middlewares=[guard(1_048_576, 1.0)])  # as app.runtime serves it
     app.add_routes(playground_routes(channel))
     client = await aiohttp_client(app)
     data = await (await client.get("/playground/api/state")).json()
@@ -549,7 +549,7 @@ async def test_paging(client, channel, db):
 
 
 def test_static_folder_has_the_page():
-    static = Path(__file__).resolve().parents[1] / "bot" / "playground" / "static"
+    static = Path(__file__).resolve().parents[1] / "bot" / "channels" / "playground" / "static"
     assert {"index.html", "app.js", "style.css"} <= {p.name for p in static.iterdir()}
     for p in static.iterdir():
         text = p.read_text(encoding="utf-8")
@@ -560,7 +560,7 @@ async def test_long_poll_ends_when_the_server_shuts_down(channel, unused_tcp_por
     """As under `run_app`: no handler cancellation, shutdown waits for running handlers."""
     import aiohttp
 
-    app = web.Application(middlewares=[guard(1_048_576, 1.0)])  # as bot.app serves it
+    app = web.Application(middlewares=[guard(1_048_576, 1.0)])  # as app.runtime serves it
     app.add_routes(playground_routes(channel))
     runner = web.AppRunner(app, shutdown_timeout=15)
     await runner.setup()
@@ -630,7 +630,7 @@ async def test_bad_pictures_are_refused_and_change_nothing(client, sink, db, que
 
 
 async def test_a_picture_too_large_is_refused(client, sink, db):
-    from bot.playground.routes import MAX_PHOTO
+    from bot.channels.playground.routes import MAX_PHOTO
 
     query = {"conversation": "user:cust_wang", "sender_id": "cust_wang", "client_id": "big"}
     r = await client.post("/playground/api/photo", params=query, data=io.BytesIO(b"\xff" * (MAX_PHOTO + 1)),

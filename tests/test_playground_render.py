@@ -1,4 +1,4 @@
-"""The playground's card and text renderer (cards/playground.py)."""
+"""The playground's card and text renderer (bot/channels/playground/render.py)."""
 from __future__ import annotations
 
 import re
@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 import pytest
 
 from cards.model import Button, Card, CardField, TimelineStep
-from cards.playground import render_card_html, render_text_html
+from bot.channels.playground.render import render_card_html, render_text_html
 
 LABELS = ("已接单", "工程师出发", "到达现场", "维修中", "完工待评", "已评价")
 

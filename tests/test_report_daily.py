@@ -23,7 +23,7 @@ import pytest
 from matplotlib.image import imread
 from sqlmodel import select, update
 
-from bot.app import RUNTIME, create_app
+from app.web import RUNTIME, create_app
 from bot.outbox import SENT
 from reports import charts
 from storage.models import OutboxMessage, PlaygroundMessage, Ticket
@@ -208,7 +208,7 @@ TICK_SCRIPT = """
 import asyncio, os, sys
 from datetime import datetime
 from zoneinfo import ZoneInfo
-from bot.app import Runtime
+from app.runtime import Runtime
 from bot.config import load_config
 
 async def main():

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from sqlmodel import select
 
+from bot.server import CLEANUP_BOUND_S, LEFTOVER_BOUND_S
 from storage.db import Database
 from storage.models import InboxEvent
 
@@ -149,3 +150,77 @@ async def test_sigterm_under_load_exits_within_10s_and_loses_nothing(tmp_path, d
         [(cid, rows[cid].status, rows[cid].last_error) for cid in acked if rows[cid].status != "done"]
     again.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(again.proc.wait, EXIT_BOUND_S + 20) == 0, again.output()
+
+
+# ---- the worker process ---------------------------------------------------------
+
+WORKER_BOUND_S = CLEANUP_BOUND_S + LEFTOVER_BOUND_S + 2.0  # + the lingering-thread wait and exit
+
+
+async def wait_for_line(proc: subprocess.Popen, log: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text(errors="replace")
+        if text in log.read_text(errors="replace"):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {text!r} in the output: {log.read_text(errors='replace')}")
+
+
+async def test_a_worker_process_exits_within_the_bound_on_sigterm(tmp_path, sqlite_url):
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "RELAYDESK_DATABASE_URL": sqlite_url, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as f:
+        proc = subprocess.Popen([sys.executable, str(REPO / "run_bot.py"), "worker", "--slot", "7"],
+                                cwd=tmp_path, env=env, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        await wait_for_line(proc, log, "worker")
+        await wait_for_line(proc, log, "running")
+        await asyncio.sleep(1.0)  # its workers are in their loops
+        term_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.to_thread(proc.wait, WORKER_BOUND_S + 20)
+        took = time.monotonic() - term_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = log.read_text(errors="replace")
+    assert took <= WORKER_BOUND_S, f"exit took {took:.1f} s\n{output}"
+    assert exit_code == 0, output
+    assert "stopping" in output and "Traceback" not in output, output
+
+
+# A process whose stop never finishes (as a driver thread stuck on a torn-down
+# connection would): the bound still ends it. asyncio.run would wait forever.
+HANGING_STOP = """
+import asyncio, os, signal, sys, threading
+from bot.server import run_until_signal
+
+async def start():
+    threading.Thread(target=threading.Event().wait, name="stuck-driver").start()  # never ends
+    asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
+    print("started", flush=True)
+
+async def stop():
+    await asyncio.Event().wait()
+
+run_until_signal(start, stop)
+"""
+
+
+async def test_a_stop_that_never_finishes_is_cut_at_the_bound(tmp_path):
+    start = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", HANGING_STOP, cwd=REPO,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), WORKER_BOUND_S + 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    took = time.monotonic() - start
+    assert b"started" in out, out
+    assert b"cleanup did not finish" in out, out
+    assert proc.returncode == 0, out
+    assert CLEANUP_BOUND_S <= took <= WORKER_BOUND_S + 10, f"{took:.1f} s: {out!r}"  # + interpreter start

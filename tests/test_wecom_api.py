@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from bot.channel import DeliveryError
-from bot.channels.wecom_api import WeComAPI, WeComAPIError
+from bot.channels.wecom.api import WeComAPI, WeComAPIError
 
 BASE = "https://wecom.test"
 
@@ -73,7 +73,7 @@ async def test_token_expiry_from_expires_in(api, respx_mock, monkeypatch):
 async def test_ip_not_trusted_is_logged_once_with_the_fix(api, respx_mock, caplog):
     respx_mock.get(f"{BASE}/cgi-bin/gettoken").mock(
         return_value=httpx.Response(200, json={"errcode": 60020, "errmsg": "not allow to access from your ip"}))
-    caplog.set_level(logging.ERROR, logger="bot.channels.wecom_api")
+    caplog.set_level(logging.ERROR, logger="bot.channels.wecom.api")
     for _ in range(3):
         with pytest.raises(WeComAPIError) as e:
             await api.send_message({"touser": "u"})

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not an
 
 from bench.platforms import report_key  # noqa: E402
 from bench.platforms import wecom as bench_wecom  # noqa: E402
-from bot.app import RUNTIME, create_app  # noqa: E402
+from app.web import RUNTIME, create_app  # noqa: E402
 from bot.config import load_config  # noqa: E402
 from storage.models import Ticket  # noqa: E402
 

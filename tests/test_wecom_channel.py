@@ -11,8 +11,8 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from bot.app import RUNTIME, create_app
-from bot.channels.wecom_crypto import WeComCrypto
+from app.web import RUNTIME, create_app
+from bot.channels.wecom.crypto import WeComCrypto
 from bot.channel import DeliveryError
 from bot.events import Address, CardMessage, Image
 from cards.model import Button, Card

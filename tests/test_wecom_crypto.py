@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.channels.wecom_crypto import (DecryptError, MalformedRequest, SignatureError, WeComCrypto,
+from bot.channels.wecom.crypto import (DecryptError, MalformedRequest, SignatureError, WeComCrypto,
                                        parse_xml)
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "vectors.json").read_text(encoding="utf-8"))

@@ -2,7 +2,7 @@
 import re
 
 from cards.model import Button, Card, CardField, TimelineStep
-from cards.wecom import (final_button_name, group_commands, new_task_id, render_markdown, render_status_line,
+from bot.channels.wecom.render import (final_button_name, group_commands, new_task_id, render_markdown, render_status_line,
                          render_template_card)
 
 ENGINEER = Card(

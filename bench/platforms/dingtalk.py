@@ -15,7 +15,7 @@ from aiohttp import web
 
 from bench.platforms import (KEYED_REPORT_SKILLS, KEYED_REPORTS, directory_toml, find_report_key, head_toml,
                              report_key)
-from bot.channels.dingtalk_api import robot_sign
+from bot.channels.dingtalk.crypto import robot_sign
 
 APP_KEY = "dingbenchapp0001"
 APP_SECRET = "bench-app-secret-2026"

@@ -15,7 +15,7 @@ import uuid
 from aiohttp import web
 
 from bench.platforms import directory_toml, find_report_key, head_toml, report_key
-from bot.channels import feishu_crypto as fc
+from bot.channels.feishu import crypto as fc
 
 PATH = "/callbacks/feishu"
 APP_ID = "cli_bench000000000"

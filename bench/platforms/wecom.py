@@ -10,7 +10,7 @@ from aiohttp import web
 
 from bench.platforms import (KEYED_REPORT_SKILLS, KEYED_REPORTS, directory_toml, find_report_key, head_toml,
                              report_key)
-from bot.channels.wecom_crypto import WeComCrypto
+from bot.channels.wecom.crypto import WeComCrypto
 
 CORP_ID = "wwbench0000000001"
 AGENT_ID = 1000002

@@ -12,6 +12,7 @@ from bot.events import Address
 from storage.db import Database
 from storage.models import Identity, Person
 from storage.queries import insert_ignore
+from storage.types import utcnow
 
 STAFF_ROLES = frozenset({"engineer", "lead", "director", "manager", "admin"})
 LEAD_ROLES = frozenset({"lead", "director", "manager", "admin"})
@@ -117,3 +118,58 @@ class Directory:
             return exact[0]
         partial = [p for p in staff if p.name in name]
         return partial[0] if len(partial) == 1 else None
+
+    # ---- what a platform's address book reports ------------------------------
+
+    @staticmethod
+    def stranger_id(platform: str, external_id: str) -> str:
+        """The person id a platform user the config does not name gets (as in `resolve`)."""
+        return f"{platform}:{external_id}"
+
+    async def member_changed(self, s: AsyncSession, platform: str, external_id: str, *,
+                             name: str = "", phone: str | None = None, left: bool = False) -> Person | None:
+        """Apply an address-book event of a platform (a member joined, changed or left).
+
+        A member who left is deactivated; one who joined or changed is active again,
+        takes the platform's name, and its mobile number when none is known. A member
+        nobody knows yet becomes a customer under the id `resolve` would give them,
+        but only with a name (without one, their first message registers them).
+        Returns the person changed, or None when nothing changed.
+        """
+        ident = await s.get(Identity, (platform, external_id))
+        person = await s.get(Person, ident.person_id) if ident is not None else None
+        if left:
+            if person is None or not person.active:
+                return None
+            person.active = False
+            s.add(person)
+            return person
+        name = name.strip()[:64]
+        if ident is not None:
+            if person is None:
+                return None
+            if name:
+                person.name = name
+            if phone and not person.phone:
+                person.phone = phone
+            person.active = True
+            s.add(person)
+            return person
+        if not name:
+            return None
+        pid = self.stranger_id(platform, external_id)
+        await insert_ignore(s, Person, id=pid, name=name, role="customer", skills=[], phone=phone, active=True,
+                            created_at=utcnow())
+        person = await s.get(Person, pid)
+        if person is not None:
+            person.name, person.active = name, True
+            s.add(person)
+        await insert_ignore(s, Identity, platform=platform, external_id=external_id, person_id=pid)
+        return person
+
+    async def display_names(self, s: AsyncSession, platform: str, external_ids: list[str]) -> dict[str, str]:
+        """Platform user id -> the person's name, for the ids the directory knows."""
+        rows = (await s.exec(select(Identity.external_id, Person.name)
+                             .join(Person, Person.id == Identity.person_id)
+                             .where(Identity.platform == platform, Identity.external_id.in_(external_ids)))).all()
+        return dict(rows)

@@ -11,7 +11,9 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable
 
+from sqlalchemy import event as sa_event
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -68,6 +70,10 @@ class TicketBot:
         self.escalation = escalation
         # The managers' commands (reports.chat.ReportChat), set by the runtime.
         self.reports = None
+        # Set by the runtime: called once the transaction that applied a picture
+        # message has committed, so its channel can fetch the file the core attached
+        # (WeCom hands over a media id, not the picture). Whichever process applies it.
+        self.on_picture_applied: Callable[[InboundEvent], None] = lambda event: None
 
     async def __call__(self, event: InboundEvent) -> HandleResult:
         """The sink: accept a message into the inbox, or handle a click at once.
@@ -121,6 +127,8 @@ class TicketBot:
 
     async def process(self, s: AsyncSession, event: InboundEvent) -> HandleResult:
         """Apply an event already marked as seen, inside the caller's transaction."""
+        if event.kind == "image":
+            self._after_commit(s, self.on_picture_applied, event)
         person = await self.directory.resolve(s, event.platform, event.sender_id, event.sender_name)
         if person is None:
             reply = _Reply([t("reply.unknown_user")], toast=t("reply.unknown_user"), outcome="refused")
@@ -139,6 +147,26 @@ class TicketBot:
             for text in reply.texts:
                 enqueue(s, event.conversation, Text(text, self._mention_back(event)))
         return HandleResult(toast=reply.toast, card=card, outcome=reply.outcome)
+
+    @staticmethod
+    def _after_commit(s: AsyncSession, callback: Callable[[InboundEvent], None], event: InboundEvent) -> None:
+        """Call `callback(event)` soon after the caller's transaction commits (not at all if it
+        rolls back); the callback runs on the event loop, outside the session."""
+        loop = asyncio.get_running_loop()
+        ended = False
+
+        def committed(session) -> None:
+            # Savepoints (each event is applied in one) fire this too: only the outermost counts.
+            if not ended and session.get_nested_transaction() is None:
+                loop.call_soon(callback, event)
+
+        def transaction_end(_session, transaction) -> None:
+            nonlocal ended
+            if transaction.parent is None:
+                ended = True
+
+        sa_event.listen(s.sync_session, "after_commit", committed)
+        sa_event.listen(s.sync_session, "after_transaction_end", transaction_end)
 
     def _mention_back(self, event: InboundEvent) -> tuple[str, ...]:
         return (event.sender_id,) if event.conversation.kind == "group" else ()

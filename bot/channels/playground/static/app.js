@@ -101,7 +101,7 @@ function hhmm(iso) {
 
 function fragment(html) {
   const t = document.createElement("template");
-  t.innerHTML = html; // rendered and escaped by the server (cards/playground.py)
+  t.innerHTML = html; // rendered and escaped by the server (bot/channels/playground/render.py)
   return t.content;
 }
 

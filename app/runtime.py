@@ -1,15 +1,11 @@
-"""The aiohttp application: health, metrics, channel callbacks, the outbox worker."""
+"""One bot process wired from its parts: the channels, the ticket core, escalation, reports, the console."""
 from __future__ import annotations
 
 import functools
 import gc
 import logging
 import os
-import time
 
-from aiohttp import web
-
-from api.routes import api_routes
 from bot.channel import ChannelRegistry, build_channels
 # The channels, in the order people are reached by them; each registers itself.
 from bot.channels import wecom, feishu, dingtalk, playground  # noqa: F401,I001
@@ -22,7 +18,6 @@ from bot.core.handler import TicketBot
 from bot.core.notify import Notifier
 from bot.core.service import TicketService
 from bot.heartbeat import Heartbeat
-from bot.inbound import guard
 from bot.inbox import InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker, process_identity
@@ -32,8 +27,6 @@ from console.routes import Console
 from escalation.engine import EscalationEngine
 from escalation.jobs import Jobs
 from escalation.receipt_queue import AliyunReceiptQueue
-from escalation.receipts import Receipts
-from escalation.voice import VoiceWebhook
 from nlp import Classifier, SopLibrary
 from reports.chat import ReportChat
 from reports.jobs import ReportJobs
@@ -82,7 +75,7 @@ class Runtime:
         self.bot.reports = ReportChat(config, self.service,
                                       console_link=lambda p: self.links.console_url(p.id, config.reports.link_ttl))
         self.console = Console(config, self.db, self.links, self.service, self.notifier)
-        for channel in build_channels(config, self.bot, self.db):
+        for channel in build_channels(config, self.bot, self.db, self.directory):
             self.channels.add(channel)
         self.directory.channels = self.channels.names()
         self.outbox = OutboxWorker(self.db, self.channels, config.outbox, self.metrics, owner=self.owner)
@@ -90,6 +83,7 @@ class Runtime:
                                  poll_interval=config.outbox.poll_interval.total_seconds())
         self.heartbeat = Heartbeat(self.db, self.owner)
         self.bot.on_accept = self.inbox.wake
+        self.bot.on_picture_applied = self._picture_applied
         self.outbox.yield_to = self.bot.yield_to_callbacks
         for channel in self.channels:
             channel.wake_outbox = self.outbox.wake
@@ -99,6 +93,11 @@ class Runtime:
     def _on_call(self, team_id: str, at) -> str | None:
         now = self.escalation.oncall.who(team_id, at)
         return now.person_id if now is not None else None
+
+    def _picture_applied(self, event) -> None:
+        channel = self.channels.get(event.platform)
+        if channel is not None:
+            channel.picture_applied(event)
 
     def _wake_outbox(self) -> None:
         self.outbox.wake()
@@ -149,87 +148,3 @@ class Runtime:
         for channel in self.channels:
             await channel.close()
         await self.db.dispose()
-
-
-RUNTIME = web.AppKey("runtime", Runtime)
-
-
-@web.middleware
-async def _timing(request: web.Request, handler):
-    start = time.perf_counter()
-    try:
-        return await handler(request)
-    finally:
-        if request.path.startswith("/callbacks/"):
-            platform = request.path.split("/")[2] or "unknown"
-            request.app[RUNTIME].metrics.callback_seconds.labels(platform).observe(time.perf_counter() - start)
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """200 when the database accepts a write and every worker passed recently; 503 with the reasons.
-
-    A channel whose API is down is shown (`channels`), not a 503: the bot itself is fine.
-    """
-    rt = request.app[RUNTIME]
-    reasons: list[str] = []
-    body: dict = {"channels": rt.outbox.channel_states()}
-    try:
-        await rt.heartbeat.beat()
-    except Exception as e:  # the database is what a health check is for
-        reasons.append(f"the database does not accept writes: {type(e).__name__}: {e}"[:300])
-    else:
-        reasons += rt.heartbeat.stale_workers()
-        body["workers"] = {k: v.isoformat() if v else None for k, v in rt.heartbeat.passes().items()}
-        if not rt.config.server.workers:
-            remote = await rt.heartbeat.remote_workers()
-            body["worker_processes"] = remote
-            if not any(w["alive"] for w in remote.values()):
-                reasons.append("no worker process is running (python run_bot.py worker)")
-    streams = {ch.name: h for ch in rt.channels if (h := ch.health()) is not None}
-    if streams:
-        body["channel_state"] = streams  # a stream connection: up, connecting, down
-    body["status"] = "error" if reasons else "ok"
-    if reasons:
-        body["reasons"] = reasons
-    return web.json_response(body, status=503 if reasons else 200)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
-    await rt.outbox.update_gauges()
-    return web.Response(body=rt.metrics.render(), content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
-
-
-def create_app(config: Config, *, db: Database | None = None, workers: bool = True,
-               owner: str | None = None) -> web.Application:
-    """The bot as an aiohttp app; `workers=False` leaves delivery to `outbox.drain()` (tests).
-
-    With `[server] workers = false` the app records and answers only; worker
-    processes (`python run_bot.py worker`) apply and deliver.
-    """
-    runtime = Runtime(config, db, owner=owner)
-    server = config.server
-    body_guard = guard(server.max_body_bytes, server.body_timeout.total_seconds(), runtime.count_inbound)
-    app = web.Application(client_max_size=server.max_body_bytes, middlewares=[_timing, body_guard])
-    app[RUNTIME] = runtime
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    for channel in runtime.channels:
-        app.router.add_routes(channel.routes())
-    if config.twilio is not None:
-        app.router.add_routes(VoiceWebhook(runtime.escalation).routes())
-    if config.aliyun is not None or config.tencent is not None:
-        app.router.add_routes(Receipts(runtime.escalation).routes())
-    app.router.add_routes(runtime.console.routes())
-    app.router.add_routes(api_routes(runtime))
-
-    async def on_startup(_app: web.Application) -> None:
-        await runtime.start(workers=workers and config.server.workers, defer_inbound=workers)
-
-    async def on_cleanup(_app: web.Application) -> None:
-        await runtime.stop()
-
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)
-    return app

@@ -1,7 +1,7 @@
 """The playground channel: a web page served by the bot instead of an IM platform.
 
 Every message the bot sends here becomes a PlaygroundMessage row that the page
-fetches by long-polling (bot/playground/routes.py). Conversations are keyed
+fetches by long-polling (routes.py). Conversations are keyed
 "user:<id>" (a person's 1:1 chat with the bot) and "group:<id>" (a group chat);
 a person's id on the playground is their `identities.playground`, or their
 person id when they have none.
@@ -22,9 +22,9 @@ from bot.channel import Channel, DeliveryError, EventSink, Wiring, current_outbo
 from bot.config import PersonConfig, PlaygroundConfig, TeamConfig
 from bot.tasks import wait_event
 from bot.events import Address, CardMessage, Image, Outbound, Text
-from cards.playground import render_card_html, render_text_html
-from bot.playground.model import MEDIA_PREFIX, NAME, Pane
-from bot.playground.routes import playground_routes
+from bot.channels.playground.render import render_card_html, render_text_html
+from bot.channels.playground.model import MEDIA_PREFIX, NAME, Pane
+from bot.channels.playground.routes import playground_routes
 from storage.db import Database
 from storage.media import store_content
 from storage.models import PlaygroundMessage
@@ -143,7 +143,7 @@ class PlaygroundChannel(Channel):
     # ---- lifecycle -------------------------------------------------------
 
     def routes(self):
-        """The page and its API (bot/playground/routes.py)."""
+        """The page and its API (routes.py)."""
         return playground_routes(self)
 
     async def close(self) -> None:

@@ -1,6 +1,6 @@
 """What the playground's channel and its page share: chat panes, conversation keys, message rows as JSON.
 
-The channel (bot/channels/playground.py) serves the routes (bot/playground/routes.py);
+The channel (adapter.py) serves the routes (routes.py);
 the routes know the channel only as the `Page` protocol below, so neither module
 imports the other both ways.
 """

@@ -50,28 +50,27 @@ from aiohttp import web
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import select
 
-from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id, register
-from bot.channels.dingtalk_api import (
+from bot.channel import Channel, DeliveryError, EventSink, Wiring, current_outbox_id, register
+from bot.channels.dingtalk.api import DingTalkAPI, SessionGone
+from bot.channels.dingtalk.crypto import (
     BadPayload,
     BadSignature,
-    DingTalkAPI,
     EventCrypto,
-    SessionGone,
     card_signature,
     fresh,
     robot_sign,
-    same,
     timestamp_ms,
 )
-from bot.channels.stream import EndpointError, StreamLink
+from bot.channels.shared.stream import EndpointError, StreamLink
+from bot.channels.shared.verify import same
 from bot.config import DingTalkConfig
+from bot.core.directory import Directory
 from bot.inbound import Refusal, json_object, parse_json, text as _str
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
 from bot.outbox import enqueue
-from cards.dingtalk import action_value, card_markdown, card_params
+from bot.channels.dingtalk.render import action_value, card_markdown, card_params
 from storage.db import Database
-from storage.models import DingTalkSession, DingTalkUserSync, Identity, OutboxMessage, Person
-from storage.queries import insert_ignore
+from storage.models import DingTalkSession, DingTalkUserSync, OutboxMessage
 from storage.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -104,10 +103,17 @@ class DingTalkChannel(Channel):
     # OpenAPI publishes no per-user figure, the same is kept (docs/channels/dingtalk.md).
     rate_limits = {"user": (20, 60.0), "group": (20, 60.0)}
 
-    def __init__(self, config: DingTalkConfig, sink: EventSink, db: Database):
+    @classmethod
+    def build(cls, section: DingTalkConfig, wiring: Wiring) -> DingTalkChannel:
+        return cls(section, wiring.sink, wiring.db, directory=wiring.directory)
+
+    def __init__(self, config: DingTalkConfig, sink: EventSink, db: Database, *,
+                 directory: Directory | None = None):
         super().__init__(sink)
         self.config = config
         self.db = db
+        # Address-book events (join, change, leave) are the directory's to apply.
+        self.directory = directory
         self.api = DingTalkAPI(config)
         self.window = config.sign_window.total_seconds()
         self.events_crypto = (EventCrypto(config.event_token, config.event_aes_key, config.owner_key)
@@ -476,11 +482,8 @@ class DingTalkChannel(Channel):
             self._sync_wake.set()
 
     async def _deactivate(self, s, uid: str) -> None:
-        ident = await s.get(Identity, (self.name, uid))
-        person = await s.get(Person, ident.person_id) if ident else None
-        if person is not None and person.active:
-            person.active = False
-            s.add(person)
+        person = await self.directory.member_changed(s, self.name, uid, left=True)
+        if person is not None:
             log.info("dingtalk: %s (%s) left the organisation: deactivated", person.id, uid)
 
     async def _sync_loop(self) -> None:
@@ -554,30 +557,8 @@ class DingTalkChannel(Channel):
             s.add(current)
 
     async def _apply_user(self, s, uid: str, info: dict) -> None:
-        name = _str(info.get("name")).strip()[:64]
-        mobile = _str(info.get("mobile")).strip() or None
-        ident = await s.get(Identity, (self.name, uid))
-        if ident is not None:
-            person = await s.get(Person, ident.person_id)
-            if person is None:
-                return
-            if name:
-                person.name = name
-            if mobile and not person.phone:
-                person.phone = mobile
-            person.active = True
-            s.add(person)
-            return
-        if not name:
-            return  # without a name, wait for their first message (the core creates them then)
-        pid = f"{self.name}:{uid}"
-        await insert_ignore(s, Person, id=pid, name=name, role="customer", skills=[], phone=mobile, active=True,
-                            created_at=utcnow())
-        person = await s.get(Person, pid)
-        if person is not None:
-            person.name, person.active = name, True
-            s.add(person)
-        await insert_ignore(s, Identity, platform=self.name, external_id=uid, person_id=pid)
+        await self.directory.member_changed(s, self.name, uid, name=_str(info.get("name")),
+                                            phone=_str(info.get("mobile")).strip() or None)
 
     # ---- stream mode ---------------------------------------------------------
 
@@ -734,11 +715,7 @@ class DingTalkChannel(Channel):
         missing = [uid for uid in user_ids if uid not in out]
         if missing:
             async with self.db.session() as s:
-                rows = (await s.exec(select(Identity.external_id, Person.name)
-                                     .join(Person, Person.id == Identity.person_id)
-                                     .where(Identity.platform == self.name,
-                                            Identity.external_id.in_(missing)))).all()
-            found = dict(rows)
+                found = await self.directory.display_names(s, self.name, missing)
             if len(self._name_cache) > 10_000:
                 self._name_cache.clear()
             for uid in missing:

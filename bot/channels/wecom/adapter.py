@@ -42,27 +42,27 @@ import logging
 import os
 import time
 from collections import defaultdict, deque
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy import delete, update
+from sqlalchemy import update
 from sqlmodel import select
 
 from bot.channel import Channel, DeliveryError, EventSink, HandleResult, current_is_resend, current_outbox_id, register
-from bot.channels.wecom_api import WeComAPI, WeComAPIError
-from bot.channels.wecom_crypto import DecryptError, MalformedRequest, SignatureError, WeComCrypto, parse_xml
+from bot.channels.wecom.api import WeComAPI, WeComAPIError
+from bot.channels.wecom.state import CODE_TTL, CardCodes
+from bot.channels.wecom.crypto import DecryptError, MalformedRequest, SignatureError, WeComCrypto, parse_xml
 from bot.inbound import Refusal, text as _text
 from bot.tasks import wait_event
 from bot.config import WeComConfig
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
 from bot.outbox import enqueue
 from bot.texts import t
-from cards import wecom as render
+import bot.channels.wecom.render as render
 from cards.model import Card
 from storage.db import Database
-from storage.models import Attachment, InboxEvent, ProcessedEvent, WeComCardCode
+from storage.models import Attachment, ProcessedEvent
 from storage.media import store_content
 from storage.queries import insert_ignore
 from storage.types import utcnow
@@ -72,12 +72,7 @@ log = logging.getLogger(__name__)
 PLATFORM = "wecom"
 MEDIA_PREFIX = "wecom:"  # Attachment.media_ref of a picture not downloaded yet
 MEDIA_LIFETIME = timedelta(days=3)  # WeCom keeps a media_id this long
-# response_code validity: 72 h in the current documentation, 24 h in older
-# copies; the conservative figure, so an update is not wasted on a dead code.
-CODE_TTL = timedelta(hours=24)
 SWEEP_INTERVAL = 600  # seconds between looks for pictures not fetched yet
-# Seconds between looks for a picture message's attachment while the core has not applied it yet.
-PICTURE_POLL = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 CONFIG_HINT = "check [wecom] token / encoding_aes_key / corp_id against the app's 接收消息 settings"
 _IMAGE_EXT = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp",
               "image/bmp": ".bmp"}
@@ -95,6 +90,7 @@ class WeComChannel(Channel):
         self.config = config
         self.db = db
         self.crypto = WeComCrypto(config.token, config.encoding_aes_key, config.corp_id)
+        self.codes = CardCodes(db)
         self.api = WeComAPI(corp_id=config.corp_id, secret=config.secret, agent_id=config.agent_id,
                             api_base=config.api_base)
         data_dir = Path(os.environ.get("RELAYDESK_DATA_DIR") or "data")
@@ -113,7 +109,7 @@ class WeComChannel(Channel):
     async def start(self) -> None:
         await self.api.start()
         self._sweeper = asyncio.create_task(self._sweep_downloads())
-        self._spawn(self._prune_codes())
+        self._spawn(self.codes.prune())
 
     async def close(self) -> None:
         # Background work stops at its next pause rather than being cancelled inside a
@@ -212,11 +208,9 @@ class WeComChannel(Channel):
             ref = MEDIA_PREFIX + media_id if media_id else pic_url
             if not ref:
                 return None
-            result = await self.sink(InboundEvent(kind="image", image_ref=ref,
-                                                  context={"pic_url": pic_url}, **base))
-            if not result.duplicate and media_id:
-                self._spawn(self._picture_after(event_id, ref, pic_url))
-            return result
+            # The file is fetched once the core has attached it (picture_applied).
+            return await self.sink(InboundEvent(kind="image", image_ref=ref,
+                                                context={"pic_url": pic_url}, **base))
         if mtype == "voice":
             said = _field(msg, "Recognition").strip()
             if said:
@@ -246,7 +240,7 @@ class WeComChannel(Channel):
         task_id, code = _field(msg, "TaskId"), _field(msg, "ResponseCode")
         created = _field(msg, "CreateTime")
         if task_id and code:
-            await self._remember_code(task_id, conv.id, code, created)
+            await self.codes.remember(task_id, conv.id, code, created)
         digest = hashlib.sha1(f"{task_id}\0{key}".encode()).hexdigest()[:20]
         event = InboundEvent(platform=PLATFORM, event_id=f"e:{conv.id}:{created}:{digest}", sender_id=conv.id,
                              conversation=conv, kind="action", action_token=key,
@@ -267,57 +261,6 @@ class WeComChannel(Channel):
                 enqueue(s, to, Text(text))
         if fresh:
             self.wake_outbox()
-
-    # ---- response codes ------------------------------------------------------
-
-    def _upsert(self, s):
-        return (postgresql if self.db.is_postgres else sqlite).insert(WeComCardCode)
-
-    async def _remember_code(self, task_id: str, userid: str, code: str, created: str) -> None:
-        """Keep a click's ResponseCode as the card's newest (a re-delivered older click doesn't win)."""
-        try:
-            at = datetime.fromtimestamp(int(created), timezone.utc)
-        except (ValueError, OverflowError, OSError):
-            at = utcnow().replace(microsecond=0)
-        async with self.db.session(urgent=True) as s:
-            table = WeComCardCode.__table__
-            values = {"userid": userid, "response_code": code, "issued_at": utcnow(), "clicked_at": at,
-                      "click_code": code}
-            stmt = self._upsert(s).values(task_id=task_id, **values)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["task_id"], set_=values,
-                where=(table.c.click_code.is_(None) | (table.c.click_code != code))
-                & (table.c.clicked_at.is_(None) | (table.c.clicked_at <= at)),
-            )
-            await s.exec(stmt)
-
-    async def _take_code(self, task_id: str) -> str | None:
-        """The card's unused, unexpired code, marked used (compare-and-set)."""
-        async with self.db.session() as s:
-            row = await s.get(WeComCardCode, task_id)
-            if row is None or not row.response_code or utcnow() - row.issued_at > CODE_TTL:
-                return None
-            code = row.response_code
-            done = await s.exec(update(WeComCardCode)
-                                .where(WeComCardCode.task_id == task_id, WeComCardCode.response_code == code)
-                                .values(response_code=None))
-            return code if done.rowcount == 1 else None
-
-    async def _give_back_code(self, task_id: str, code: str) -> None:
-        async with self.db.session() as s:
-            await s.exec(update(WeComCardCode)
-                         .where(WeComCardCode.task_id == task_id, WeComCardCode.response_code.is_(None))
-                         .values(response_code=code))
-
-    async def _prune_codes(self) -> None:
-        """Forget response codes of cards too old to update (WeCom: 72 h at most)."""
-        try:
-            async with self.db.session() as s:
-                await s.exec(delete(WeComCardCode).where(WeComCardCode.issued_at < utcnow() - timedelta(days=7)))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("wecom: pruning old card codes failed")
 
     # ---- outbound --------------------------------------------------------
 
@@ -407,7 +350,7 @@ class WeComChannel(Channel):
         if not card.buttons and ref.get("outcome"):
             return ref  # the outcome is shown already; nothing on the card can be used any more
         # The newest code first: a click's; else the one the send answer brought.
-        code, from_click = await self._take_code(task_id), True
+        code, from_click = await self.codes.take(task_id), True
         if code is None and ref.get("code") and time.time() - float(ref.get("code_at") or 0) < CODE_TTL.total_seconds():
             if buttons is not None and ref.get("buttons") == buttons:
                 # The card's last code, and its buttons work as they are: keep the code for
@@ -426,7 +369,7 @@ class WeComChannel(Channel):
         except WeComAPIError as e:
             if e.retryable:
                 if from_click:
-                    await self._give_back_code(task_id, code)
+                    await self.codes.give_back(task_id, code)
                 raise
             log.info("wecom: updating card %s for %s failed (%s); sending it afresh", task_id, userid, e)
             if card.buttons:
@@ -498,18 +441,13 @@ class WeComChannel(Channel):
 
     # ---- pictures users send ----------------------------------------------------
 
-    async def _picture_after(self, event_id: str, ref: str, pic_url: str | None) -> None:
-        """Fetch a picture once the core has attached it (it may apply the message after the answer)."""
-        for delay in PICTURE_POLL:
-            async with self.db.session() as s:
-                waiting = (await s.exec(select(InboxEvent.id).where(
-                    InboxEvent.status == "pending", InboxEvent.platform == PLATFORM,
-                    InboxEvent.event_id == event_id))).first() is not None
-            if await self._download_pending(ref, pic_url) or not waiting:
-                return  # fetched, or applied without an attachment (no open ticket)
-            if await self._pause(delay):
-                return
-        # still not applied: the periodic sweep will fetch it
+    def picture_applied(self, event: InboundEvent) -> None:
+        """The core applied a picture message: fetch the file it attached (if it did: a
+        picture with no open ticket is not attached, and nothing is fetched)."""
+        ref = event.image_ref or ""
+        if ref.startswith(MEDIA_PREFIX) and not self._stopping.is_set():
+            pic_url = event.context.get("pic_url") if isinstance(event.context, dict) else None
+            self._spawn(self._download_pending(ref, pic_url or None))
 
     async def _download_pending(self, ref: str, pic_url: str | None = None) -> bool:
         """Fetch a picture attached as `wecom:<media_id>` and point its attachments at the file.

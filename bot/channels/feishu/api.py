@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from bot.channel import DeliveryError, read_upload
-from bot.channels.access_token import AccessToken
+from bot.channels.shared.access_token import AccessToken
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ already showed (Feishu reverts updates made before the callback's answer).
 The legacy card callback (消息卡片请求网址, SHA-1 signature) is refused with a
 message that says what to configure instead.
 
-Outbound goes through `FeishuAPI` (bot/channels/feishu_api.py). Addresses:
+Outbound goes through `FeishuAPI` (bot/channels/feishu/api.py). Addresses:
 a group is a chat_id (`oc_...`); a user is an open_id (`ou_...`) — or a
 user_id / union_id (`on_...`) / e-mail, recognised by their form.
 """
@@ -51,14 +51,15 @@ from urllib.parse import parse_qs, urlsplit
 from aiohttp import web
 
 from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id, register
-import bot.channels.feishu_crypto as crypto
-from bot.channels.feishu_api import FeishuAPI, FeishuAPIError
-from bot.channels.feishu_frame import CONTROL, DATA, Frame, FrameError
-from bot.channels.stream import EndpointError, StreamLink
+import bot.channels.feishu.crypto as crypto
+from bot.channels.feishu.api import FeishuAPI, FeishuAPIError
+from bot.channels.feishu.frame import CONTROL, DATA, Frame, FrameError
+from bot.channels.shared.stream import EndpointError, StreamLink
+from bot.channels.shared.verify import same
 from bot.config import FeishuConfig
 from bot.inbound import Refusal, json_object
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
-from cards.feishu import button_token, card_content, safe_id
+from bot.channels.feishu.render import button_token, card_content, safe_id
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -306,8 +307,8 @@ class FeishuChannel(Channel):
         ts = request.headers.get("X-Lark-Request-Timestamp", "")
         nonce = request.headers.get("X-Lark-Request-Nonce", "")
         sig = request.headers.get("X-Lark-Signature", "")
-        if key and sig and not crypto.same(crypto.signature(ts, nonce, key, body), sig):
-            if crypto.same(crypto.legacy_signature(ts, nonce, self.config.verification_token, body), sig) \
+        if key and sig and not same(crypto.signature(ts, nonce, key, body), sig):
+            if same(crypto.legacy_signature(ts, nonce, self.config.verification_token, body), sig) \
                     and self._is_legacy_card(json_object(body)):
                 self._refuse_legacy()
             raise Refusal(403, "signature mismatch", hint="check [feishu] encrypt_key")
@@ -331,7 +332,7 @@ class FeishuChannel(Channel):
             raise Refusal(403, "X-Lark-Signature missing")
         header = payload.get("header")
         token = header.get("token") if isinstance(header, dict) and "token" in header else payload.get("token")
-        if not isinstance(token, str) or not crypto.same(token, self.config.verification_token):
+        if not isinstance(token, str) or not same(token, self.config.verification_token):
             raise Refusal(403, "wrong verification token", hint="check [feishu] verification_token")
         return payload
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.playground.model import MEDIA_PREFIX, Page, Pane, message_json, parse_conversation
+from bot.channels.playground.model import MEDIA_PREFIX, Page, Pane, message_json, parse_conversation
 from bot.events import InboundEvent
 from bot.inbound import UPLOAD_TIMEOUT, Refusal, json_object
 from bot.texts import t

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import os
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -66,8 +65,3 @@ def signature(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
 def legacy_signature(timestamp: str, nonce: str, verification_token: str, body: bytes) -> str:
     """The legacy card callback's signature: SHA-1 with the verification token."""
     return hashlib.sha1((timestamp + nonce + verification_token).encode("utf-8") + body).hexdigest()
-
-
-def same(a: str, b: str) -> bool:
-    """Constant-time comparison of two strings."""
-    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))

@@ -2,7 +2,7 @@
 
 The playground page inserts these fragments as they are, so every piece of
 text that comes from a card, a person or a configuration file is escaped here.
-Class names are the page's style sheet's (bot/playground/static/style.css).
+Class names are the page's style sheet's (static/style.css beside it).
 """
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""What the IM adapters share: cached access tokens and the outbound stream connection."""
