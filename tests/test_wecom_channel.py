@@ -304,6 +304,28 @@ async def test_a_retried_click_counts_once(client, fake):
     assert len(claims) == 1
 
 
+async def test_a_card_sent_again_after_a_crash_is_the_same_message(client, fake):
+    """A card row resent (its sender died before recording the send) goes out with the same
+    task_id and content and asks WeCom's duplicate check to drop it: the engineer sees one card."""
+    ticket, card, engineer = await report_and_card(client, fake)
+    [first] = [b for b in fake.sent("message/send", touser=engineer, msgtype="template_card")
+               if b["template_card"]["task_id"] == card["task_id"]]
+    rt = client.app[RUNTIME]
+    async with rt.db.session() as s:
+        [row] = [r for r in (await s.exec(select(OutboxMessage).where(OutboxMessage.to_id == engineer,
+                                                                      OutboxMessage.status == "sent"))).all()
+                 if f"_o{r.id}_" in card["task_id"]]
+        # The process died after WeCom took the card and before the send was recorded.
+        row.status, row.sent_at, row.lease_owner = "sending", None, rt.outbox.owner
+        s.add(row)
+    assert await rt.outbox.take_back_own_leases() == 1  # what the restarted process does first
+    fake.clear()
+    await drain(client)
+    [again] = fake.sent("message/send", touser=engineer, msgtype="template_card")
+    assert again.pop("enable_duplicate_check") == 1 and again.pop("duplicate_check_interval") == 1800
+    assert again == first and again["template_card"]["task_id"] == card["task_id"]
+
+
 # ---- the whole loop ------------------------------------------------------------------
 
 

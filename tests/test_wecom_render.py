@@ -42,12 +42,18 @@ def test_limits_buttons_lengths():
 
 
 def test_task_ids_are_unique_and_well_formed():
-    ids = {new_task_id("t12:eng", 345) for _ in range(200)}
+    # Not from an outbox row: random, never repeated.
+    ids = {new_task_id("t12:eng") for _ in range(200)}
     assert len(ids) == 200
-    for tid in ids:
+    # From a row: one id per row and content, so a resend is the same message.
+    by_row = {new_task_id("t12:eng", row, f"eng_zhang|{n}") for row in range(20) for n in range(10)}
+    assert len(by_row) == 200
+    assert new_task_id("t12:eng", 345, "eng_zhang|card") == new_task_id("t12:eng", 345, "eng_zhang|card")
+    assert new_task_id("t12:eng", 345, "eng_zhang|card") != new_task_id("t12:eng", 345, "eng_li|card")
+    for tid in ids | by_row:
         assert len(tid) <= 128 and re.fullmatch(r"[0-9A-Za-z_\-@]+", tid)
-        assert tid.startswith("rd_t12_eng_o345_")
-    assert len(new_task_id("x" * 500)) <= 128
+    assert all(tid.startswith("rd_t12_eng_o") for tid in by_row)
+    assert len(new_task_id("x" * 500)) <= 128 and len(new_task_id("x" * 500, 10**12, "c")) <= 128
 
 
 def test_group_markdown_lists_the_buttons_as_commands():

@@ -320,7 +320,8 @@ class WeComChannel(Channel):
 
     async def _new_user_card(self, userid: str, card: Card) -> dict:
         if card.buttons:
-            task_id = render.new_task_id(card.track_key, current_outbox_id.get())
+            task_id = render.new_task_id(card.track_key, current_outbox_id.get(),
+                                         f"{userid}|{render.fingerprint(card.to_dict())}")
             tc = render.render_template_card(card, task_id)
             answer = await self._to_user(userid, {"msgtype": "template_card", "template_card": tc})
             # The send answer's code rides in the ref (the outbox stores it); clicks' codes

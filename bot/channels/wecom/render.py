@@ -52,11 +52,20 @@ def cut_bytes(text: str, limit: int) -> str:
     return data[: max(0, limit - 3)].decode("utf-8", "ignore") + "…"
 
 
-def new_task_id(track_key: str | None, outbox_id: int | None = None) -> str:
-    """A task_id unique per app: readable prefix, outbox row, random tail."""
+def new_task_id(track_key: str | None, outbox_id: int | None = None, content: str = "") -> str:
+    """A task_id unique per app: readable prefix, outbox row, tail.
+
+    Sent from an outbox row, the tail is a hash of what is sent (`content`: the
+    recipient and the card), so a resend of the same row after a crash or a
+    timeout is the same message to the letter and WeCom's duplicate check drops
+    it; any other card differs in row or content. Without a row (never resent),
+    the tail is random.
+    """
     base = _TASK_ID_BAD.sub("_", track_key or "card")[:60]
-    parts = ["rd", base] + ([f"o{outbox_id}"] if outbox_id is not None else []) + [secrets.token_hex(6)]
-    return "_".join(parts)[:MAX_TASK_ID]
+    if outbox_id is None:
+        return "_".join(["rd", base, secrets.token_hex(6)])[:MAX_TASK_ID]
+    tail = hashlib.sha256(content.encode("utf-8")).hexdigest()[:12]
+    return "_".join(["rd", base, f"o{outbox_id}", tail])[:MAX_TASK_ID]
 
 
 def _safe(text: str) -> str:
