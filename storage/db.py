@@ -68,6 +68,13 @@ class Database:
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
+    @property
+    def urgent_waiting(self) -> bool:
+        """Whether an urgent transaction (answering a callback) waits for this process's
+        SQLite write lock: a long background transaction should end now. Always false
+        on PostgreSQL, where a callback's insert waits for no other transaction."""
+        return self._gate is not None and self._gate.urgent_waiting
+
     @contextlib.asynccontextmanager
     async def session(self, *, urgent: bool = False) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error.
@@ -119,6 +126,10 @@ class _TurnGate:
         self._locked = False
         self._urgent: deque[asyncio.Future] = deque()
         self._normal: deque[asyncio.Future] = deque()
+
+    @property
+    def urgent_waiting(self) -> bool:
+        return any(not fut.done() for fut in self._urgent)
 
     async def acquire(self, urgent: bool) -> None:
         if not self._locked and not self._urgent and (urgent or not self._normal):
