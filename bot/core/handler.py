@@ -29,6 +29,7 @@ from bot.events import CardMessage, InboundEvent, Text, event_to_dict
 from bot.metrics import Metrics
 from bot.outbox import enqueue
 from bot.texts import t
+from bot.wakeup import notify_inbox
 from storage.db import Database
 from storage.models import CardAction, InboxEvent, OutboxMessage, Person, ProcessedEvent, Ticket
 from storage.queries import insert_ignore
@@ -104,6 +105,8 @@ class TicketBot:
                 self.metrics.inbound.labels(event.platform, "duplicate").inc()
                 return HandleResult(duplicate=True)
             s.add(InboxEvent(platform=event.platform, event_id=event.event_id, payload=event_to_dict(event)))
+            if self.db.is_postgres:  # workers in other processes wake at commit, not at their next poll
+                await notify_inbox(s)
         self.metrics.inbound.labels(event.platform, "accepted").inc()
         self.on_accept()
         return HandleResult()
