@@ -40,6 +40,10 @@ BATCH = 50  # events claimed per transaction
 # one event per transaction; twenty-five keeps an answer's wait well within the
 # platforms' patience while several events share a transaction.
 BATCH_SECONDS = 0.025
+# Before a transaction, wait at most this long for callbacks being answered: at a
+# hundred callbacks a second one is nearly always in progress, and a longer wait
+# starved the inbox (the gate still serves a waiting answer first).
+YIELD_SECONDS = 0.02
 PENDING, DONE, DEAD = "pending", "done", "dead"
 
 
@@ -94,7 +98,7 @@ class InboxWorker:
 
     async def process_batch(self, limit: int = BATCH) -> int:
         """Claim up to `limit` due events and apply them in one transaction; returns how many."""
-        await self.bot.yield_to_callbacks()
+        await self.bot.yield_to_callbacks(YIELD_SECONDS)
         now = utcnow()
         dead: list[InboxEvent] = []
         async with self.db.session() as s:

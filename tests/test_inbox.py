@@ -2,6 +2,8 @@
 kept and retried when applying fails, and picked up again after a restart."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlmodel import select
 
@@ -173,3 +175,32 @@ async def test_an_event_failing_five_times_is_a_dead_letter_that_inbox_retry_app
     again = cli("retry")
     assert "retried 0" in again.stdout
     assert await _count(rt, Ticket) == 1  # applied once
+
+
+async def test_background_work_waits_for_answers_in_progress_only_until_the_last_is_given():
+    from bot.channel import HandleResult
+    from bot.core.handler import TicketBot
+
+    bot = TicketBot(None, None, None, None, None, None)
+    release = asyncio.Event()
+
+    async def slow_accept(event):
+        await release.wait()
+        return HandleResult()
+
+    bot._accept = slow_accept
+    answering = asyncio.create_task(bot.accept(None))
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await bot.yield_to_callbacks(0.05)  # never longer than its bound
+    assert 0.04 <= loop.time() - start < 1.0
+    waiter = asyncio.create_task(bot.yield_to_callbacks(5.0))
+    await asyncio.sleep(0.02)
+    assert not waiter.done()
+    release.set()
+    await asyncio.wait_for(waiter, 1.0)  # woken as the answer is given, not at the bound
+    await answering
+    start = loop.time()
+    await bot.yield_to_callbacks(5.0)  # nothing in progress: no wait
+    assert loop.time() - start < 0.05
