@@ -1,6 +1,7 @@
 """One bot process wired from its parts: the channels, the ticket core, escalation, reports, the console."""
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import logging
@@ -22,6 +23,7 @@ from bot.inbox import InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker, process_identity
 from bot.tasks import BackgroundTasks
+from bot.wakeup import INBOX_CHANNEL, listen
 from console.links import Links
 from console.routes import Console
 from escalation.engine import EscalationEngine
@@ -89,6 +91,7 @@ class Runtime:
             channel.wake_outbox = self.outbox.wake
             channel.count = functools.partial(self.count_inbound, channel.name)
         self.tasks = BackgroundTasks("runtime")
+        self._wakeup: asyncio.Task | None = None
 
     def _on_call(self, team_id: str, at) -> str | None:
         now = self.escalation.oncall.who(team_id, at)
@@ -128,6 +131,9 @@ class Runtime:
                                       "outbox": lambda: self.outbox.last_pass}
             self.tasks.spawn(self.heartbeat.run(), "heartbeat")
             self.tasks.spawn(self.inbox.run(), "inbox")
+            if self.db.is_postgres:  # events recorded by another process wake this inbox
+                self._wakeup = self.tasks.spawn(listen(self.config.database_url, INBOX_CHANNEL, self.inbox.wake),
+                                                "inbox-wakeup")
             self.tasks.spawn(self.outbox.run(), "outbox")
             await self.escalation.start()
             self.reports.start(self.escalation.scheduler)
@@ -140,6 +146,8 @@ class Runtime:
         taken again after a restart. Calling stop twice is harmless.
         """
         await self.escalation.stop()
+        if self._wakeup is not None:
+            self._wakeup.cancel()  # it only listens: never waited for
         self.inbox.stop_soon()
         self.outbox.stop_soon()
         self.heartbeat.stop_soon()

@@ -35,8 +35,15 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 BATCH = 50  # events claimed per transaction
 # A transaction stops taking more events after this long, or as soon as a callback
-# waits to be answered: on SQLite it holds the one write lock the answer needs.
-BATCH_SECONDS = 0.01
+# waits for SQLite's one write lock to record its event. Each transaction costs a
+# commit and a read of the due events, so at ten milliseconds a burst was applied
+# one event per transaction; twenty-five keeps an answer's wait well within the
+# platforms' patience while several events share a transaction.
+BATCH_SECONDS = 0.025
+# Before a transaction, wait at most this long for callbacks being answered: at a
+# hundred callbacks a second one is nearly always in progress, and a longer wait
+# starved the inbox (the gate still serves a waiting answer first).
+YIELD_SECONDS = 0.02
 PENDING, DONE, DEAD = "pending", "done", "dead"
 
 
@@ -91,7 +98,7 @@ class InboxWorker:
 
     async def process_batch(self, limit: int = BATCH) -> int:
         """Claim up to `limit` due events and apply them in one transaction; returns how many."""
-        await self.bot.yield_to_callbacks()
+        await self.bot.yield_to_callbacks(YIELD_SECONDS)
         now = utcnow()
         dead: list[InboxEvent] = []
         async with self.db.session() as s:
@@ -105,7 +112,7 @@ class InboxWorker:
             taken = 0
             done: list[int] = []
             for row in rows:
-                if taken and (self.bot.answering or time.perf_counter() - start > BATCH_SECONDS):
+                if taken and (self.db.urgent_waiting or time.perf_counter() - start > BATCH_SECONDS):
                     break  # the rest stay pending for the next transaction
                 taken += 1
                 outcome = await self._apply(s, row, now)

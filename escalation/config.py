@@ -13,6 +13,8 @@ the offending key, e.g. "escalation.P0.steps[1].targets[0]: unknown person".
 """
 from __future__ import annotations
 
+import functools
+
 import re
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Literal, Optional, Protocol
@@ -199,13 +201,19 @@ class ShiftConfig(_Section):
     def end_time(self) -> time:
         return parse_hhmm(self.end)
 
-    def minutes(self) -> set[int]:
+    def minutes(self) -> frozenset[int]:
         """The minutes of the day this shift covers."""
-        a = self.start_time.hour * 60 + self.start_time.minute
-        b = self.end_time.hour * 60 + self.end_time.minute
-        if b <= a:
-            b += 1440
-        return {m % 1440 for m in range(a, b)}
+        return _shift_minutes(self.start, self.end)
+
+
+@functools.lru_cache(maxsize=256)
+def _shift_minutes(start: str, end: str) -> frozenset[int]:
+    """Computed once per shift: dispatch asks who is on call for every report."""
+    a, b = parse_hhmm(start), parse_hhmm(end)
+    lo, hi = a.hour * 60 + a.minute, b.hour * 60 + b.minute
+    if hi <= lo:
+        hi += 1440
+    return frozenset(m % 1440 for m in range(lo, hi))
 
 
 class OverrideConfig(_Section):

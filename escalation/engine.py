@@ -148,7 +148,7 @@ class EscalationEngine:
             return
         now = self.clock()
         if action in ("report", "reopen"):
-            await self._start(s, ticket, now)
+            await self._start(s, ticket, now, new=action == "report")
             return
         if action == "escalate":
             await self._manual_jump(s, change, now)
@@ -202,9 +202,10 @@ class EscalationEngine:
 
     # ---- chains -------------------------------------------------------------
 
-    async def _start(self, s: AsyncSession, ticket: Ticket, now: datetime) -> None:
-        """Snapshot the ticket's policy into fresh chains (report, reopen)."""
-        existing = await tm.load(s, ticket.id)
+    async def _start(self, s: AsyncSession, ticket: Ticket, now: datetime, *, new: bool = False) -> None:
+        """Snapshot the ticket's policy into fresh chains (report, reopen); a `new`
+        ticket (just filed) has no chains to read."""
+        existing = {} if new else await tm.load(s, ticket.id)
         chains = tm.snapshot(self.ec.policy(ticket.priority)) if self.ec.enabled else {}
         for chain, snap in chains.items():
             old = existing.pop(chain, None)

@@ -192,6 +192,9 @@ def _cas(columns: tuple[str, ...]):
 
 _CAS_MOVE = _cas(_MOVING)
 _CAS_FULL = _cas(_MOVING + _SNAPSHOT)
+# One statement for every new timer, its values passed as parameters: built with
+# the values inlined, each report compiled a fresh INSERT.
+_INSERT = insert(T)
 
 
 async def save(s: AsyncSession, timer: Timer, now: datetime, *, full: bool = False) -> bool:
@@ -200,7 +203,7 @@ async def save(s: AsyncSession, timer: Timer, now: datetime, *, full: bool = Fal
     timer.fence = seen + 1
     timer.updated_at = now
     if timer.new:
-        await s.exec(insert(T).values(**timer.values()))
+        await s.exec(_INSERT, params=timer.values())
         timer.new = False
         return True
     params = {c: getattr(timer, c) for c in (_MOVING + _SNAPSHOT if full else _MOVING)}

@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 # Importing storage.models and storage.integration registers every table on SQLModel.metadata
 # (create_all needs them).
 import storage.integration  # noqa: F401
+from storage.sqlite_driver import connect as sqlite_connect
 from storage.models import SCHEMA_VERSION, SchemaMeta
 
 
@@ -53,8 +54,9 @@ class Database:
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            database = parsed.database or ":memory:"
             self.engine: AsyncEngine = create_async_engine(
-                url, echo=echo, connect_args={"timeout": 30}
+                url, echo=echo, async_creator=lambda: sqlite_connect(database, timeout=30)
             )
             _sqlite_setup(self.engine)
             self._gate: _TurnGate | None = _TurnGate()
@@ -65,6 +67,13 @@ class Database:
     @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
+
+    @property
+    def urgent_waiting(self) -> bool:
+        """Whether an urgent transaction (answering a callback) waits for this process's
+        SQLite write lock: a long background transaction should end now. Always false
+        on PostgreSQL, where a callback's insert waits for no other transaction."""
+        return self._gate is not None and self._gate.urgent_waiting
 
     @contextlib.asynccontextmanager
     async def session(self, *, urgent: bool = False) -> AsyncIterator[AsyncSession]:
@@ -117,6 +126,10 @@ class _TurnGate:
         self._locked = False
         self._urgent: deque[asyncio.Future] = deque()
         self._normal: deque[asyncio.Future] = deque()
+
+    @property
+    def urgent_waiting(self) -> bool:
+        return any(not fut.done() for fut in self._urgent)
 
     async def acquire(self, urgent: bool) -> None:
         if not self._locked and not self._urgent and (urgent or not self._normal):

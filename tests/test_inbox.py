@@ -210,3 +210,32 @@ async def test_a_picture_is_announced_to_its_channel_after_it_is_applied(make_co
             raise RuntimeError("rolled back")
     await asyncio.sleep(0.05)
     assert told == [("p1", 0)]
+
+
+async def test_background_work_waits_for_answers_in_progress_only_until_the_last_is_given():
+    from bot.channel import HandleResult
+    from bot.core.handler import TicketBot
+
+    bot = TicketBot(None, None, None, None, None, None)
+    release = asyncio.Event()
+
+    async def slow_accept(event):
+        await release.wait()
+        return HandleResult()
+
+    bot._accept = slow_accept
+    answering = asyncio.create_task(bot.accept(None))
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await bot.yield_to_callbacks(0.05)  # never longer than its bound
+    assert 0.04 <= loop.time() - start < 1.0
+    waiter = asyncio.create_task(bot.yield_to_callbacks(5.0))
+    await asyncio.sleep(0.02)
+    assert not waiter.done()
+    release.set()
+    await asyncio.wait_for(waiter, 1.0)  # woken as the answer is given, not at the bound
+    await answering
+    start = loop.time()
+    await bot.yield_to_callbacks(5.0)  # nothing in progress: no wait
+    assert loop.time() - start < 0.05

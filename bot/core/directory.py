@@ -28,10 +28,18 @@ def is_lead(p: Person) -> bool:
 
 
 class Directory:
+    """Who is who. The configured people's platform identities are kept in memory:
+    every report looks up the staff it notifies and most messages come from staff,
+    and those identities change only when `sync` writes the config to the database
+    (which reloads them). Customers, and everyone's name, role and active flag, are
+    read from the database in the caller's transaction."""
+
     def __init__(self, config: Config, channels: list[str]):
         self.config = config
         # Channels in preference order for reaching a person directly.
         self.channels = channels
+        self._staff_ids: dict[str, dict[str, str]] = {}  # configured person -> platform -> external id
+        self._staff_of: dict[tuple[str, str], str] = {}  # (platform, external id) -> configured person
 
     async def sync(self, db: Database) -> None:
         """Make the database's people match the config (runtime customers stay)."""
@@ -54,18 +62,35 @@ class Directory:
                         s.add(Identity(platform=platform, external_id=ext, person_id=pc.id))
                     else:
                         ident.person_id = pc.id
+        await self.reload(db)
+
+    async def reload(self, db: Database) -> None:
+        """Read the configured people's identities as committed (after `sync`, or after
+        anything else wrote identities of configured people)."""
+        ids = [pc.id for pc in self.config.people]
+        staff_ids: dict[str, dict[str, str]] = {pid: {} for pid in ids}
+        if ids:
+            async with db.session() as s:
+                for ident in (await s.exec(select(Identity).where(Identity.person_id.in_(ids)))).all():
+                    staff_ids[ident.person_id][ident.platform] = ident.external_id
+        self._staff_ids = staff_ids
+        self._staff_of = {(platform, ext): pid for pid, by in staff_ids.items() for platform, ext in by.items()}
 
     async def resolve(
         self, s: AsyncSession, platform: str, external_id: str, display_name: str | None
     ) -> Person | None:
         """The person behind a platform user id; unknown senders become customers if allowed."""
+        pid = self._staff_of.get((platform, external_id))
+        if pid is not None:
+            person = await s.get(Person, pid)
+            return person if person is not None and person.active else None
         ident = await s.get(Identity, (platform, external_id))
         if ident is not None:
             person = await s.get(Person, ident.person_id)
             return person if person is not None and person.active else None
         if not self.config.allow_unknown_reporters:
             return None
-        pid = f"{platform}:{external_id}"
+        pid = self.stranger_id(platform, external_id)
         name = (display_name or "").strip() or f"{platform}用户{external_id[-4:]}"
         # Insert first (a no-op when the person exists): one statement less than looking first.
         await insert_ignore(s, Person, id=pid, name=name[:64], role="customer", skills=[], active=True)
@@ -74,10 +99,16 @@ class Directory:
 
     async def known(self, s: AsyncSession, platform: str, external_id: str) -> Person | None:
         """The person behind a platform user id, without registering strangers."""
-        ident = await s.get(Identity, (platform, external_id))
-        return await s.get(Person, ident.person_id) if ident is not None else None
+        pid = self._staff_of.get((platform, external_id))
+        if pid is None:
+            ident = await s.get(Identity, (platform, external_id))
+            pid = ident.person_id if ident is not None else None
+        return await s.get(Person, pid) if pid is not None else None
 
     async def identities(self, s: AsyncSession, person_id: str) -> dict[str, str]:
+        """platform -> external id of a person (a copy: callers may add to it)."""
+        if person_id in self._staff_ids:
+            return dict(self._staff_ids[person_id])
         # Cached for the transaction: one change looks the same people up many times.
         cache = s.info.setdefault("identities", {})
         if person_id not in cache:

@@ -30,7 +30,9 @@ from bot.core.service import Actor, Change, Refused, TicketService
 from bot.events import CardMessage, InboundEvent, Text, event_to_dict
 from bot.metrics import Metrics
 from bot.outbox import enqueue
+from bot.tasks import wait_event
 from bot.texts import t
+from bot.wakeup import notify_inbox
 from storage.db import Database
 from storage.models import CardAction, InboxEvent, OutboxMessage, Person, ProcessedEvent, Ticket
 from storage.queries import insert_ignore
@@ -66,6 +68,8 @@ class TicketBot:
         self.on_accept = on_accept or (lambda: None)
         self.defer_inbound = defer_inbound
         self.answering = 0  # callbacks being accepted right now
+        self._answered = asyncio.Event()  # set whenever no callback is being accepted
+        self._answered.set()
         # The escalation engine: told of every change (start, jump or stop a chain).
         self.escalation = escalation
         # The managers' commands (reports.chat.ReportChat), set by the runtime.
@@ -88,21 +92,23 @@ class TicketBot:
 
     async def accept(self, event: InboundEvent) -> HandleResult:
         self.answering += 1
+        self._answered.clear()
         try:
             return await self._accept(event)
         finally:
             self.answering -= 1
+            if not self.answering:
+                self._answered.set()
 
     async def yield_to_callbacks(self, limit: float = 0.25) -> None:
         """Let callbacks being answered go first (background work calls this).
 
         Answering fast is what keeps the platforms from retrying; the workers
-        wait while answers are in progress, at most `limit` seconds.
+        wait while answers are in progress, at most `limit` seconds (woken the
+        moment the last one is answered).
         """
-        waited = 0.0
-        while self.answering and waited < limit:
-            await asyncio.sleep(0.002)
-            waited += 0.002
+        if self.answering:
+            await wait_event(self._answered, limit)
 
     async def _accept(self, event: InboundEvent) -> HandleResult:
         async with self.db.session(urgent=True) as s:
@@ -110,6 +116,8 @@ class TicketBot:
                 self.metrics.inbound.labels(event.platform, "duplicate").inc()
                 return HandleResult(duplicate=True)
             s.add(InboxEvent(platform=event.platform, event_id=event.event_id, payload=event_to_dict(event)))
+            if self.db.is_postgres:  # workers in other processes wake at commit, not at their next poll
+                await notify_inbox(s)
         self.metrics.inbound.labels(event.platform, "accepted").inc()
         self.on_accept()
         return HandleResult()
