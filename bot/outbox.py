@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
 FOLDED = "folded"  # a new-ticket card replaced by the recipient's digest card
 SUPERSEDED = "superseded"  # a card update with a newer update of the same card due behind it
+# A failed bookkeeping write is tried again after `bookkeeping_backoff`, doubling up to this bound
+# (while the database refuses writes, a tight retry would only fill the log).
+BOOKKEEPING_MAX_WAIT_S = 30.0
 # Message classes, served in this order.
 PAGE, REPLY, UPDATE, BULK = 0, 1, 2, 3
 CLASS_NAMES = {PAGE: "page", REPLY: "reply", UPDATE: "update", BULK: "card"}
@@ -118,6 +121,7 @@ class _Result:
     error: DeliveryError | None = None
     released: bool = False  # not sent: an earlier row of its chain failed
     tries: int = 0  # failed bookkeeping writes so far
+    retry_at: float = 0.0  # monotonic time of the next bookkeeping write
 
 
 class OutboxWorker:
@@ -137,7 +141,10 @@ class OutboxWorker:
         self._reaped_at = 0.0
         self.health: dict[str, ChannelHealth] = {}
         self._recovered: set[str] = set()  # channels that answered again since the last pass
+        # Outcomes whose bookkeeping write failed: the send happened, so these rows are
+        # never claimed again by this process and hold back nobody behind them.
         self._unfinished: list[_Result] = []
+        self.bookkeeping_backoff = 0.5  # seconds before the first retry of such a write
         self.last_pass: float | None = None  # monotonic time of the last successful pass
         # Awaited before each sweep: lets callbacks being answered go first.
         self.yield_to = _no_wait
@@ -252,6 +259,8 @@ class OutboxWorker:
             stmt = (select(OutboxMessage)
                     .where(OutboxMessage.status.in_((PENDING, SENDING)), OutboxMessage.next_attempt_at <= now)
                     .order_by(OutboxMessage.msg_class, OutboxMessage.id).limit(limit * 2))
+            if self._unfinished:  # sent already; only their outcome is still to be written
+                stmt = stmt.where(OutboxMessage.id.not_in([r.row.id for r in self._unfinished]))
             if self.db.is_postgres:
                 stmt = stmt.with_for_update(skip_locked=True)
             due = (await s.exec(stmt)).all()
@@ -386,7 +395,7 @@ class OutboxWorker:
         not due yet (waiting for a retry, or leased) and when it is looked at next."""
         if not due:
             return {}
-        rows = (await s.exec(
+        stmt = (
             select(OutboxMessage.channel, OutboxMessage.to_kind, OutboxMessage.to_id, OutboxMessage.msg_class,
                    func.min(OutboxMessage.id), func.min(OutboxMessage.next_attempt_at))
             .where(OutboxMessage.channel.in_({r.channel for r in due}),
@@ -394,7 +403,10 @@ class OutboxWorker:
                    OutboxMessage.to_id.in_({r.to_id for r in due}),
                    OutboxMessage.status.in_((PENDING, SENDING)), OutboxMessage.next_attempt_at > now)
             .group_by(OutboxMessage.channel, OutboxMessage.to_kind, OutboxMessage.to_id,
-                      OutboxMessage.msg_class))).all()
+                      OutboxMessage.msg_class))
+        if self._unfinished:  # delivered, in order: what follows them is not held back
+            stmt = stmt.where(OutboxMessage.id.not_in([r.row.id for r in self._unfinished]))
+        rows = (await s.exec(stmt)).all()
         return {(c, k, i, m): (first, at) for c, k, i, m, first, at in rows}
 
     async def _refs(self, s: AsyncSession, rows: list[OutboxMessage]) -> dict:
@@ -561,9 +573,14 @@ class OutboxWorker:
                     await self._store_refs(s, [r], now)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("outbox %s: recording its outcome failed (try %d); kept to write again",
-                          r.row.id, r.tries)
+        except Exception as e:
+            delay = min(BOOKKEEPING_MAX_WAIT_S, self.bookkeeping_backoff * 2 ** (r.tries - 1))
+            r.retry_at = time.monotonic() + delay
+            if r.tries == 1:
+                log.exception("outbox %s: recording its outcome failed; written again in %.1f s", r.row.id, delay)
+            else:  # the same failure again: one line, no traceback
+                log.warning("outbox %s: recording its outcome failed again (try %d: %s); next try in %.1f s",
+                            r.row.id, r.tries, f"{type(e).__name__}: {e}"[:200], delay)
             if r not in self._unfinished:
                 self._unfinished.append(r)
             return False
@@ -571,9 +588,14 @@ class OutboxWorker:
         return True
 
     async def _retry_unfinished(self) -> None:
-        pending, self._unfinished = self._unfinished, []
+        """Write again the outcomes whose time has come (each with its own back-off)."""
+        mono = time.monotonic()
+        due = [r for r in self._unfinished if r.retry_at <= mono]
+        if not due:
+            return
+        self._unfinished = [r for r in self._unfinished if r.retry_at > mono]
         now = utcnow()
-        for r in pending:
+        for r in due:
             await self._finish_one(r, now)
 
     async def _store_refs(self, s: AsyncSession, results: list[_Result], now: datetime) -> None:

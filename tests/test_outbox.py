@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 from sqlmodel import select
 
 from bot.channel import Channel, ChannelRegistry, DeliveryError, current_outbox_id
@@ -285,8 +286,10 @@ async def test_a_bookkeeping_failure_on_one_row_leaves_the_others_delivered_once
         enqueue(s, Address("fake", "user", "u1"), CardMessage(bad))
         for i in range(5):
             enqueue(s, Address("fake", "user", f"v{i}"), Text(f"t{i}"))
+    worker.bookkeeping_backoff = 0.01
     for _ in range(6):
         await worker.deliver_due()
+        await asyncio.sleep(0.05)  # past each retry's back-off
     rows = await _rows(db)
     assert [r.status for r in rows] == [SENT] * 6
     assert sorted(oid for *_, oid in ch.sent) == [r.id for r in rows]  # each sent exactly once
@@ -390,3 +393,51 @@ async def test_several_due_updates_of_one_card_send_only_the_newest(world):
     assert [m.card.title for _, m, _, _ in ch.sent] == ["v0", "v5"]
     assert ch.sent[1][2] == {"message_id": "m1"}
     assert [r.status for r in await _rows(db)] == [SENT, "superseded", "superseded", "superseded", "superseded", SENT]
+
+
+async def _fail_marking_sent(db, row_id: int, on: bool) -> None:
+    """A database that refuses one row's "sent" write (a trigger), as a failing disk or
+    constraint would, while every other write works."""
+    async with db.session() as s:
+        if db.is_postgres:
+            if on:
+                await s.exec(text(f"""CREATE OR REPLACE FUNCTION refuse_sent() RETURNS trigger AS $$
+                    BEGIN IF NEW.id = {row_id} AND NEW.status = 'sent' THEN RAISE EXCEPTION 'refused'; END IF;
+                    RETURN NEW; END $$ LANGUAGE plpgsql"""))
+                await s.exec(text("CREATE TRIGGER refuse_sent BEFORE UPDATE ON outbox "
+                                  "FOR EACH ROW EXECUTE FUNCTION refuse_sent()"))
+            else:
+                await s.exec(text("DROP TRIGGER refuse_sent ON outbox"))
+        elif on:
+            await s.exec(text(f"CREATE TRIGGER refuse_sent BEFORE UPDATE OF status ON outbox "
+                              f"WHEN NEW.id = {row_id} AND NEW.status = 'sent' "
+                              f"BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+        else:
+            await s.exec(text("DROP TRIGGER refuse_sent"))
+
+
+async def test_a_row_whose_outcome_cannot_be_written_holds_back_nobody_and_is_not_resent(world, caplog):
+    """The send worked, writing "sent" fails for a while: the same recipient's next messages
+    still go, the row is not sent again, and the write is retried with back-off."""
+    db, ch, worker = world
+    worker.config.per_recipient_per_minute = 1000
+    u1 = Address("fake", "user", "u1")
+    await _enqueue(db, Text("first"), to=u1)
+    [first] = await _rows(db)
+    await _fail_marking_sent(db, first.id, True)
+    try:
+        await worker.deliver_due()  # "first" is sent; its outcome is not written
+        await _enqueue(db, Text("second"), Text("third"), to=u1)
+        for _ in range(20):  # passes in a tight loop while the write keeps failing
+            await worker.deliver_due()
+        assert [m.text for _, m, _, _ in ch.sent] == ["first", "second", "third"]
+        failures = [r for r in caplog.records if "recording its outcome failed" in r.getMessage()]
+        assert 1 <= len(failures) <= 3  # backed off, not once per pass
+        assert sum(r.exc_info is not None for r in failures) == 1  # one traceback
+    finally:
+        await _fail_marking_sent(db, first.id, False)
+    await asyncio.sleep(2.1)  # past the back-off (0.5 s, then 1 s)
+    await worker.deliver_due()
+    rows = await _rows(db)
+    assert [r.status for r in rows] == [SENT] * 3
+    assert [m.text for _, m, _, _ in ch.sent] == ["first", "second", "third"]  # each once
