@@ -172,9 +172,16 @@ class FaultyApi:
         return any(key in r.text and self.recipient(r) == f"group:{platform}" for r in self.requests)
 
 
-def duplicates(got: Counter, control: Counter) -> int:
+def excess(got: Counter, control: Counter) -> Counter:
     """Deliveries beyond what a report without the fault got, per (path, recipient)."""
-    return sum(max(0, n - max(1, control.get(k, 1))) for k, n in got.items())
+    return Counter({k: n - max(1, control.get(k, 1)) for k, n in got.items() if n > max(1, control.get(k, 1))})
+
+
+def where(extra: Counter) -> str:
+    """Which sends the duplicates were: ' (path -> recipient xN, ...)'."""
+    if not extra:
+        return ""
+    return " (" + ", ".join(f"{path} -> {who} x{n}" for (path, who), n in sorted(extra.items())) + ")"
 
 
 # ---- one bot instance ------------------------------------------------------------------
@@ -323,7 +330,8 @@ async def fault_kill(bot: Bot, args) -> str:
             waits.append(f"{p} sent before the kill")
         else:
             waits.append(f"{p} {at - t0:.1f}s" if at else f"{p} >{args.cap_kill:.0f}s")
-    dups = duplicates(bot.api.deliveries(ka), bot.api.deliveries(kb))
+    extra = excess(bot.api.deliveries(ka), bot.api.deliveries(kb))
+    dups = f"{sum(extra.values())}{where(extra)}"
     note = "" if held else " (not every platform's send was in flight at the kill)"
     return (f"next card to the same group after restart: {', '.join(waits)} (restart->healthy {healthy:.1f}s); "
             f"duplicates of the mid-send cards: {dups}{note}")
@@ -343,16 +351,16 @@ async def fault_bookkeeping(bot: Bot, args) -> str:
     await asyncio.sleep(args.settle_dups)  # leases of an aborted pass run out: resends show up here
     delivered = sum(1 for i in others for p in NAMES if bot.api.group_card_at(report_key(i), p))
     control = bot.api.deliveries(report_key(others[-1]))
-    dup_others = sum(duplicates(bot.api.deliveries(report_key(i)), control) for i in others[:-1])
-    dup_poison = duplicates(bot.api.deliveries(kp), control)
+    extra_others = sum((excess(bot.api.deliveries(report_key(i)), control) for i in others[:-1]), Counter())
+    extra_poison = excess(bot.api.deliveries(kp), control)
     log = bot.log()[log0:]
     sweeps = log.count("outbox sweep failed")
     errors = sum(1 for line in log.splitlines() if " ERROR " in line or line.startswith("ERROR"))
     return (f"other reports' group cards delivered {delivered}/{len(others) * 3} "
-            f"(duplicates {dup_others}); 'outbox sweep failed' x{sweeps}, {errors} error lines, "
+            f"(duplicates {sum(extra_others.values())}{where(extra_others)}); 'outbox sweep failed' x{sweeps}, {errors} error lines, "
             f"{log.count('Traceback')} tracebacks in {args.settle + args.settle_dups:.0f}s; "
             f"the failing row's message delivered {sum(bot.api.deliveries(kp).values())}x "
-            f"(duplicates {dup_poison})")
+            f"(duplicates {sum(extra_poison.values())}{where(extra_poison)})")
 
 
 async def fault_outage(bot: Bot, args) -> str:
@@ -373,10 +381,10 @@ async def fault_outage(bot: Bot, args) -> str:
     last = max((bot.api.group_card_at(report_key(i), p) or up + args.cap_outage) for i in held for p in NAMES)
     await asyncio.sleep(2.0)
     got = sum(1 for i in held for p in NAMES if bot.api.group_card_at(report_key(i), p))
-    dups = sum(duplicates(bot.api.deliveries(report_key(i)), control) for i in held)
+    extra = sum((excess(bot.api.deliveries(report_key(i)), control) for i in held), Counter())
     figure = f"{last - up:.1f}s" if done else f">{args.cap_outage:.0f}s ({got}/{len(held) * 3} delivered)"
     return (f"outage {args.outage:.0f}s: every held group card delivered {figure} after recovery; "
-            f"duplicates {dups}")
+            f"duplicates {sum(extra.values())}{where(extra)}")
 
 
 async def fault_healthz(bot: Bot, args) -> str:
