@@ -47,7 +47,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -67,8 +66,8 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from bench.callbacks import HOST, free_port, start_bot, wait_healthy  # noqa: E402
-from bench.pipeline import PLATFORMS, Api, config_toml  # noqa: E402
-from bench.platforms import dingtalk, report_key  # noqa: E402
+from bench.pipeline import NUMBER, PLATFORMS, Api, config_toml  # noqa: E402
+from bench.platforms import dingtalk, feishu, report_key  # noqa: E402
 from bot.channels.dingtalk_api import robot_sign  # noqa: E402
 
 NAMES = tuple(m.__name__.rsplit(".", 1)[1] for m in PLATFORMS)  # wecom, feishu, dingtalk
@@ -104,6 +103,7 @@ class FaultyApi:
         self.hold: str | None = None
         self._released = asyncio.Event()
         self.who = Api()  # bench/pipeline.py's recipient recognition
+        self.numbers: dict[int, set[str]] = {}  # customer index -> ticket numbers they were told
 
     def release(self) -> None:
         self.hold = None
@@ -121,7 +121,19 @@ class FaultyApi:
             await self._released.wait()
         response = await handler(request)
         req.ok = response.status == 200
+        if req.ok and req.method == "POST":
+            self._note_numbers(req)
         return response
+
+    def _note_numbers(self, req: Request) -> None:
+        try:
+            doc = json.loads(req.text or "{}")
+        except ValueError:
+            return
+        if isinstance(doc, dict):
+            i = self.who.customer(req.path_qs, doc)
+            if i is not None:
+                self.numbers.setdefault(i, set()).update(NUMBER.findall(req.text))
 
     def recipient(self, req: Request) -> str:
         try:
@@ -172,6 +184,11 @@ class FaultyApi:
         return any(key in r.text and self.recipient(r) == f"group:{platform}" for r in self.requests)
 
 
+def per_platform(api: FaultyApi, keys: list[str]) -> str:
+    """'wecom 6/6, feishu 6/6, dingtalk 0/6': engineers' group cards delivered per platform."""
+    return ", ".join(f"{p} {sum(1 for k in keys if api.group_card_at(k, p))}/{len(keys)}" for p in NAMES)
+
+
 def excess(got: Counter, control: Counter) -> Counter:
     """Deliveries beyond what a report without the fault got, per (path, recipient)."""
     return Counter({k: n - max(1, control.get(k, 1)) for k, n in got.items() if n > max(1, control.get(k, 1))})
@@ -185,6 +202,24 @@ def where(extra: Counter) -> str:
 
 
 # ---- one bot instance ------------------------------------------------------------------
+
+
+def distinct_report(i: int, module) -> tuple[str, dict[str, str], bytes]:
+    """Report i through a platform module, about a place of its own: never linked to another
+    report's ticket as one incident, so each report gets its own cards."""
+    if module is feishu:
+        saved = feishu.report_text
+        feishu.report_text = lambda n: f"{n}号线水泵不出水了，整条线停着，设备编号 {report_key(n)}"
+        try:
+            return feishu.make_report(i)
+        finally:
+            feishu.report_text = saved
+    saved_reports = module.REPORTS
+    module.REPORTS = (f"{i}号线水泵不出水了，整条线停着，设备编号 {{key}}",)
+    try:
+        return module.make_report(i)
+    finally:
+        module.REPORTS = saved_reports
 
 
 class Bot:
@@ -252,7 +287,7 @@ class Bot:
 
     async def report(self, i: int, platform: int | None = None) -> int | str:
         """Send report i (customer i) through a platform (default round-robin); the HTTP status."""
-        path, headers, body = PLATFORMS[(i if platform is None else platform) % 3].make_report(i)
+        path, headers, body = distinct_report(i, PLATFORMS[(i if platform is None else platform) % 3])
         try:
             async with self.session.post(self.base + path, data=body, headers=headers,
                                          timeout=aiohttp.ClientTimeout(total=15)) as r:
@@ -292,15 +327,7 @@ class Bot:
 
 def ticket_numbers(bot: Bot, i: int) -> set[str]:
     """Ticket numbers the customer of report i was told."""
-    pattern = re.compile(r"SRV-\d{8}-\d{5}-[0-9A-Z]{3}")
-    out: set[str] = set()
-    for req in bot.api.requests:
-        if req.ok and req.method == "POST":
-            with contextlib.suppress(ValueError):
-                doc = json.loads(req.text or "{}")
-                if isinstance(doc, dict) and bot.api.who.customer(req.path_qs, doc) == i:
-                    out.update(pattern.findall(req.text))
-    return out
+    return bot.api.numbers.get(i, set())
 
 
 # ---- the faults ------------------------------------------------------------------------
@@ -340,6 +367,10 @@ async def fault_kill(bot: Bot, args) -> str:
 async def fault_bookkeeping(bot: Bot, args) -> str:
     poison = 100
     kp = report_key(poison)
+    await bot.report(0)  # the control: what one report's messages are when nothing fails
+    await bot.wait_for(lambda: all(bot.api.group_card_at(report_key(0), p) for p in NAMES), 30)
+    await asyncio.sleep(2.0)
+    control = bot.api.deliveries(report_key(0))
     bot.sql(f"""CREATE TRIGGER fault_mark_sent BEFORE UPDATE ON outbox
                 WHEN NEW.status = 'sent' AND OLD.status != 'sent' AND instr(OLD.message, '{kp}') > 0
                 BEGIN SELECT RAISE(ABORT, 'fault: bookkeeping write refused'); END""")
@@ -349,14 +380,12 @@ async def fault_bookkeeping(bot: Bot, args) -> str:
     await bot.wait_for(lambda: all(bot.api.group_card_at(report_key(i), p) for i in others for p in NAMES),
                        args.settle)
     await asyncio.sleep(args.settle_dups)  # leases of an aborted pass run out: resends show up here
-    delivered = sum(1 for i in others for p in NAMES if bot.api.group_card_at(report_key(i), p))
-    control = bot.api.deliveries(report_key(others[-1]))
-    extra_others = sum((excess(bot.api.deliveries(report_key(i)), control) for i in others[:-1]), Counter())
+    extra_others = sum((excess(bot.api.deliveries(report_key(i)), control) for i in others), Counter())
     extra_poison = excess(bot.api.deliveries(kp), control)
     log = bot.log()[log0:]
     sweeps = log.count("outbox sweep failed")
     errors = sum(1 for line in log.splitlines() if " ERROR " in line or line.startswith("ERROR"))
-    return (f"other reports' group cards delivered {delivered}/{len(others) * 3} "
+    return (f"other reports' group cards delivered: {per_platform(bot.api, [report_key(i) for i in others])} "
             f"(duplicates {sum(extra_others.values())}{where(extra_others)}); 'outbox sweep failed' x{sweeps}, {errors} error lines, "
             f"{log.count('Traceback')} tracebacks in {args.settle + args.settle_dups:.0f}s; "
             f"the failing row's message delivered {sum(bot.api.deliveries(kp).values())}x "
@@ -380,9 +409,9 @@ async def fault_outage(bot: Bot, args) -> str:
                               args.cap_outage, step=0.2)
     last = max((bot.api.group_card_at(report_key(i), p) or up + args.cap_outage) for i in held for p in NAMES)
     await asyncio.sleep(2.0)
-    got = sum(1 for i in held for p in NAMES if bot.api.group_card_at(report_key(i), p))
     extra = sum((excess(bot.api.deliveries(report_key(i)), control) for i in held), Counter())
-    figure = f"{last - up:.1f}s" if done else f">{args.cap_outage:.0f}s ({got}/{len(held) * 3} delivered)"
+    figure = (f"{last - up:.1f}s" if done else
+              f">{args.cap_outage:.0f}s ({per_platform(bot.api, [report_key(i) for i in held])})")
     return (f"outage {args.outage:.0f}s: every held group card delivered {figure} after recovery; "
             f"duplicates {sum(extra.values())}{where(extra)}")
 
@@ -501,7 +530,7 @@ async def fault_memory(bot: Bot, args) -> str:
     for start in range(0, n, 50):  # 50 at a time: a steady stream, not a burst
         await asyncio.gather(*(bot.report(first + i) for i in range(start, min(n, start + 50))))
         await asyncio.sleep(0.5)
-    await bot.wait_for(lambda: all(ticket_numbers(bot, first + i) for i in range(n)), args.settle, step=0.5)
+    await bot.wait_for(lambda: all(ticket_numbers(bot, first + i) for i in range(n)), args.drain, step=1.0)
     told = sum(1 for i in range(n) if ticket_numbers(bot, first + i))
     await asyncio.sleep(2.0)
     after = bot.rss_mib()
@@ -631,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cap-kill", type=float, default=90.0, help="fault 1: seconds to wait for the next card")
     p.add_argument("--cap-outage", type=float, default=200.0, help="fault 3: seconds to wait after recovery")
     p.add_argument("--cap-dead", type=float, default=90.0, help="fault 7: seconds to wait for the 5th attempt")
-    p.add_argument("--settle", type=float, default=30.0, help="faults 2, 6: seconds to wait for deliveries")
+    p.add_argument("--settle", type=float, default=30.0, help="fault 2: seconds to wait for deliveries")
+    p.add_argument("--drain", type=float, default=180.0, help="fault 6: seconds to wait for every number")
     p.add_argument("--settle-dups", type=float, default=70.0,
                    help="fault 2: further seconds for resends after a lease runs out (default 70: the 60 s lease)")
     p.add_argument("--keep", action="store_true", help="keep each fault's directory (config, database, bot log)")
