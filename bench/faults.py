@@ -307,6 +307,11 @@ class Bot:
         finally:
             con.close()
 
+    def outbox_states(self) -> str:
+        """The outbox's rows per status, e.g. 'sent 70, sending 5, folded 4' (folded: into a digest card)."""
+        rows = self.sql("SELECT status, count(*) FROM outbox GROUP BY status ORDER BY count(*) DESC")
+        return ", ".join(f"{status} {n}" for status, n in rows)
+
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
 
@@ -385,11 +390,13 @@ async def fault_bookkeeping(bot: Bot, args) -> str:
     log = bot.log()[log0:]
     sweeps = log.count("outbox sweep failed")
     errors = sum(1 for line in log.splitlines() if " ERROR " in line or line.startswith("ERROR"))
+    got_poison = bot.api.deliveries(kp)
     return (f"other reports' group cards delivered: {per_platform(bot.api, [report_key(i) for i in others])} "
-            f"(duplicates {sum(extra_others.values())}{where(extra_others)}); 'outbox sweep failed' x{sweeps}, {errors} error lines, "
-            f"{log.count('Traceback')} tracebacks in {args.settle + args.settle_dups:.0f}s; "
-            f"the failing row's message delivered {sum(bot.api.deliveries(kp).values())}x "
-            f"(duplicates {sum(extra_poison.values())}{where(extra_poison)})")
+            f"(duplicates {sum(extra_others.values())}{where(extra_others)}); "
+            f"'outbox sweep failed' x{sweeps}, {errors} error lines, {log.count('Traceback')} tracebacks in "
+            f"{args.settle + args.settle_dups:.0f}s; the messages whose bookkeeping fails: "
+            f"{sum(got_poison.values())} deliveries to {len(got_poison)} recipients "
+            f"(duplicates {sum(extra_poison.values())}{where(extra_poison)}); outbox rows: {bot.outbox_states()}")
 
 
 async def fault_outage(bot: Bot, args) -> str:
@@ -413,7 +420,7 @@ async def fault_outage(bot: Bot, args) -> str:
     figure = (f"{last - up:.1f}s" if done else
               f">{args.cap_outage:.0f}s ({per_platform(bot.api, [report_key(i) for i in held])})")
     return (f"outage {args.outage:.0f}s: every held group card delivered {figure} after recovery; "
-            f"duplicates {sum(extra.values())}{where(extra)}")
+            f"duplicates {sum(extra.values())}{where(extra)}; outbox rows: {bot.outbox_states()}")
 
 
 async def fault_healthz(bot: Bot, args) -> str:
