@@ -19,7 +19,7 @@ and build:
    de-duplicates as the platforms do (WeCom app messages with
    `enable_duplicate_check`, Feishu's `uuid`; DingTalk has no such field).
 2. the UPDATE that marks one report's messages sent aborts (a SQLite trigger),
-   after the platform accepted them; 10 other reports at the same moment: how
+   after the platform accepted them; 10 other reports right after it: how
    many of the others' cards were delivered, "outbox sweep failed" lines and
    error lines in the log; then the write works again: deliveries and
    duplicates after --settle-dups seconds (past the 60 s lease). Cards folded
@@ -384,7 +384,9 @@ async def fault_bookkeeping(bot: Bot, args) -> str:
     log0 = len(bot.log())
     others = list(range(101, 111))
     keys = [report_key(i) for i in others]
-    await asyncio.gather(*(bot.report(i) for i in [poison, *others]))
+    await bot.report(poison)  # first: its sends succeed, marking them sent fails
+    await bot.wait_for(lambda: all(bot.api.got_any(kp, p) for p in NAMES), 20)
+    await asyncio.gather(*(bot.report(i) for i in others))  # the same recipients' next messages
     await asyncio.sleep(args.settle)
     during = per_platform(bot.api, keys)
     log = bot.log()[log0:]
