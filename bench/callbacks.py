@@ -90,13 +90,16 @@ async def start_fake_api(module, recorder: Recorder) -> tuple[web.AppRunner, str
     return runner, f"http://{HOST}:{port}"
 
 
-def start_bot(config_path: Path, port: int, workdir: Path, log_path: Path) -> subprocess.Popen:
+def start_bot(config_path: Path, port: int, workdir: Path, log_path: Path, *, root: Path = ROOT,
+              append: bool = False) -> subprocess.Popen:
+    """`run_bot.py` of the checkout at `root` (its own modules first on the path), logging to `log_path`."""
     env = dict(os.environ)
     env["RELAYDESK_DATA_DIR"] = str(workdir / "data")
     env.pop("RELAYDESK_DATABASE_URL", None)
-    logf = open(log_path, "wb")
+    env["PYTHONPATH"] = str(root)
+    logf = open(log_path, "ab" if append else "wb")
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "run_bot.py"), "--config", str(config_path), "--host", HOST,
+        [sys.executable, str(root / "run_bot.py"), "--config", str(config_path), "--host", HOST,
          "--port", str(port), "--log-level", "WARNING"],
         cwd=str(workdir), env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
     )

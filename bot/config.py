@@ -103,6 +103,25 @@ class OutboxConfig(_Section):
     digest_after: int = Field(default=3, ge=0)
 
 
+class RetentionConfig(_Section):
+    """How long finished bookkeeping rows are kept (days; 0 keeps them for ever).
+
+    Pruned by a periodic job in bounded batches (storage/retention.py); rows still
+    needed (pending or dead, cards of live tickets, keys inside their window) stay.
+    """
+
+    interval: Duration = timedelta(hours=1)
+    batch: int = Field(default=1000, ge=1, le=100_000)
+    outbox_days: int = Field(default=14, ge=0)
+    processed_event_days: int = Field(default=7, ge=0)
+    inbox_days: int = Field(default=7, ge=0)
+    card_action_days: int = Field(default=90, ge=0)
+    phone_call_days: int = Field(default=90, ge=0)
+    api_idempotency_days: int = Field(default=30, ge=0)
+    process_heartbeat_days: int = Field(default=7, ge=0)
+    periodic_job_days: int = Field(default=60, ge=0)
+
+
 class NlpConfig(_Section):
     taxonomy: Optional[Path] = None
     sop: Optional[Path] = None
@@ -311,6 +330,7 @@ class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     tickets: TicketsConfig = Field(default_factory=TicketsConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
     nlp: NlpConfig = Field(default_factory=NlpConfig)
     playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)

@@ -1,4 +1,5 @@
-"""APScheduler in every process: the escalation sweep and the periodic jobs.
+"""APScheduler in every process: the escalation sweep and the periodic jobs
+(auditor, follow-ups, retention of old bookkeeping rows, reports).
 
 Per-ticket timers are rows (escalation_timer.due_at), never APScheduler jobs:
 the scheduler only runs, in memory, the sweep every `sweep_interval` and the
@@ -16,10 +17,12 @@ from typing import Awaitable, Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import text
 
+from bot.core.states import TERMINAL
 from bot.tasks import BackgroundTasks
 from escalation.auditor import audit
 from escalation.engine import EscalationEngine
 from storage.models import PeriodicJob
+from storage.retention import prune
 
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,13 @@ class Jobs:
         fc = self.engine.config.followup
         if fc.enabled and fc.steps:
             self.add_periodic("followups", fc.check_interval, self.engine.sweep_followups, first=now)
+        # Old bookkeeping rows go in batches; first a few minutes in, after the start-up catch-up.
+        self.add_periodic("retention", self.engine.config.retention.interval, self._prune,
+                          first=now + timedelta(minutes=3))
         self.scheduler.start()
+
+    async def _prune(self) -> None:
+        await prune(self.engine.db, self.engine.config.retention, self.engine.clock(), terminal=TERMINAL)
 
     def add_periodic(self, name: str, interval: timedelta, fn: Callable[[], Awaitable[None]],
                      first: datetime | None = None) -> None:

@@ -119,7 +119,7 @@ async def test_the_app_runs_the_sweep_and_stops_cleanly(tmp_path, sqlite_url, ai
     rt = app[RUNTIME]
     jobs = rt.escalation.scheduler
     assert {j.id for j in jobs.scheduler.get_jobs()} == {"escalation-sweep", "periodic-auditor", "periodic-followups",
-                                                         "periodic-reports-tick"}
+                                                         "periodic-reports-tick", "periodic-retention"}
     await rt.bot.handle(InboundEvent(
         platform="playground", event_id="a1", sender_id="cust_wang",
         conversation=Address("playground", "user", "cust_wang"), kind="text", text="3号线水泵漏水停机了"))
