@@ -70,7 +70,7 @@ from aiohttp import web  # noqa: E402
 from bench.callbacks import HOST, free_port, start_bot, wait_healthy  # noqa: E402
 from bench.pipeline import NUMBER, PLATFORMS, Api, config_toml  # noqa: E402
 from bench.platforms import dingtalk, feishu, report_key  # noqa: E402
-from bot.channels.dingtalk_api import robot_sign  # noqa: E402
+from bot.channels.dingtalk.crypto import robot_sign  # noqa: E402
 
 NAMES = tuple(m.__name__.rsplit(".", 1)[1] for m in PLATFORMS)  # wecom, feishu, dingtalk
 # Requests that create a message (updates of a card in place, tokens and uploads are not deliveries).
