@@ -139,17 +139,23 @@ class Classifier:
 
     # classification -------------------------------------------------------
 
-    def classify(self, text: str) -> Classification:
-        """Classify one report. Never raises: unusable input gives the fallback category."""
+    def classify(self, text: str, explain: bool = True) -> Classification:
+        """Classify one report. Never raises: unusable input gives the fallback category.
+
+        With explain=False the explanation (evidence and impact) is not worked
+        out and left empty; every other field is the same. For callers that
+        only need the labels and entities, such as the command line without
+        --explain.
+        """
         if not isinstance(text, str):
             text = "" if text is None else str(text)
         try:
-            return self._classify(text)
+            return self._classify(text, explain)
         except Exception:  # pragma: no cover - defensive: a report must never break the bot
             _log.exception("classifier failed on a report of %d characters", len(text))
             return self._empty
 
-    def _classify(self, text: str) -> Classification:
+    def _classify(self, text: str, explain: bool = True) -> Classification:
         display, match = self._normalize(text)
         if not match:
             return self._empty
@@ -169,27 +175,29 @@ class Classifier:
                 signal=entities.location is not None or entities.serial is not None,
             )
 
-        evidence: list[str] = []
         category, cat_score, cat_evidence = self._choose_category(hits, match, entities.error_code is not None)
         cat = self.taxonomy.categories[category]
-        if cat_evidence:
-            evidence.append(cat_evidence)
-        if entities.error_code is not None:
-            evidence.append(f"{_LABEL_CODE}:{entities.error_code}")
+        evidence: list[str] | None = None
+        if explain:
+            evidence = []
+            if cat_evidence:
+                evidence.append(cat_evidence)
+            if entities.error_code is not None:
+                evidence.append(f"{_LABEL_CODE}:{entities.error_code}")
         priority, impact = self._priority(cat, hits, match, evidence)
-        if impact is not None:
-            impact = self._normalize.clause_of(text, impact) or impact
-
-        for h in hits:
-            if h.negated and h.neg_start >= 0 and h.layer not in _NOT_REPORTED_NEGATED:
-                evidence.append(f"{_LABEL_NEGATED}:{match[h.neg_start:h.end]}")
+        if evidence is not None:
+            if impact is not None:
+                impact = self._normalize.clause_of(text, impact) or impact
+            for h in hits:
+                if h.negated and h.neg_start >= 0 and h.layer not in _NOT_REPORTED_NEGATED:
+                    evidence.append(f"{_LABEL_NEGATED}:{match[h.neg_start:h.end]}")
 
         return Classification(
             category=category,
             category_name=cat.name,
             priority=priority,
             score=cat_score,
-            evidence=_dedupe(evidence)[:_MAX_EVIDENCE],
+            evidence=() if evidence is None else _dedupe(evidence)[:_MAX_EVIDENCE],
             impact=impact,
             serial=entities.serial,
             location=entities.location,
@@ -355,7 +363,9 @@ class Classifier:
     # priority -------------------------------------------------------------
 
     def _priority(self, cat: Category, hits: list[Hit], text: str,
-                  evidence: list[str]) -> tuple[str, str | None]:
+                  evidence: list[str] | None) -> tuple[str, str | None]:
+        """(priority, impact phrase). Without `evidence` (a list that receives the reasons)
+        the reasons and the impact phrase are not worked out (None)."""
         safety: list[Hit] = []
         impact: list[Hit] = []
         stoppage: list[Hit] = []
@@ -390,21 +400,25 @@ class Classifier:
             impact.extend(self._scoped_stops(hits, text, gaps))
             impact.sort(key=lambda h: h.start)
 
-        for h in safety:
-            evidence.append(f"{_LABEL_SAFETY}:{h.text(text)}")
-        for h in impact:
-            evidence.append(f"{_LABEL_IMPACT}:{_impact_text(h, text, gaps)}")
         counts_stoppage = bool(stoppage) and not degraded and cat.kind != "request"
-        if counts_stoppage:
-            for h in stoppage:
-                evidence.append(f"{_LABEL_STOPPAGE}:{h.text(text)}")
-        for h in degraded:
-            evidence.append(f"{_LABEL_DEGRADED}:{h.text(text)}")
-        for h in can_wait:
-            evidence.append(f"{_LABEL_CAN_WAIT}:{h.text(text)}")
-        if cat.urgent_priority is not None:
-            for h in urgent:
-                evidence.append(f"{_LABEL_URGENT}:{h.text(text)}")
+        if evidence is None:
+            if safety or impact or counts_stoppage:
+                return "P0", None
+        else:
+            for h in safety:
+                evidence.append(f"{_LABEL_SAFETY}:{h.text(text)}")
+            for h in impact:
+                evidence.append(f"{_LABEL_IMPACT}:{_impact_text(h, text, gaps)}")
+            if counts_stoppage:
+                for h in stoppage:
+                    evidence.append(f"{_LABEL_STOPPAGE}:{h.text(text)}")
+            for h in degraded:
+                evidence.append(f"{_LABEL_DEGRADED}:{h.text(text)}")
+            for h in can_wait:
+                evidence.append(f"{_LABEL_CAN_WAIT}:{h.text(text)}")
+            if cat.urgent_priority is not None:
+                for h in urgent:
+                    evidence.append(f"{_LABEL_URGENT}:{h.text(text)}")
 
         if safety or impact or counts_stoppage:
             phrase = self._impact_phrase(impact[0], hits, text) if impact else (
@@ -414,10 +428,11 @@ class Classifier:
         priority = cat.priority
         if cat.kind == "fallback" and (fault or stoppage):
             # something is broken or stopped, but it names no category: a fault all the same
-            evidence.append(f"{_LABEL_FAULT}:{(fault or stoppage)[0].text(text)}")
+            if evidence is not None:
+                evidence.append(f"{_LABEL_FAULT}:{(fault or stoppage)[0].text(text)}")
             priority = "P1"
         if priority == "P1" and (can_wait or minor):
-            if minor:
+            if minor and evidence is not None:
                 evidence.append(f"{_LABEL_CAN_WAIT}:{minor[0].text(text)}")
             priority = "P2"
         if cat.urgent_priority is not None and urgent:

@@ -73,7 +73,8 @@ def _renderer(classifier: Any, library: Any, explain: bool) -> Callable[[str], s
     classify = classifier.classify
 
     def render(line: str) -> str:
-        result = classify(line)
+        # without --explain the evidence and impact are not printed, so not worked out either
+        result = classify(line, explain)
         record = result.as_dict(explain=explain)
         if library is not None:
             card = library.lookup(result)

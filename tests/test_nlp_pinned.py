@@ -51,6 +51,23 @@ def test_pinned_classifications_unchanged(clf):
     assert not changed, f"{len(changed)} classifications changed, first: {changed[0]}"
 
 
+def test_without_explanation_only_evidence_and_impact_are_left_out(clf):
+    """classify(text, explain=False) (the CLI without --explain) skips the explanation; every other field,
+    the signal included, is the pinned one."""
+    rows = _pinned()
+    changed = []
+    explained = 0
+    for row in rows:
+        result = clf.classify(row["text"], explain=False)
+        want = {**row["result"], "evidence": [], "impact": None}
+        got = {**result.as_dict(explain=True), "signal": result.signal}
+        if got != want:
+            changed.append((row["text"], want, got))
+        explained += bool(row["result"]["evidence"] or row["result"]["impact"])
+    assert explained > 500  # the pinned rows do have explanations to leave out
+    assert not changed, f"{len(changed)} classifications differ, first: {changed[0]}"
+
+
 def _texts() -> list[str]:
     return [row["text"] for row in _pinned()]
 
