@@ -50,6 +50,7 @@ from aiohttp import web
 from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id, register
 import bot.channels.feishu.crypto as crypto
 from bot.channels.feishu.api import FeishuAPI, FeishuAPIError
+from bot.channels.feishu.state import ClickAnswers
 from bot.channels.feishu.stream import FeishuStream
 from bot.channels.shared.bounded import Bounded
 from bot.channels.shared.verify import same
@@ -64,10 +65,6 @@ log = logging.getLogger(__name__)
 CALLBACK_PATH = "/callbacks/feishu"
 MESSAGE_EVENT = "im.message.receive_v1"
 CARD_EVENT = "card.action.trigger"
-# How long a card returned from a click counts as "what everybody sees".
-INLINE_CARD_TTL = 120.0
-# How long the outbox waits for a click's answer to be written before PATCHing that card.
-CLICK_ANSWER_WAIT = 5.0
 # A group member's last message in a thread is where replies to them go, for this long.
 THREAD_TTL = 30 * 60.0
 # Retry the bot-info lookup no more often than this.
@@ -200,10 +197,8 @@ class FeishuChannel(Channel):
         self._p2p_chats: Bounded = Bounded(10_000)
         # (chat_id, open_id) -> (message_id, monotonic time) of their last message in a thread.
         self._threads: Bounded = Bounded(10_000)
-        # message_id -> one Event per click on that card being answered, set once the answer is written.
-        self._answering: dict[str, set[asyncio.Event]] = {}
-        # message_id -> (monotonic time, content) of the card a click's answer showed.
-        self._inline: Bounded = Bounded(10_000)
+        # Cards whose click is being answered, and what the answer showed (bot/channels/feishu/state.py).
+        self.clicks = ClickAnswers()
         self._warned: set[str] = set()
         self._groups_seen: Bounded = Bounded(1_000)
         # Stream mode: the long connection (bot/channels/feishu/stream.py).
@@ -432,9 +427,7 @@ class FeishuChannel(Channel):
     async def _answer_click(self, inbound: InboundEvent, write: Callable[[dict], Awaitable[None]]) -> None:
         """The sink's verdict on a click as Feishu's callback answer: toast and replacement card."""
         message_id = inbound.context.get("message_id")
-        answered = asyncio.Event()
-        if message_id:
-            self._answering.setdefault(message_id, set()).add(answered)
+        answered = self.clicks.begin(message_id)
         try:
             result = await self.sink(inbound)
             body: dict[str, Any] = {}
@@ -445,15 +438,10 @@ class FeishuChannel(Channel):
                     content = card_content(result.card)
                     body["card"] = {"type": "raw", "data": json.loads(content)}
                     if message_id:
-                        self._inline[message_id] = (time.monotonic(), content)
+                        self.clicks.showed(message_id, content)
             await write(body)
         finally:
-            answered.set()
-            pending = self._answering.get(message_id) if message_id else None
-            if pending is not None:
-                pending.discard(answered)
-                if not pending:
-                    del self._answering[message_id]
+            self.clicks.end(message_id, answered)
 
     # ---- outbound --------------------------------------------------------
 
@@ -513,14 +501,7 @@ class FeishuChannel(Channel):
         content = card_content(message.card, message.mentions)
         message_id = (ref or {}).get("message_id")
         if message.update and message_id:
-            pending = list(self._answering.get(message_id, ()))
-            if pending:  # a click on this card is being answered: update only after the answer
-                waits = [asyncio.ensure_future(e.wait()) for e in pending]
-                _done, late = await asyncio.wait(waits, timeout=CLICK_ANSWER_WAIT)
-                for w in late:
-                    w.cancel()
-            shown = self._inline.pop(message_id, None)
-            if shown and shown[1] == content and time.monotonic() - shown[0] < INLINE_CARD_TTL:
+            if await self.clicks.already_shown(message_id, content):
                 return dict(ref or {})  # the click's answer already shows exactly this
             try:
                 await self.api.patch_message(message_id, content)
