@@ -37,10 +37,10 @@ class DingTalkStream:
         self.config = config
         self.robot_message = robot_message
         self.card_click = card_click
-        self.link = StreamLink("dingtalk", self._stream_endpoint, self._on_stream_frame)
+        self.link = StreamLink("dingtalk", self._endpoint, self._on_frame)
 
 
-    async def _stream_endpoint(self, session) -> str:
+    async def _endpoint(self, session) -> str:
         """POST /v1.0/gateway/connections/open: the WebSocket endpoint and its one-time ticket."""
         body = {"clientId": self.config.app_key, "clientSecret": self.config.app_secret, "ua": "relaydesk",
                 "localIp": "", "subscriptions": [{"type": "CALLBACK", "topic": t} for t in STREAM_TOPICS]}
@@ -54,7 +54,7 @@ class DingTalkStream:
             raise EndpointError("gateway/connections/open gave no endpoint or ticket")
         return f"{endpoint}?ticket={quote_plus(ticket)}"
 
-    async def _on_stream_frame(self, raw, answer) -> None:
+    async def _on_frame(self, raw, answer) -> None:
         """One frame: SYSTEM (ping, disconnect) answered at once; a robot message answered once it
         is in the inbox; a card click answered with the card's update."""
         try:

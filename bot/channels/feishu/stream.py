@@ -35,13 +35,13 @@ class FeishuStream:
                  handle_payload: Callable[[dict, Callable[[dict], Awaitable[None]]], Awaitable[None]]):
         self.config = config
         self.handle_payload = handle_payload
-        self.link = StreamLink("feishu", self._stream_endpoint, self._on_stream_frame, keepalive=self._ping_frame)
+        self.link = StreamLink("feishu", self._endpoint, self._on_frame, keepalive=self._ping_frame)
         # The connection's service id (for ping frames) and payloads split over several frames.
         self._service_id = 0
         self._parts: Bounded = Bounded(100)
 
 
-    async def _stream_endpoint(self, session) -> str:
+    async def _endpoint(self, session) -> str:
         """POST /callback/ws/endpoint: the WebSocket URL (with its device and service ids)."""
         body = {"AppID": self.config.app_id, "AppSecret": self.config.app_secret}
         async with session.post(f"{self.config.api_base}/callback/ws/endpoint", json=body,
@@ -65,7 +65,7 @@ class FeishuStream:
     def _ping_frame(self) -> bytes:
         return Frame(service=self._service_id, method=CONTROL, headers=[("type", "ping")]).encode()
 
-    async def _on_stream_frame(self, raw, answer) -> None:
+    async def _on_frame(self, raw, answer) -> None:
         """One frame: control frames (pong) need nothing; an event is answered, on the same
         connection, once it is recorded (a card click with its toast and card)."""
         try:
