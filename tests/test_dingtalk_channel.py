@@ -510,7 +510,7 @@ async def test_address_book_events_keep_people_in_sync(bot):
     assert li is not None and li.active is False
     # Joins and changes wait for the member's details, fetched after the answer.
     assert {r.user_id for r in await bot.q(select(DingTalkUserSync))} == {"u_new", "u_zhang"}
-    await bot.channel.sync_directory()
+    await bot.channel.members.sync()
     assert await bot.count(DingTalkUserSync) == 0
     new = await bot.person("dingtalk:u_new")
     assert (new.name, new.role, new.phone, new.active) == ("刘新人", "customer", "13900000009", True)
@@ -520,7 +520,7 @@ async def test_address_book_events_keep_people_in_sync(bot):
     assert (await bot.ticket()).reporter_id == "dingtalk:u_new"
     # A member DingTalk no longer knows is deactivated when their details are fetched.
     await post_event(bot.client, crypto, {"EventType": "user_modify_org", "UserId": ["u_zhao"]})
-    await bot.channel.sync_directory()
+    await bot.channel.members.sync()
     assert (await bot.person("lead_zhao")).active is False
 
 
@@ -528,10 +528,10 @@ async def test_address_book_fetch_failures_are_retried_later(bot, respx_mock):
     respx_mock.post(f"{OAPI}/topapi/v2/user/get").mock(
         return_value=httpx.Response(200, json={"errcode": -1, "errmsg": "系统繁忙"}))
     await post_event(bot.client, event_crypto(), {"EventType": "user_add_org", "UserId": ["u_new"]})
-    assert await bot.channel.sync_directory() == 0
+    assert await bot.channel.members.sync() == 0
     row = (await bot.q(select(DingTalkUserSync)))[0]
     assert row.attempts == 1 and "errcode -1" in row.last_error
-    assert await bot.channel.sync_directory() == 0  # not due yet
+    assert await bot.channel.members.sync() == 0  # not due yet
 
 
 # ---- sending -----------------------------------------------------------------------
@@ -548,7 +548,7 @@ async def test_expired_session_falls_back_to_the_openapi(bot):
 
 async def test_session_gone_falls_back_and_is_forgotten(bot):
     await post_robot(bot.client, robot_msg("u_wang", REPORT))
-    await bot.channel.flush_sessions()
+    await bot.channel.sessions.flush()
     assert await bot.count(DingTalkSession) == 1
     bot.fake.expired_sessions.add(session_of("u_wang"))
     await bot.drain()
@@ -560,11 +560,11 @@ async def test_session_gone_falls_back_and_is_forgotten(bot):
 
 async def test_sessions_are_kept_in_the_database_for_other_processes(bot):
     await post_robot(bot.client, robot_msg("u_wang", "帮助"))
-    await bot.channel.flush_sessions()
+    await bot.channel.sessions.flush()
     row = (await bot.q(select(DingTalkSession)))[0]
     assert (row.to_kind, row.to_id) == ("user", "u_wang") and row.webhook.endswith(session_of("u_wang"))
-    bot.channel._sessions.clear()  # another process: nothing in memory
-    assert await bot.channel.session_for(Address("dingtalk", "user", "u_wang")) == row.webhook
+    bot.channel.sessions._sessions.clear()  # another process: nothing in memory
+    assert await bot.channel.sessions.get(Address("dingtalk", "user", "u_wang")) == row.webhook
 
 
 async def test_session_on_a_foreign_host_is_ignored(bot):

@@ -23,7 +23,7 @@ from sqlmodel import select
 
 from bench.platforms.dingtalk import fake_api_routes
 from app.web import RUNTIME, create_app
-from bot.channels.dingtalk.adapter import STREAM_CARD, STREAM_ROBOT
+from bot.channels.dingtalk.stream import STREAM_CARD, STREAM_ROBOT
 from bot.channels.shared.stream import LinkTimings
 from bot.core import states as st
 from storage.models import CardAction, InboxEvent, ProcessedEvent, Ticket

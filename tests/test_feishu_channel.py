@@ -623,12 +623,11 @@ async def test_card_patch_waits_for_the_click_answer(fs):
     to = Address("feishu", "group", ENGINEERS)
     ref = {"message_id": "om_77", "chat_id": ENGINEERS}
     # A click on om_77 is being answered: the PATCH must wait for the answer to be written.
-    answering = asyncio.Event()
-    ch._answering["om_77"] = {answering}
+    answering = ch.clicks.begin("om_77")
     task = asyncio.create_task(ch.send(to, CardMessage(card, update=True), ref))
     await asyncio.sleep(0.05)
     assert not fs.fake.patches()
-    answering.set()
+    ch.clicks.end("om_77", answering)
     assert await task == ref
     assert fs.fake.patches()[-1].path.endswith("/om_77")
 

@@ -21,16 +21,8 @@ Cards are interactive cards from the configured template
 markdown with the buttons spelled out as text commands when no template is
 configured.
 
-Where things are kept:
-
-* sessionWebhooks: in memory for this process and in the `dingtalk_session`
-  table (written in small batches after the callback was answered, so the
-  answer does not wait for an extra write; another process falls back to the
-  OpenAPI until its own copy is written).
-* address-book events: a user who leaves is deactivated at once (one row
-  update); a user who joins or changes is queued in `dingtalk_user_sync` and
-  their name is fetched from `/topapi/v2/user/get` after the answer, by a
-  background task of this channel.
+What is kept between callbacks (sessionWebhooks, address-book sync rows) is in
+bot/channels/dingtalk/state.py; Stream mode's frames in bot/channels/dingtalk/stream.py.
 """
 from __future__ import annotations
 
@@ -43,12 +35,8 @@ import re
 import secrets
 import time
 import uuid
-from urllib.parse import quote_plus
-from datetime import datetime, timedelta, timezone
 
 from aiohttp import web
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import select
 
 from bot.channel import Channel, DeliveryError, EventSink, Wiring, current_outbox_id, register
 from bot.channels.dingtalk.api import DingTalkAPI, SessionGone
@@ -61,7 +49,6 @@ from bot.channels.dingtalk.crypto import (
     robot_sign,
     timestamp_ms,
 )
-from bot.channels.shared.stream import EndpointError, StreamLink
 from bot.channels.shared.verify import same
 from bot.config import DingTalkConfig
 from bot.core.directory import Directory
@@ -69,28 +56,15 @@ from bot.inbound import Refusal, json_object, parse_json, text as _str
 from bot.events import Address, CardMessage, Image, InboundEvent, Outbound, Text
 from bot.outbox import enqueue
 from bot.channels.dingtalk.render import action_value, card_markdown, card_params
+from bot.channels.dingtalk.state import DirectorySync, SessionWebhooks
+from bot.channels.dingtalk.stream import DingTalkStream
 from storage.db import Database
-from storage.models import DingTalkSession, DingTalkUserSync, OutboxMessage
-from storage.types import utcnow
+from storage.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 
-# Don't use a sessionWebhook this close to its expiry.
-SESSION_MARGIN_SECONDS = 60
-# How long a conversation found without a sessionWebhook is not looked up again.
-SESSION_MISS_SECONDS = 10.0
 # Display names for a card's @ list are looked up at most this often.
 NAME_CACHE_SECONDS = 60.0
-# Pending sessionWebhooks are written at most this often (one transaction each time).
-SESSION_FLUSH_CHUNK = 200  # rows per statement
-SESSION_FLUSH_SECONDS = 0.5
-# Address-book events: wait this long for a burst to finish before fetching details.
-SYNC_DELAY_SECONDS = 1.0
-SYNC_MAX_ATTEMPTS = 10
-# Stream mode: the topics subscribed on the outbound connection.
-STREAM_ROBOT = "/v1.0/im/bot/messages/get"
-STREAM_CARD = "/v1.0/card/instances/callback"
-STREAM_TOPICS = (STREAM_ROBOT, STREAM_CARD)
 HANDSHAKE_EVENTS = frozenset({"check_url", "check_create_suite_url", "check_update_suite_url"})
 USER_EVENTS = frozenset({"user_add_org", "user_modify_org", "user_leave_org", "user_active_org"})
 _OUT_TRACK_RE = re.compile(r"^rd(\d+)-[0-9a-f]+$")
@@ -112,7 +86,6 @@ class DingTalkChannel(Channel):
         super().__init__(sink)
         self.config = config
         self.db = db
-        # Address-book events (join, change, leave) are the directory's to apply.
         self.directory = directory
         self.api = DingTalkAPI(config)
         self.window = config.sign_window.total_seconds()
@@ -121,18 +94,12 @@ class DingTalkChannel(Channel):
         self.interactive = bool(config.card_template_id)
         # Seconds since the epoch; tests pin it to check fixed vectors.
         self.clock = time.time
-        # (to_kind, to_id) -> (webhook, expires at, epoch seconds)
-        self._sessions: dict[tuple[str, str], tuple[str, float]] = {}
-        self._unsaved: dict[tuple[str, str], tuple[str, float]] = {}
-        # Conversations found without a session in the database, until when (epoch s):
-        # spares the outbox a read per message to a group nobody wrote in lately.
-        self._misses: dict[tuple[str, str], float] = {}
-        self._session_wake: asyncio.Event | None = None
-        self._sync_wake: asyncio.Event | None = None
+        self.sessions = SessionWebhooks(db, self.api, lambda: self.clock())
+        self.members = DirectorySync(db, self.api, directory, self.name)
         self._tasks: list[asyncio.Task] = []
         self._groups_seen: set[str] = set()
         self._name_cache: dict[str, tuple[str, float]] = {}
-        self.stream = (StreamLink("dingtalk", self._stream_endpoint, self._on_stream_frame)
+        self.stream = (DingTalkStream(config, self.robot_message, self.card_click).link
                        if config.mode == "stream" else None)
 
     # ---- lifecycle -------------------------------------------------------
@@ -149,11 +116,9 @@ class DingTalkChannel(Channel):
 
     async def start(self) -> None:
         await self.api.start()
-        self._session_wake = asyncio.Event()
-        self._tasks.append(asyncio.create_task(self._session_loop(), name="dingtalk-sessions"))
+        self._tasks.append(self.sessions.start())
         if self.events_crypto is not None:
-            self._sync_wake = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._sync_loop(), name="dingtalk-directory"))
+            self._tasks.append(self.members.start())
         if self.stream is not None:
             self.stream.start()
 
@@ -169,7 +134,7 @@ class DingTalkChannel(Channel):
             await asyncio.wait(self._tasks, timeout=5)
         self._tasks.clear()
         with contextlib.suppress(Exception):
-            await self.flush_sessions()
+            await self.sessions.flush()
         await self.api.close()
 
     def _now_ms(self) -> float:
@@ -189,7 +154,7 @@ class DingTalkChannel(Channel):
         event = self.parse_robot(msg)
         if event is None:
             return  # acknowledged, nothing for the core
-        self._remember_session(event.conversation, msg)
+        self.sessions.remember(event.conversation, msg)
         await self.sink(event)
 
     def _check_robot_sign(self, request: web.Request) -> None:
@@ -256,97 +221,6 @@ class DingTalkChannel(Channel):
             # DingTalk's speech-to-text of a voice message (1:1 chats only).
             return InboundEvent(kind="text", text=_str(content.get("recognition")).strip(), **common)
         return None  # video, file, audio without text: acknowledged and ignored
-
-    # ---- sessionWebhooks -------------------------------------------------
-
-    def _remember_session(self, to: Address, msg: dict) -> None:
-        url = msg.get("sessionWebhook")
-        expires = msg.get("sessionWebhookExpiredTime")
-        if not isinstance(url, str) or not url or not isinstance(expires, (int, float)) or isinstance(expires, bool):
-            return
-        if not self.api.session_allowed(url):
-            self.api.log_once("session_host", "dingtalk: ignoring sessionWebhooks on an unexpected host (%s): "
-                              "replies go through the OpenAPI; set [dingtalk] oapi_base if DingTalk moved", url[:60])
-            return
-        key = (to.kind, to.id)
-        value = (url, float(expires) / 1000)
-        if self._sessions.get(key) == value:
-            return
-        self._sessions[key] = value
-        self._unsaved[key] = value
-        self._misses.pop(key, None)
-        if self._session_wake is not None:
-            self._session_wake.set()
-
-    async def _session_loop(self) -> None:
-        assert self._session_wake is not None
-        while True:
-            await self._session_wake.wait()
-            await asyncio.sleep(SESSION_FLUSH_SECONDS)
-            self._session_wake.clear()
-            try:
-                await self.flush_sessions()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("dingtalk: saving sessionWebhooks failed")
-
-    async def flush_sessions(self) -> None:
-        """Write the sessionWebhooks received since the last flush."""
-        if not self._unsaved:
-            return
-        batch, self._unsaved = self._unsaved, {}
-        now = utcnow()
-        dialect = postgresql if self.db.is_postgres else sqlite
-        rows = [dict(to_kind=kind, to_id=ident, webhook=url, updated_at=now,
-                     expires_at=datetime.fromtimestamp(expires, timezone.utc))
-                for (kind, ident), (url, expires) in batch.items()]
-        try:
-            # One statement per chunk, one short transaction each: callbacks waiting
-            # for the database get their turn between chunks.
-            for i in range(0, len(rows), SESSION_FLUSH_CHUNK):
-                stmt = dialect.insert(DingTalkSession).values(rows[i:i + SESSION_FLUSH_CHUNK])
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["to_kind", "to_id"],
-                    set_={c: stmt.excluded[c] for c in ("webhook", "expires_at", "updated_at")})
-                async with self.db.session() as s:
-                    await s.exec(stmt)
-        except Exception:
-            for key, value in batch.items():
-                self._unsaved.setdefault(key, value)
-            raise
-        # Forget expired sessions kept in memory.
-        limit = self.clock()
-        for key in [k for k, (_, exp) in self._sessions.items() if exp < limit]:
-            self._sessions.pop(key, None)
-        for key in [k for k, until in self._misses.items() if until < limit]:
-            self._misses.pop(key, None)
-
-    async def session_for(self, to: Address) -> str | None:
-        """The conversation's sessionWebhook if it is still valid."""
-        key = (to.kind, to.id)
-        hit = self._sessions.get(key)
-        if hit is None and self._misses.get(key, 0) < self.clock():
-            async with self.db.session() as s:
-                row = await s.get(DingTalkSession, key)
-            if row is not None:
-                hit = (row.webhook, row.expires_at.timestamp())
-                self._sessions[key] = hit
-            else:
-                self._misses[key] = self.clock() + SESSION_MISS_SECONDS
-        if hit and hit[1] - SESSION_MARGIN_SECONDS > self.clock():
-            return hit[0]
-        return None
-
-    async def _forget_session(self, to: Address, url: str) -> None:
-        key = (to.kind, to.id)
-        if self._sessions.get(key, ("",))[0] == url:
-            self._sessions.pop(key, None)
-        self._unsaved.pop(key, None)
-        async with self.db.session() as s:
-            row = await s.get(DingTalkSession, key)
-            if row is not None and row.webhook == url:
-                await s.delete(row)
 
     # ---- card clicks -----------------------------------------------------
 
@@ -455,157 +329,11 @@ class DingTalkChannel(Channel):
             ids = event.get("UserId") or event.get("UserIds") or []
             if isinstance(ids, str):
                 ids = [ids]
-            await self.record_user_event(etype, [str(u) for u in ids if isinstance(u, (str, int)) and u != ""])
+            await self.members.record(etype, [str(u) for u in ids if isinstance(u, (str, int)) and u != ""])
         elif etype not in HANDSHAKE_EVENTS:
             log.debug("dingtalk: event %s acknowledged, not used", etype)
         return web.json_response(self.events_crypto.encrypt_reply(
             "success", nonce=secrets.token_hex(4), timestamp=str(int(self._now_ms()))))
-
-    async def record_user_event(self, etype: str, user_ids: list[str]) -> None:
-        """Apply a leave now; queue a join/change to fetch the member's name after the answer."""
-        if not user_ids:
-            return
-        now = utcnow()
-        dialect = postgresql if self.db.is_postgres else sqlite
-        async with self.db.session() as s:
-            for uid in user_ids[:1000]:
-                if etype == "user_leave_org":
-                    await self._deactivate(s, uid)
-                    row = await s.get(DingTalkUserSync, uid)
-                    if row is not None:
-                        await s.delete(row)
-                    continue
-                values = dict(event_type=etype, received_at=now, next_attempt_at=now, attempts=0, last_error=None)
-                stmt = dialect.insert(DingTalkUserSync).values(user_id=uid, **values)
-                await s.exec(stmt.on_conflict_do_update(index_elements=["user_id"], set_=values))
-        if self._sync_wake is not None and etype != "user_leave_org":
-            self._sync_wake.set()
-
-    async def _deactivate(self, s, uid: str) -> None:
-        person = await self.directory.member_changed(s, self.name, uid, left=True)
-        if person is not None:
-            log.info("dingtalk: %s (%s) left the organisation: deactivated", person.id, uid)
-
-    async def _sync_loop(self) -> None:
-        assert self._sync_wake is not None
-        self._sync_wake.set()  # rows left over from before a restart
-        while True:
-            await self._sync_wake.wait()
-            await asyncio.sleep(SYNC_DELAY_SECONDS)
-            self._sync_wake.clear()
-            try:
-                while await self.sync_directory():
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("dingtalk: address-book sync failed")
-            # Rows waiting for a retry: look again when the next one is due.
-            due = await self._next_sync_due()
-            if due is not None:
-                delay = max(1.0, (due - utcnow()).total_seconds())
-                asyncio.get_running_loop().call_later(delay, self._sync_wake.set)
-
-    async def _next_sync_due(self) -> datetime | None:
-        async with self.db.session() as s:
-            row = (await s.exec(select(DingTalkUserSync).order_by(DingTalkUserSync.next_attempt_at).limit(1))).first()
-        return row.next_attempt_at if row else None
-
-    async def sync_directory(self, limit: int = 50) -> int:
-        """Fetch the details of members queued by address-book events; the number handled."""
-        async with self.db.session() as s:
-            rows = (await s.exec(select(DingTalkUserSync)
-                                 .where(DingTalkUserSync.next_attempt_at <= utcnow())
-                                 .order_by(DingTalkUserSync.next_attempt_at).limit(limit))).all()
-        handled = 0
-        for row in rows:
-            try:
-                info = await self.api.get_user(row.user_id)
-            except DeliveryError as e:
-                await self._sync_failed(row, e)
-                continue
-            async with self.db.session() as s:
-                current = await s.get(DingTalkUserSync, row.user_id)
-                if current is None:
-                    continue  # they left meanwhile
-                if info is None:
-                    await self._deactivate(s, row.user_id)
-                else:
-                    await self._apply_user(s, row.user_id, info)
-                if current.received_at == row.received_at:
-                    await s.delete(current)
-            handled += 1
-        return handled
-
-    async def _sync_failed(self, row: DingTalkUserSync, error: DeliveryError) -> None:
-        attempts = row.attempts + 1
-        async with self.db.session() as s:
-            current = await s.get(DingTalkUserSync, row.user_id)
-            if current is None:
-                return
-            if attempts >= SYNC_MAX_ATTEMPTS or not error.retryable:
-                log.error("dingtalk: giving up fetching member %s after %d attempt(s): %s",
-                          row.user_id, attempts, error)
-                await s.delete(current)
-                return
-            delay = min(3600.0, 30.0 * 2 ** (attempts - 1))
-            if error.retry_after:
-                delay = max(delay, error.retry_after)
-            current.attempts = attempts
-            current.last_error = str(error)[:500]
-            current.next_attempt_at = utcnow() + timedelta(seconds=delay)
-            s.add(current)
-
-    async def _apply_user(self, s, uid: str, info: dict) -> None:
-        await self.directory.member_changed(s, self.name, uid, name=_str(info.get("name")),
-                                            phone=_str(info.get("mobile")).strip() or None)
-
-    # ---- stream mode ---------------------------------------------------------
-
-    async def _stream_endpoint(self, session) -> str:
-        """POST /v1.0/gateway/connections/open: the WebSocket endpoint and its one-time ticket."""
-        body = {"clientId": self.config.app_key, "clientSecret": self.config.app_secret, "ua": "relaydesk",
-                "localIp": "", "subscriptions": [{"type": "CALLBACK", "topic": t} for t in STREAM_TOPICS]}
-        async with session.post(f"{self.config.api_base}/v1.0/gateway/connections/open", json=body) as r:
-            text = await r.text()
-            if r.status != 200:
-                raise EndpointError(f"gateway/connections/open answered {r.status}: {text[:200]}")
-        doc = json_object(text, "the gateway's answer")
-        endpoint, ticket = _str(doc.get("endpoint")), _str(doc.get("ticket"))
-        if not endpoint or not ticket:
-            raise EndpointError("gateway/connections/open gave no endpoint or ticket")
-        return f"{endpoint}?ticket={quote_plus(ticket)}"
-
-    async def _on_stream_frame(self, raw, answer) -> None:
-        """One frame: SYSTEM (ping, disconnect) answered at once; a robot message answered once it
-        is in the inbox; a card click answered with the card's update."""
-        try:
-            frame = json_object(raw, "the frame")
-        except Refusal as r:
-            log.warning("dingtalk stream: %s; frame ignored", r.reason)
-            return
-        headers = frame.get("headers") if isinstance(frame.get("headers"), dict) else {}
-        message_id, topic = _str(headers.get("messageId")), _str(headers.get("topic"))
-        kind, data = frame.get("type"), _str(frame.get("data"))
-        try:
-            if kind == "SYSTEM":
-                if topic == "disconnect":
-                    log.info("dingtalk stream: the gateway asks to reconnect")
-                await answer(_ack(message_id, data=data))
-            elif kind != "CALLBACK":
-                await answer(_ack(message_id, data=data))  # events: RelayDesk subscribes to none
-            elif topic == STREAM_ROBOT:
-                await self.robot_message(json_object(data, "the frame's data"))
-                await answer(_ack(message_id, data=json.dumps({"response": None})))
-            elif topic == STREAM_CARD:
-                response = await self.card_click(json_object(data, "the frame's data"), f"stream:{message_id}")
-                await answer(_ack(message_id, data=json.dumps({"response": response}, ensure_ascii=False)))
-            else:
-                await answer(_ack(message_id, code=404, message=f"topic {topic} not subscribed"))
-        except Refusal as r:
-            # A frame that can never succeed: said so, so that the gateway does not redeliver it forever.
-            log.warning("dingtalk stream: frame %s refused: %s", message_id, r.reason)
-            await answer(_ack(message_id, code=400, message=r.reason))
 
     # ---- sending -----------------------------------------------------------
 
@@ -623,14 +351,14 @@ class DingTalkChannel(Channel):
         raise DeliveryError(f"DingTalk cannot send {type(message).__name__}", retryable=False)  # pragma: no cover
 
     async def _via_session(self, to: Address, payload: dict) -> bool:
-        url = await self.session_for(to)
+        url = await self.sessions.get(to)
         if url is None:
             return False
         try:
             await self.api.session_send(url, payload)
         except SessionGone as e:
             log.info("dingtalk: sessionWebhook of %s:%s gone (%s); using the OpenAPI", to.kind, to.id, e)
-            await self._forget_session(to, url)
+            await self.sessions.forget(to, url)
             return False
         return True
 
@@ -731,12 +459,6 @@ class DingTalkChannel(Channel):
 
 
 # ---- helpers ---------------------------------------------------------------
-
-
-def _ack(message_id: str, *, code: int = 200, message: str = "OK", data: str = "") -> str:
-    """The answer frame the DingTalk gateway expects for a pushed frame."""
-    return json.dumps({"code": code, "headers": {"contentType": "application/json", "messageId": message_id},
-                       "message": message, "data": data}, ensure_ascii=False)
 
 
 def _with_mentions(text: str, mentions: tuple[str, ...], sep: str = " ") -> str:

@@ -38,23 +38,21 @@ user_id / union_id (`on_...`) / e-mail, recognised by their form.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
 import re
 import time
-from collections import OrderedDict
 from typing import Any, Awaitable, Callable
-from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 
 from bot.channel import Channel, DeliveryError, EventSink, current_outbox_id, register
 import bot.channels.feishu.crypto as crypto
 from bot.channels.feishu.api import FeishuAPI, FeishuAPIError
-from bot.channels.feishu.frame import CONTROL, DATA, Frame, FrameError
-from bot.channels.shared.stream import EndpointError, StreamLink
+from bot.channels.feishu.state import ClickAnswers
+from bot.channels.feishu.stream import FeishuStream
+from bot.channels.shared.bounded import Bounded
 from bot.channels.shared.verify import same
 from bot.config import FeishuConfig
 from bot.inbound import Refusal, json_object
@@ -67,10 +65,6 @@ log = logging.getLogger(__name__)
 CALLBACK_PATH = "/callbacks/feishu"
 MESSAGE_EVENT = "im.message.receive_v1"
 CARD_EVENT = "card.action.trigger"
-# How long a card returned from a click counts as "what everybody sees".
-INLINE_CARD_TTL = 120.0
-# How long the outbox waits for a click's answer to be written before PATCHing that card.
-CLICK_ANSWER_WAIT = 5.0
 # A group member's last message in a thread is where replies to them go, for this long.
 THREAD_TTL = 30 * 60.0
 # Retry the bot-info lookup no more often than this.
@@ -85,21 +79,6 @@ LEGACY_CARD_HINT = (
     "'将回调发送至开发者服务器' with the request URL <public_url>/callbacks/feishu, subscribe "
     "'卡片回传交互' (card.action.trigger), and clear the old 消息卡片请求网址."
 )
-
-
-class _Bounded(OrderedDict):
-    """A small LRU mapping: the oldest entries go once `limit` is reached."""
-
-    def __init__(self, limit: int):
-        super().__init__()
-        self.limit = limit
-
-    def __setitem__(self, key, value) -> None:
-        if key in self:
-            self.move_to_end(key)
-        super().__setitem__(key, value)
-        while len(self) > self.limit:
-            self.popitem(last=False)
 
 
 def _receiver(to: Address) -> tuple[str, str]:
@@ -215,20 +194,15 @@ class FeishuChannel(Channel):
         self._bot_task: asyncio.Task | None = None
         self._bot_lookup_at = 0.0
         # p2p chat_id -> the person's open_id (from their messages and our sends).
-        self._p2p_chats: _Bounded = _Bounded(10_000)
+        self._p2p_chats: Bounded = Bounded(10_000)
         # (chat_id, open_id) -> (message_id, monotonic time) of their last message in a thread.
-        self._threads: _Bounded = _Bounded(10_000)
-        # message_id -> one Event per click on that card being answered, set once the answer is written.
-        self._answering: dict[str, set[asyncio.Event]] = {}
-        # message_id -> (monotonic time, content) of the card a click's answer showed.
-        self._inline: _Bounded = _Bounded(10_000)
+        self._threads: Bounded = Bounded(10_000)
+        # Cards whose click is being answered, and what the answer showed (bot/channels/feishu/state.py).
+        self.clicks = ClickAnswers()
         self._warned: set[str] = set()
-        self._groups_seen: _Bounded = _Bounded(1_000)
-        # Stream mode: the long connection, its service id (for ping frames), split payloads.
-        self.stream = (StreamLink("feishu", self._stream_endpoint, self._on_stream_frame,
-                                  keepalive=self._ping_frame) if config.mode == "stream" else None)
-        self._service_id = 0
-        self._parts: _Bounded = _Bounded(100)
+        self._groups_seen: Bounded = Bounded(1_000)
+        # Stream mode: the long connection (bot/channels/feishu/stream.py).
+        self.stream = (FeishuStream(config, self.handle_payload).link if config.mode == "stream" else None)
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -453,9 +427,7 @@ class FeishuChannel(Channel):
     async def _answer_click(self, inbound: InboundEvent, write: Callable[[dict], Awaitable[None]]) -> None:
         """The sink's verdict on a click as Feishu's callback answer: toast and replacement card."""
         message_id = inbound.context.get("message_id")
-        answered = asyncio.Event()
-        if message_id:
-            self._answering.setdefault(message_id, set()).add(answered)
+        answered = self.clicks.begin(message_id)
         try:
             result = await self.sink(inbound)
             body: dict[str, Any] = {}
@@ -466,88 +438,10 @@ class FeishuChannel(Channel):
                     content = card_content(result.card)
                     body["card"] = {"type": "raw", "data": json.loads(content)}
                     if message_id:
-                        self._inline[message_id] = (time.monotonic(), content)
+                        self.clicks.showed(message_id, content)
             await write(body)
         finally:
-            answered.set()
-            pending = self._answering.get(message_id) if message_id else None
-            if pending is not None:
-                pending.discard(answered)
-                if not pending:
-                    del self._answering[message_id]
-
-    # ---- stream mode (long connection) ------------------------------------
-
-    async def _stream_endpoint(self, session) -> str:
-        """POST /callback/ws/endpoint: the WebSocket URL (with its device and service ids)."""
-        body = {"AppID": self.config.app_id, "AppSecret": self.config.app_secret}
-        async with session.post(f"{self.config.api_base}/callback/ws/endpoint", json=body,
-                                headers={"locale": "zh"}) as r:
-            text = await r.text()
-            if r.status != 200:
-                raise EndpointError(f"/callback/ws/endpoint answered {r.status}: {text[:200]}")
-        doc = json_object(text, "the endpoint answer")
-        data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
-        url = data.get("URL")
-        if doc.get("code") != 0 or not isinstance(url, str) or not url:
-            raise EndpointError(f"/callback/ws/endpoint: code {doc.get('code')}: {str(doc.get('msg'))[:200]}")
-        service = parse_qs(urlsplit(url).query).get("service_id", ["0"])[0]
-        self._service_id = int(service) if service.isdigit() else 0
-        conf = data.get("ClientConfig") if isinstance(data.get("ClientConfig"), dict) else {}
-        ping = conf.get("PingInterval")
-        if isinstance(ping, int) and 5 <= ping <= 600 and self.stream is not None:
-            self.stream.timings.heartbeat = float(ping)
-        return url
-
-    def _ping_frame(self) -> bytes:
-        return Frame(service=self._service_id, method=CONTROL, headers=[("type", "ping")]).encode()
-
-    async def _on_stream_frame(self, raw, answer) -> None:
-        """One frame: control frames (pong) need nothing; an event is answered, on the same
-        connection, once it is recorded (a card click with its toast and card)."""
-        try:
-            frame = Frame.decode(raw if isinstance(raw, bytes) else raw.encode())
-        except FrameError as e:
-            log.warning("Feishu stream: a frame that is not a pbbp2 frame was ignored (%s)", e)
-            return
-        if frame.method != DATA or frame.header("type") != "event":
-            return  # pong; "card" frames (legacy card callbacks) are not sent over long connections
-        payload = self._whole_payload(frame)
-        if payload is None:
-            return  # more parts to come
-        started = time.monotonic()
-
-        async def write(body: dict) -> None:
-            data = base64.b64encode(json.dumps(body, ensure_ascii=False).encode()).decode() if body else None
-            frame.headers.append(("biz_rt", str(int((time.monotonic() - started) * 1000))))
-            frame.payload = json.dumps({"code": 200, "headers": {}, "data": data}).encode()
-            await answer(frame.encode())
-
-        try:
-            await self.handle_payload(json_object(payload, "the event"), write)
-        except Refusal as r:
-            # Never going to succeed: answered (400) so that Feishu does not push it again.
-            log.warning("Feishu stream: event %s refused: %s", frame.header("message_id"), r.reason)
-            frame.payload = json.dumps({"code": 400, "headers": {}, "data": None}).encode()
-            await answer(frame.encode())
-
-    def _whole_payload(self, frame: Frame) -> bytes | None:
-        """The payload of a message Feishu split over several frames, once all have come."""
-        try:
-            total, seq = int(frame.header("sum", "1") or 1), int(frame.header("seq", "0") or 0)
-        except ValueError:
-            return frame.payload
-        if total <= 1:
-            return frame.payload
-        if not 0 <= seq < total <= 64:
-            return None
-        parts = self._parts.get(frame.header("message_id")) or [None] * total
-        parts[seq] = frame.payload
-        if any(p is None for p in parts):
-            self._parts[frame.header("message_id")] = parts
-            return None
-        self._parts.pop(frame.header("message_id"), None)
-        return b"".join(parts)
+            self.clicks.end(message_id, answered)
 
     # ---- outbound --------------------------------------------------------
 
@@ -607,14 +501,7 @@ class FeishuChannel(Channel):
         content = card_content(message.card, message.mentions)
         message_id = (ref or {}).get("message_id")
         if message.update and message_id:
-            pending = list(self._answering.get(message_id, ()))
-            if pending:  # a click on this card is being answered: update only after the answer
-                waits = [asyncio.ensure_future(e.wait()) for e in pending]
-                _done, late = await asyncio.wait(waits, timeout=CLICK_ANSWER_WAIT)
-                for w in late:
-                    w.cancel()
-            shown = self._inline.pop(message_id, None)
-            if shown and shown[1] == content and time.monotonic() - shown[0] < INLINE_CARD_TTL:
+            if await self.clicks.already_shown(message_id, content):
                 return dict(ref or {})  # the click's answer already shows exactly this
             try:
                 await self.api.patch_message(message_id, content)

@@ -1,1 +1,1 @@
-"""What the IM adapters share: cached access tokens and the outbound stream connection."""
+"""What the IM adapters share: cached access tokens, bounded caches, the outbound stream connection, verification helpers."""
