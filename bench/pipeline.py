@@ -19,7 +19,9 @@ What it does, all on 127.0.0.1:
   4. waits until every customer got a message carrying their ticket number
      (or --drain seconds) and prints ack p50/p99, the rate achieved, report ->
      customer-number p50/p99 and how many arrived, and the CPU seconds the bot
-     used for them (a figure the machine's load does not change).
+     used for them. CPU does not count time spent waiting for the machine, but it
+     still changes from run to run: a bot that falls further behind does more
+     work per report (more sweeps, more folding), so compare medians of runs.
 
 The last line is `rate=<r> ack_p99_ms=<x> number_p99_s=<y> numbers=<got>/<sent>`.
 
@@ -281,7 +283,7 @@ async def run(args) -> int:
             if args.burst:
                 await asyncio.sleep(args.settle)  # let the cards to staff follow
             # The bot's CPU for these reports: until the fake API has heard nothing for a second
-            # (the cards to staff follow the numbers). Unlike latency, it does not depend on load.
+            # (the cards to staff follow the numbers). It leaves out time spent waiting for the CPU.
             seen, quiet_since = api.requests, time.monotonic()
             while time.monotonic() < deadline and time.monotonic() - quiet_since < 1.0:
                 await asyncio.sleep(0.1)
