@@ -18,7 +18,10 @@ What it does, all on 127.0.0.1:
      round-robin over the three platforms, open loop at --rate for --seconds;
   4. waits until every customer got a message carrying their ticket number
      (or --drain seconds) and prints ack p50/p99, the rate achieved, report ->
-     customer-number p50/p99 and how many arrived.
+     customer-number p50/p99 and how many arrived, and the CPU seconds the bot
+     used for them. CPU does not count time spent waiting for the machine, but it
+     still changes from run to run: a bot that falls further behind does more
+     work per report (more sweeps, more folding), so compare medians of runs.
 
 The last line is `rate=<r> ack_p99_ms=<x> number_p99_s=<y> numbers=<got>/<sent>`.
 
@@ -208,6 +211,15 @@ def start_worker(config_path: Path, slot: int, workdir: Path) -> subprocess.Pope
                             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def cpu_seconds(proc: subprocess.Popen) -> float:
+    """User + system CPU seconds a running bot process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -262,6 +274,7 @@ async def run(args) -> int:
                   f"{args.workers or 'in the serving process'}  api latency: {args.api_latency * 1000:.0f} ms",
                   flush=True)
             print(f"sending {total} reports" + (" at once" if args.burst else f" at {rate:g}/s"), flush=True)
+            cpu_start = sum(cpu_seconds(p) for p in procs)
             latencies, statuses, sent_at, start, end, max_lag = await drive(session, base, requests, rate,
                                                                             args.timeout)
             deadline = time.monotonic() + args.drain
@@ -269,6 +282,14 @@ async def run(args) -> int:
                 await asyncio.sleep(0.2)
             if args.burst:
                 await asyncio.sleep(args.settle)  # let the cards to staff follow
+            # The bot's CPU for these reports: until the fake API has heard nothing for a second
+            # (the cards to staff follow the numbers). It leaves out time spent waiting for the CPU.
+            seen, quiet_since = api.requests, time.monotonic()
+            while time.monotonic() < deadline and time.monotonic() - quiet_since < 1.0:
+                await asyncio.sleep(0.1)
+                if api.requests != seen:
+                    seen, quiet_since = api.requests, time.monotonic()
+            cpu = sum(cpu_seconds(p) for p in procs) - cpu_start
         ok = statuses.get(200, 0)
         ms = [x * 1000 for x in latencies]
         numbers = [api.number_at[i][0] - sent_at[i] for i in sent_at if i in api.number_at]
@@ -289,6 +310,8 @@ async def run(args) -> int:
             for who in sorted({w for w, _ in api.to}):
                 print(f"  {who}: {api.to[(who, 'card')]} cards, {api.to[(who, 'message')]} messages")
         print(f"fake API requests: {api.requests}")
+        print(f"bot CPU: {cpu:.2f} s for {total} reports ({cpu * 1000 / total:.2f} ms per report, "
+              f"{total / max(cpu, 1e-9):.0f} reports per CPU-second)")
         p99 = pct(numbers, 99) if numbers else float("nan")
         print(f"rate={throughput:.1f} ack_p99_ms={pct(ms, 99):.1f} number_p99_s={p99:.2f} numbers={got}/{total}")
         return 0 if got == total and ok == total else 1

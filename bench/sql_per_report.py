@@ -6,8 +6,9 @@ Runs the bot in-process with the embedded demo setup (playground channel,
 SQLite in a temporary directory or a fresh PostgreSQL database), sends
 `--reports` text reports from distinct new customers, applies them and
 delivers every message, counting the statements each phase sends to the
-database (a cursor hook on the engine). Prints statements per report for each
-phase; the last line is `statements_per_report=<n>`.
+database (a cursor hook on the engine) and the process's CPU time. Prints
+statements and CPU milliseconds per report for each phase (CPU time does not
+depend on how busy the machine is); the last line is `statements_per_report=<n>`.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ async def run(args) -> int:
             counts["n"] += 1
 
     phases = {}
+    cpu = {}
     try:
         # Warm-up report (not counted): first-use queries, caches.
         await rt.bot(InboundEvent(platform="playground", event_id="warm", sender_id="warm",
@@ -68,6 +70,7 @@ async def run(args) -> int:
         n = args.reports
         for phase in ("accept", "apply", "deliver"):
             counts["n"] = 0
+            started = time.process_time()
             if phase == "accept":
                 for i in range(n):
                     sender = f"c{i}"
@@ -79,6 +82,7 @@ async def run(args) -> int:
             else:
                 await rt.outbox.drain()
             phases[phase] = counts["n"] / n
+            cpu[phase] = (time.process_time() - started) * 1000 / n
     finally:
         await rt.stop()
         if pg_name:
@@ -88,7 +92,7 @@ async def run(args) -> int:
     total = sum(phases.values())
     print(f"database: {'postgresql' if args.postgres else 'sqlite'}, {args.reports} reports")
     for phase, v in phases.items():
-        print(f"{phase:>8}: {v:.1f} statements per report")
+        print(f"{phase:>8}: {v:.1f} statements, {cpu[phase]:.2f} ms CPU per report")
     print(f"statements_per_report={total:.1f}")
     return 0
 

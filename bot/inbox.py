@@ -44,6 +44,7 @@ BATCH_SECONDS = 0.025
 # hundred callbacks a second one is nearly always in progress, and a longer wait
 # starved the inbox (the gate still serves a waiting answer first).
 YIELD_SECONDS = 0.02
+READ_MIN = 4  # fewest events read per transaction once they are applied slowly
 PENDING, DONE, DEAD = "pending", "done", "dead"
 
 
@@ -57,6 +58,9 @@ class InboxWorker:
         self._wake = asyncio.Event()
         self.last_pass: float | None = None  # monotonic time of the last successful pass
         self._stopping = False
+        # Events read per transaction: about twice what the last time-bounded one applied.
+        # Rows read and not applied are read (and decoded) again by the next transaction.
+        self._read = BATCH
 
     def wake(self) -> None:
         self._wake.set()
@@ -104,7 +108,7 @@ class InboxWorker:
         async with self.db.session() as s:
             stmt = (select(InboxEvent)
                     .where(InboxEvent.status == PENDING, InboxEvent.next_attempt_at <= now)
-                    .order_by(InboxEvent.id).limit(limit))
+                    .order_by(InboxEvent.id).limit(min(limit, self._read)))
             if self.db.is_postgres:
                 stmt = stmt.with_for_update(skip_locked=True)
             rows = (await s.exec(stmt)).all()
@@ -120,6 +124,10 @@ class InboxWorker:
                     done.append(row.id)
                 elif outcome == DEAD:
                     dead.append(row)
+            if taken < len(rows):  # stopped by time: read about that many next time
+                self._read = max(READ_MIN, 2 * taken)
+            elif len(rows) == min(limit, self._read):  # all applied: there may be more, read more
+                self._read = min(BATCH, 2 * self._read)
             rows = rows[:taken]
             if done:  # one statement for the batch's applied events
                 await s.exec(update(InboxEvent).where(InboxEvent.id.in_(done))

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, or_, update
+from sqlalchemy.orm import defer
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -256,7 +258,9 @@ class OutboxWorker:
         mono = time.monotonic()
         chains: dict[Key, list[OutboxMessage]] = {}
         async with self.db.session() as s:
-            stmt = (select(OutboxMessage)
+            # Without the message: deciding what to take needs only the recipient, class and
+            # order; the messages (decoding them is most of a read) are loaded for the rows taken.
+            stmt = (select(OutboxMessage).options(defer(OutboxMessage.message))
                     .where(OutboxMessage.status.in_((PENDING, SENDING)), OutboxMessage.next_attempt_at <= now)
                     .order_by(OutboxMessage.msg_class, OutboxMessage.id).limit(limit * 2))
             if self._unfinished:  # sent already; only their outcome is still to be written
@@ -324,20 +328,34 @@ class OutboxWorker:
                     await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in waiting[key]]))
                                  .values(status=PENDING, next_attempt_at=until)
                                  .execution_options(synchronize_session=False))
-            refs = await self._refs(s, [r for rows in chains.values() for r in rows])
+            claimed = [r for rows in chains.values() for r in rows]
+            await _load_messages(s, claimed)
+            refs = await self._refs(s, claimed)
         return list(chains.values()), refs
 
     async def _supersede(self, s: AsyncSession, due: list[OutboxMessage]) -> list[OutboxMessage]:
         """Of several due updates of one card to one recipient, only the newest is sent:
         each carries the whole card (forty reports of one incident are one card update
         per recipient, not forty). Returns the rows left."""
-        newest: dict[tuple, int] = {}
+        # Only recipients with two or more pending updates of one card can have one to drop:
+        # their messages are read to tell an update from a first send.
+        seen: dict[tuple, int] = {}
         for r in due:
-            if r.track_key and r.msg_class == UPDATE and r.status == PENDING and r.message.get("update"):
+            if r.track_key and r.msg_class == UPDATE and r.status == PENDING:
+                k = (r.channel, r.to_kind, r.to_id, r.track_key)
+                seen[k] = seen.get(k, 0) + 1
+        if not any(n > 1 for n in seen.values()):
+            return due
+        candidates = [r for r in due if r.track_key and r.msg_class == UPDATE and r.status == PENDING
+                      and seen[(r.channel, r.to_kind, r.to_id, r.track_key)] > 1]
+        await _load_messages(s, candidates)
+        newest: dict[tuple, int] = {}
+        for r in candidates:
+            if r.message.get("update"):
                 k = (r.channel, r.to_kind, r.to_id, r.track_key)
                 newest[k] = max(newest.get(k, 0), r.id)
-        old = [r.id for r in due if r.track_key and r.msg_class == UPDATE and r.status == PENDING
-               and r.message.get("update") and r.id < newest[(r.channel, r.to_kind, r.to_id, r.track_key)]]
+        old = [r.id for r in candidates
+               if r.message.get("update") and r.id < newest[(r.channel, r.to_kind, r.to_id, r.track_key)]]
         if not old:
             return due
         await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(old))
@@ -354,19 +372,28 @@ class OutboxWorker:
         unsent digest is rewritten; one already sent is updated in place by a new row
         with the same track key. Returns the rows left to wait.
         """
-        queued = [r for r in rows if r.status == PENDING and r.msg_class == BULK and _is_new_ticket_card(r.message)]
-        if (self.config.digest_after <= 0
-                or sum(1 for r in queued if r.message["card"]["kind"] == "engineer") < self.config.digest_after):
+        candidates = [r for r in rows if r.status == PENDING and r.msg_class == BULK]
+        if self.config.digest_after <= 0 or len(candidates) < self.config.digest_after:
+            return rows  # too few new cards to fold: their messages need not be read
+        await _load_messages(s, candidates)
+        queued = [r for r in candidates if _is_new_ticket_card(r.message)]
+        if sum(1 for r in queued if r.message["card"]["kind"] == "engineer") < self.config.digest_after:
             return rows
         mine = (OutboxMessage.channel == key[0], OutboxMessage.to_kind == key[1], OutboxMessage.to_id == key[2])
         await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in queued]))
                      .values(status=FOLDED, lease_until=None).execution_options(synchronize_session=False))
-        folded = (await s.exec(select(OutboxMessage.message).where(
-            *mine, OutboxMessage.status == FOLDED, OutboxMessage.created_at > now - timedelta(days=1))
-            .order_by(OutboxMessage.id))).all()
-        entries = [(m["card"].get("subtitle") or "", m["card"].get("title") or "") for m in folded
-                   if m["card"]["kind"] == "engineer"]
-        card = build.digest_card(entries)
+        # The card shows how many and the newest few: the database counts and picks them
+        # out of the messages (a storm folds hundreds per engineer, each pass would
+        # otherwise read and decode all of them again).
+        engineer_cards = (*mine, OutboxMessage.status == FOLDED, OutboxMessage.created_at > now - timedelta(days=1),
+                          OutboxMessage.message[("card", "kind")].as_string() == "engineer")
+        total = (await s.exec(select(func.count()).select_from(OutboxMessage).where(*engineer_cards))).one()
+        newest = (await s.exec(select(OutboxMessage.message[("card", "subtitle")].as_string(),
+                                      OutboxMessage.message[("card", "title")].as_string())
+                               .where(*engineer_cards).order_by(OutboxMessage.id.desc())
+                               .limit(build.DIGEST_LINES))).all()
+        entries = [(subtitle or "", title or "") for subtitle, title in reversed(newest)]
+        card = build.digest_card(entries, total)
         digest = select(OutboxMessage).where(*mine, OutboxMessage.status == PENDING,
                                              OutboxMessage.track_key == card.track_key)
         if self.db.is_postgres:  # another process sending it: leave it, add an update after it
@@ -381,7 +408,7 @@ class OutboxWorker:
             s.add(OutboxMessage(channel=key[0], to_kind=key[1], to_id=key[2], message=message,
                                 track_key=card.track_key, next_attempt_at=until, msg_class=BULK))
         log.info("outbox: %d new-ticket card(s) to %s:%s:%s folded into its digest (%d listed)",
-                 len(queued), *key, len(entries))
+                 len(queued), *key, total)
         folded_ids = {r.id for r in queued}
         return [r for r in rows if r.id not in folded_ids]
 
@@ -656,6 +683,16 @@ class OutboxWorker:
 
     def channel_states(self) -> dict[str, str]:
         return {name: self.health.get(name, ChannelHealth()).state for name in self.channels.names()}
+
+
+async def _load_messages(s: AsyncSession, rows: list[OutboxMessage]) -> None:
+    """Fill in the message of rows read without it, in one query."""
+    missing = {r.id: r for r in rows if "message" not in r.__dict__}
+    if not missing:
+        return
+    for row_id, message in (await s.exec(select(OutboxMessage.id, OutboxMessage.message)
+                                         .where(OutboxMessage.id.in_(list(missing))))).all():
+        set_committed_value(missing[row_id], "message", message)
 
 
 def _is_new_ticket_card(message: dict) -> bool:

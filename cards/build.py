@@ -273,11 +273,14 @@ def sop_card(v: TicketView, title: str, steps: tuple[str, ...]) -> Card:
 DIGEST_LINES = 20  # tickets listed on a digest card; the count covers all
 
 
-def digest_card(entries: list[tuple[str, str]]) -> Card:
+def digest_card(entries: list[tuple[str, str]], total: int | None = None) -> Card:
     """New tickets folded into one card for a recipient at its platform's limit:
-    (number, title) per ticket, newest last; updated in place as more arrive."""
+    (number, title) per ticket, newest last; updated in place as more arrive.
+    `total` is how many were folded in all when `entries` holds only the newest
+    (the card lists at most DIGEST_LINES of them)."""
+    total = len(entries) if total is None else max(total, len(entries))
     lines = [t("card.digest.line", number=number, title=title) for number, title in entries[-DIGEST_LINES:]]
-    if len(entries) > DIGEST_LINES:
-        lines.insert(0, t("card.digest.more", count=len(entries) - DIGEST_LINES))
-    return Card(kind="digest", title=t("card.digest.title", count=len(entries)), color="orange",
+    if total > DIGEST_LINES:
+        lines.insert(0, t("card.digest.more", count=total - DIGEST_LINES))
+    return Card(kind="digest", title=t("card.digest.title", count=total), color="orange",
                 body="\n".join(lines), footer=t("card.digest.footer"), track_key="digest")

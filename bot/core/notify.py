@@ -20,6 +20,9 @@ from cards.model import Card
 from nlp import SopLibrary
 from storage.models import Attachment, CardAction, FollowUp, OutboxMessage, Person, Ticket, TicketEvent
 
+# The ticket events a card is built from: its timeline, the report (dispatch reasons), the acknowledgement.
+VIEW_ACTIONS = (*build.TIMELINE_ACTIONS, "report", "ack")
+
 CUSTOMER_TOLD = {
     "claim": "notify.customer.claimed",
     "transfer": "notify.customer.transferred",
@@ -58,8 +61,11 @@ class Notifier:
     async def _build_view(self, s: AsyncSession, ticket: Ticket) -> build.TicketView:
         reporter = await s.get(Person, ticket.reporter_id)
         assignee = await s.get(Person, ticket.assignee_id) if ticket.assignee_id else None
+        # Only the events a card shows: an incident's ticket gathers one "link" event per
+        # reporter, and each update of its cards would read them all again.
         events = (await s.exec(select(TicketEvent.action, TicketEvent.at, TicketEvent.detail, TicketEvent.actor_name)
-                               .where(TicketEvent.ticket_id == ticket.id).order_by(TicketEvent.id))).all()
+                               .where(TicketEvent.ticket_id == ticket.id, TicketEvent.action.in_(VIEW_ACTIONS))
+                               .order_by(TicketEvent.id))).all()
         times = {action: self.service.local(at) for action, at, _, _ in events}
         report = next((d for a, _, d, _ in events if a == "report"), {})
         ack = next(((at, d, who) for a, at, d, who in reversed(events) if a == "ack"), None)
