@@ -16,7 +16,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 # Importing storage.models and storage.integration registers every table on SQLModel.metadata
 # (create_all needs them).
 import storage.integration  # noqa: F401
-from storage.sqlite_driver import connect as sqlite_connect
 from storage.models import SCHEMA_VERSION, SchemaMeta
 
 
@@ -54,9 +53,8 @@ class Database:
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            database = parsed.database or ":memory:"
             self.engine: AsyncEngine = create_async_engine(
-                url, echo=echo, async_creator=lambda: sqlite_connect(database, timeout=30)
+                url, echo=echo, connect_args={"timeout": 30}
             )
             _sqlite_setup(self.engine)
             self._gate: _TurnGate | None = _TurnGate()
