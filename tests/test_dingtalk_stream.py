@@ -28,6 +28,7 @@ from bot.channels.shared.stream import LinkTimings
 from bot.core import states as st
 from storage.models import CardAction, InboxEvent, ProcessedEvent, Ticket
 from conftest import reset_postgres
+from stream_support import assert_one_ticket_each, count, drain_together, inbound, two_processes
 from support import config_toml, directory_toml, load_toml
 
 OUTAGE = float(os.environ.get("RELAYDESK_TEST_OUTAGE", "3"))
@@ -169,10 +170,6 @@ engineers_chat = "cidEngineers=="
     return client, rt
 
 
-async def count(rt, model) -> int:
-    async with rt.db.session() as s:
-        return (await s.exec(select(func.count()).select_from(model))).one()
-
 
 async def stream_state(client) -> str:
     body = await (await client.get("/healthz")).json()
@@ -248,15 +245,6 @@ async def test_gateway_outage_reconnects_by_itself_and_healthz_tells(bot, gatewa
 # ---- two processes on one stream app ---------------------------------------------
 
 
-def inbound(rt, result: str) -> float:
-    return rt.metrics.registry.get_sample_value("relaydesk_inbound_events_total",
-                                                {"platform": "dingtalk", "result": result}) or 0.0
-
-
-async def _drain_together(runtimes) -> None:
-    """Both processes' inbox workers at once, until neither finds anything."""
-    while sum(await asyncio.gather(*(rt.inbox.drain() for rt in runtimes))):
-        pass
 
 
 @pytest.mark.postgres
@@ -278,31 +266,17 @@ engineers_chat = "cidEngineers=="
     people = directory_toml("dingtalk", PEOPLE, "cidEngineers==")
     text = config_toml(pg_database_url, section, people, "[incidents]\nenabled = false",
                        top="allow_unknown_reporters = true")
-    clients, runtimes = [], []
-    for name in ("first", "second"):
-        app = create_app(load_toml(tmp_path, text, f"{name}.toml"), workers=False)
-        rt = app[RUNTIME]
-        rt.channels.get("dingtalk").stream.timings = FAST
-        clients.append(await aiohttp_client(app))
-        rt.bot.defer_inbound = True
-        runtimes.append(rt)
-    while gateway.connections < 2:  # both connected before the first push
-        await asyncio.sleep(0.05)
+    clients, runtimes = await two_processes(text, "dingtalk", FAST, gateway, tmp_path, aiohttp_client)
     gateway.drop_after, gateway.drops_left = 15, 6
 
     first = [gateway.push(STREAM_ROBOT, robot_message(i)) for i in range(60)]
     await gateway.acked(first, timeout=120)
     # Each frame reached both processes: one recorded it, the other found it recorded.
-    assert sum(inbound(rt, "accepted") for rt in runtimes) == 60
-    assert sum(inbound(rt, "duplicate") for rt in runtimes) > 0
-    await _drain_together(runtimes)  # both inbox workers apply at once
+    assert sum(inbound(rt, "dingtalk", "accepted") for rt in runtimes) == 60
+    assert sum(inbound(rt, "dingtalk", "duplicate") for rt in runtimes) > 0
+    await drain_together(runtimes)  # both inbox workers apply at once
     await clients[0].close()  # the first process stops; the second carries on alone
     rest = [gateway.push(STREAM_ROBOT, robot_message(i)) for i in range(60, 120)]
     await gateway.acked(rest, timeout=120)
 
-    survivor = runtimes[1]
-    assert await count(survivor, InboxEvent) == 120
-    await _drain_together([survivor])
-    async with survivor.db.session() as s:
-        reporters = (await s.exec(select(Ticket.reporter_id))).all()
-    assert len(reporters) == 120 and len(set(reporters)) == 120
+    await assert_one_ticket_each(runtimes[1], 120)  # the survivor saw every report

@@ -26,6 +26,7 @@ from bot.channels.shared.stream import LinkTimings
 from bot.core import states as st
 from storage.models import CardAction, InboxEvent, Ticket
 from conftest import reset_postgres
+from stream_support import assert_one_ticket_each, count, drain_together, inbound, two_processes
 from support import config_toml, directory_toml, load_toml
 
 FAST = LinkTimings(connect_timeout=2, idle_timeout=5, heartbeat=0.5, send_timeout=2, backoff_min=0.05,
@@ -162,10 +163,6 @@ engineers_chat = "oc_engineers"
     return client, rt
 
 
-async def count(rt, model) -> int:
-    async with rt.db.session() as s:
-        return (await s.exec(select(func.count()).select_from(model))).one()
-
 
 async def test_a_report_and_a_claim_over_the_long_connection(bot, gateway):
     client, rt = bot
@@ -209,15 +206,6 @@ async def test_ten_drops_during_two_hundred_reports_make_two_hundred_tickets(bot
 # ---- two processes on one app ----------------------------------------------------
 
 
-def inbound(rt, result: str) -> float:
-    return rt.metrics.registry.get_sample_value("relaydesk_inbound_events_total",
-                                                {"platform": "feishu", "result": result}) or 0.0
-
-
-async def _drain_together(runtimes) -> None:
-    """The processes' inbox workers at once, until none finds anything."""
-    while sum(await asyncio.gather(*(rt.inbox.drain() for rt in runtimes))):
-        pass
 
 
 @pytest.mark.postgres
@@ -238,31 +226,17 @@ engineers_chat = "oc_engineers"
     people = directory_toml("feishu", PEOPLE, "oc_engineers")
     text = config_toml(pg_database_url, section, people, "[incidents]\nenabled = false",
                        top="allow_unknown_reporters = true")
-    clients, runtimes = [], []
-    for name in ("first", "second"):
-        app = create_app(load_toml(tmp_path, text, f"{name}.toml"), workers=False)
-        rt = app[RUNTIME]
-        rt.channels.get("feishu").stream.timings = FAST
-        clients.append(await aiohttp_client(app))
-        rt.bot.defer_inbound = True
-        runtimes.append(rt)
-    while gateway.connections < 2:  # both connected before the first push
-        await asyncio.sleep(0.05)
+    clients, runtimes = await two_processes(text, "feishu", FAST, gateway, tmp_path, aiohttp_client)
     gateway.drop_after, gateway.drops_left = 15, 6
 
     first = [gateway.push(report(i)) for i in range(60)]
     await gateway.answered(first, timeout=120)
     # Each event reached both processes: one recorded it, the other found it recorded.
-    assert sum(inbound(rt, "accepted") for rt in runtimes) == 60
-    assert sum(inbound(rt, "duplicate") for rt in runtimes) > 0
-    await _drain_together(runtimes)  # both inbox workers apply at once
+    assert sum(inbound(rt, "feishu", "accepted") for rt in runtimes) == 60
+    assert sum(inbound(rt, "feishu", "duplicate") for rt in runtimes) > 0
+    await drain_together(runtimes)  # both inbox workers apply at once
     await clients[0].close()  # the first process stops; the second carries on alone
     rest = [gateway.push(report(i)) for i in range(60, 120)]
     await gateway.answered(rest, timeout=120)
 
-    survivor = runtimes[1]
-    assert await count(survivor, InboxEvent) == 120
-    await _drain_together([survivor])
-    async with survivor.db.session() as s:
-        reporters = (await s.exec(select(Ticket.reporter_id))).all()
-    assert len(reporters) == 120 and len(set(reporters)) == 120
+    await assert_one_ticket_each(runtimes[1], 120)  # the survivor saw every report

@@ -1,0 +1,54 @@
+"""What the DingTalk Stream and Feishu long-connection tests share: row counts,
+inbound counters, and two bot processes holding connections to one app."""
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import func
+from sqlmodel import select
+
+from app.web import RUNTIME, create_app
+from storage.models import InboxEvent, Ticket
+from support import load_toml
+
+
+async def count(rt, model) -> int:
+    async with rt.db.session() as s:
+        return (await s.exec(select(func.count()).select_from(model))).one()
+
+
+def inbound(rt, platform: str, result: str) -> float:
+    return rt.metrics.registry.get_sample_value("relaydesk_inbound_events_total",
+                                                {"platform": platform, "result": result}) or 0.0
+
+
+async def two_processes(text: str, platform: str, timings, gateway, tmp_path, aiohttp_client):
+    """Two Runtimes on one database (two bot processes), each with its own connection to
+    the fake gateway's app, accepting without applying; returns (clients, runtimes) once
+    both are connected."""
+    clients, runtimes = [], []
+    for name in ("first", "second"):
+        app = create_app(load_toml(tmp_path, text, f"{name}.toml"), workers=False)
+        rt = app[RUNTIME]
+        rt.channels.get(platform).stream.timings = timings
+        clients.append(await aiohttp_client(app))
+        rt.bot.defer_inbound = True
+        runtimes.append(rt)
+    while gateway.connections < 2:  # both connected before the first push
+        await asyncio.sleep(0.05)
+    return clients, runtimes
+
+
+async def drain_together(runtimes) -> None:
+    """The processes' inbox workers at once, until none finds anything."""
+    while sum(await asyncio.gather(*(rt.inbox.drain() for rt in runtimes))):
+        pass
+
+
+async def assert_one_ticket_each(rt, reports: int) -> None:
+    """Every report recorded once and applied into a ticket of its own."""
+    assert await count(rt, InboxEvent) == reports
+    await drain_together([rt])
+    async with rt.db.session() as s:
+        reporters = (await s.exec(select(Ticket.reporter_id))).all()
+    assert len(reporters) == reports and len(set(reporters)) == reports
