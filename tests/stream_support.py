@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from app.web import RUNTIME, create_app
 from storage.models import InboxEvent, Ticket
-from support import load_toml
+from support import config_toml, load_toml
 
 
 async def count(rt, model) -> int:
@@ -22,17 +22,32 @@ def inbound(rt, platform: str, result: str) -> float:
                                                 {"platform": platform, "result": result}) or 0.0
 
 
+def stream_config(database_url: str, section: str, people: str) -> str:
+    """A config with one stream-mode channel `section`. Each report makes its own ticket:
+    what these tests count is transport (none lost, none twice), not incident grouping,
+    which would link reports about the same place."""
+    return config_toml(database_url, section, people, "[incidents]\nenabled = false",
+                       top="allow_unknown_reporters = true")
+
+
+async def start_process(text: str, platform: str, timings, tmp_path, aiohttp_client, name: str = "relaydesk"):
+    """One bot process (a Runtime and its HTTP app) with fast stream timings, recording
+    and acknowledging events that its inbox worker applies later, as in production."""
+    app = create_app(load_toml(tmp_path, text, f"{name}.toml"), workers=False)
+    rt = app[RUNTIME]
+    rt.channels.get(platform).stream.timings = timings
+    client = await aiohttp_client(app)
+    rt.bot.defer_inbound = True
+    return client, rt
+
+
 async def two_processes(text: str, platform: str, timings, gateway, tmp_path, aiohttp_client):
     """Two Runtimes on one database (two bot processes), each with its own connection to
-    the fake gateway's app, accepting without applying; returns (clients, runtimes) once
-    both are connected."""
+    the fake gateway's app; returns (clients, runtimes) once both are connected."""
     clients, runtimes = [], []
     for name in ("first", "second"):
-        app = create_app(load_toml(tmp_path, text, f"{name}.toml"), workers=False)
-        rt = app[RUNTIME]
-        rt.channels.get(platform).stream.timings = timings
-        clients.append(await aiohttp_client(app))
-        rt.bot.defer_inbound = True
+        client, rt = await start_process(text, platform, timings, tmp_path, aiohttp_client, name)
+        clients.append(client)
         runtimes.append(rt)
     while gateway.connections < 2:  # both connected before the first push
         await asyncio.sleep(0.05)

@@ -22,14 +22,14 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from bench.platforms.dingtalk import fake_api_routes
-from app.web import RUNTIME, create_app
 from bot.channels.dingtalk.stream import STREAM_CARD, STREAM_ROBOT
 from bot.channels.shared.stream import LinkTimings
 from bot.core import states as st
 from storage.models import CardAction, InboxEvent, ProcessedEvent, Ticket
 from conftest import reset_postgres
-from stream_support import assert_one_ticket_each, count, drain_together, inbound, two_processes
-from support import config_toml, directory_toml, load_toml
+from stream_support import (assert_one_ticket_each, count, drain_together, inbound, start_process, stream_config,
+                            two_processes)
+from support import directory_toml
 
 OUTAGE = float(os.environ.get("RELAYDESK_TEST_OUTAGE", "3"))
 FAST = LinkTimings(connect_timeout=2, idle_timeout=5, heartbeat=1, send_timeout=2, backoff_min=0.05,
@@ -146,9 +146,9 @@ async def gateway(aiohttp_server):
     return gw
 
 
-@pytest.fixture
-async def bot(gateway, tmp_path, aiohttp_client, sqlite_url):
-    section = f'''[dingtalk]
+def section(gateway) -> str:
+    """The channel's stream-mode config section, pointed at the fake gateway."""
+    return f'''[dingtalk]
 mode = "stream"
 app_key = "dingstream"
 app_secret = "stream-secret"
@@ -157,18 +157,12 @@ oapi_base = "{gateway.base}"
 card_template_id = "tpl.schema"
 engineers_chat = "cidEngineers=="
 '''
-    people = directory_toml("dingtalk", PEOPLE, "cidEngineers==")
-    # Each report its own ticket: what is counted here is transport (none lost, none twice),
-    # not incident grouping, which would link reports about the same place.
-    config = load_toml(tmp_path, config_toml(sqlite_url, section, people, "[incidents]\nenabled = false",
-                                             top="allow_unknown_reporters = true"))
-    app = create_app(config, workers=False)
-    rt = app[RUNTIME]
-    rt.channels.get("dingtalk").stream.timings = FAST
-    client = await aiohttp_client(app)
-    rt.bot.defer_inbound = True  # as in production: recorded, acknowledged, applied by the inbox worker
-    return client, rt
 
+
+@pytest.fixture
+async def bot(gateway, tmp_path, aiohttp_client, sqlite_url):
+    text = stream_config(sqlite_url, section(gateway), directory_toml("dingtalk", PEOPLE, "cidEngineers=="))
+    return await start_process(text, "dingtalk", FAST, tmp_path, aiohttp_client)
 
 
 async def stream_state(client) -> str:
@@ -245,8 +239,6 @@ async def test_gateway_outage_reconnects_by_itself_and_healthz_tells(bot, gatewa
 # ---- two processes on one stream app ---------------------------------------------
 
 
-
-
 @pytest.mark.postgres
 async def test_two_processes_sharing_the_app_make_each_ticket_once_and_lose_none(
         gateway, tmp_path, aiohttp_client, pg_database_url):
@@ -254,18 +246,7 @@ async def test_two_processes_sharing_the_app_make_each_ticket_once_and_lose_none
     app; the fake pushes every frame to both connections, drops connections, and one process
     stops halfway. Every report is acknowledged, recorded once and makes one ticket."""
     await reset_postgres(pg_database_url)
-    section = f'''[dingtalk]
-mode = "stream"
-app_key = "dingstream"
-app_secret = "stream-secret"
-api_base = "{gateway.base}"
-oapi_base = "{gateway.base}"
-card_template_id = "tpl.schema"
-engineers_chat = "cidEngineers=="
-'''
-    people = directory_toml("dingtalk", PEOPLE, "cidEngineers==")
-    text = config_toml(pg_database_url, section, people, "[incidents]\nenabled = false",
-                       top="allow_unknown_reporters = true")
+    text = stream_config(pg_database_url, section(gateway), directory_toml("dingtalk", PEOPLE, "cidEngineers=="))
     clients, runtimes = await two_processes(text, "dingtalk", FAST, gateway, tmp_path, aiohttp_client)
     gateway.drop_after, gateway.drops_left = 15, 6
 

@@ -20,14 +20,14 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from bench.platforms.feishu import fake_api_routes
-from app.web import RUNTIME, create_app
 from bot.channels.feishu.frame import CONTROL, DATA, Frame
 from bot.channels.shared.stream import LinkTimings
 from bot.core import states as st
 from storage.models import CardAction, InboxEvent, Ticket
 from conftest import reset_postgres
-from stream_support import assert_one_ticket_each, count, drain_together, inbound, two_processes
-from support import config_toml, directory_toml, load_toml
+from stream_support import (assert_one_ticket_each, count, drain_together, inbound, start_process, stream_config,
+                            two_processes)
+from support import directory_toml
 
 FAST = LinkTimings(connect_timeout=2, idle_timeout=5, heartbeat=0.5, send_timeout=2, backoff_min=0.05,
                    backoff_max=0.5)
@@ -140,9 +140,9 @@ async def gateway(aiohttp_server):
     return fake
 
 
-@pytest.fixture
-async def bot(gateway, tmp_path, aiohttp_client, sqlite_url):
-    section = f'''[feishu]
+def section(gateway) -> str:
+    """The channel's stream-mode config section, pointed at the fake gateway."""
+    return f'''[feishu]
 mode = "stream"
 app_id = "cli_stream"
 app_secret = "stream-secret"
@@ -150,18 +150,12 @@ api_base = "{gateway.base}"
 bot_open_id = "ou_bot"
 engineers_chat = "oc_engineers"
 '''
-    people = directory_toml("feishu", PEOPLE, "oc_engineers")
-    # Each report its own ticket: what is counted here is transport (none lost, none twice),
-    # not incident grouping, which would link reports about the same place.
-    config = load_toml(tmp_path, config_toml(sqlite_url, section, people, "[incidents]\nenabled = false",
-                                             top="allow_unknown_reporters = true"))
-    app = create_app(config, workers=False)
-    rt = app[RUNTIME]
-    rt.channels.get("feishu").stream.timings = FAST
-    client = await aiohttp_client(app)
-    rt.bot.defer_inbound = True
-    return client, rt
 
+
+@pytest.fixture
+async def bot(gateway, tmp_path, aiohttp_client, sqlite_url):
+    text = stream_config(sqlite_url, section(gateway), directory_toml("feishu", PEOPLE, "oc_engineers"))
+    return await start_process(text, "feishu", FAST, tmp_path, aiohttp_client)
 
 
 async def test_a_report_and_a_claim_over_the_long_connection(bot, gateway):
@@ -206,8 +200,6 @@ async def test_ten_drops_during_two_hundred_reports_make_two_hundred_tickets(bot
 # ---- two processes on one app ----------------------------------------------------
 
 
-
-
 @pytest.mark.postgres
 async def test_two_processes_sharing_the_app_make_each_ticket_once_and_lose_none(
         gateway, tmp_path, aiohttp_client, pg_database_url):
@@ -215,17 +207,7 @@ async def test_two_processes_sharing_the_app_make_each_ticket_once_and_lose_none
     same app; the fake pushes every event to both, drops connections, and one process stops
     halfway. Every event is answered, recorded once and makes one ticket."""
     await reset_postgres(pg_database_url)
-    section = f'''[feishu]
-mode = "stream"
-app_id = "cli_stream"
-app_secret = "stream-secret"
-api_base = "{gateway.base}"
-bot_open_id = "ou_bot"
-engineers_chat = "oc_engineers"
-'''
-    people = directory_toml("feishu", PEOPLE, "oc_engineers")
-    text = config_toml(pg_database_url, section, people, "[incidents]\nenabled = false",
-                       top="allow_unknown_reporters = true")
+    text = stream_config(pg_database_url, section(gateway), directory_toml("feishu", PEOPLE, "oc_engineers"))
     clients, runtimes = await two_processes(text, "feishu", FAST, gateway, tmp_path, aiohttp_client)
     gateway.drop_after, gateway.drops_left = 15, 6
 
