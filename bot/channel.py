@@ -87,6 +87,9 @@ class Channel(ABC):
     # The platform's documented cap per recipient kind ("user" | "group"):
     # (messages, seconds). The outbox keeps each recipient under it.
     rate_limits: ClassVar[dict[str, tuple[int, float]]] = {"user": (20, 60.0), "group": (20, 60.0)}
+    # An outbound event connection (DingTalk Stream, Feishu long connection) when the
+    # channel runs in stream mode; its state shows in /healthz.
+    stream: Any = None
 
     def __init__(self, sink: EventSink):
         self.sink = sink
@@ -115,7 +118,7 @@ class Channel(ABC):
 
     def health(self) -> dict | None:
         """What /healthz shows of this channel (a stream connection's state), if anything."""
-        return None
+        return None if self.stream is None else {"stream": self.stream.health()}
 
     async def close(self) -> None:
         """Close clients; called on shutdown."""

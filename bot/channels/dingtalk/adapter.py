@@ -122,9 +122,6 @@ class DingTalkChannel(Channel):
         if self.stream is not None:
             self.stream.start()
 
-    def health(self) -> dict | None:
-        return None if self.stream is None else {"stream": self.stream.health()}
-
     async def close(self) -> None:
         if self.stream is not None:
             await self.stream.close()
