@@ -45,6 +45,7 @@ BATCH_SECONDS = 0.025
 # starved the inbox (the gate still serves a waiting answer first).
 YIELD_SECONDS = 0.02
 READ_MIN = 4  # fewest events read per transaction once they are applied slowly
+CARD_REFRESH_EVERY = 1.0  # seconds between looks for tickets whose cards are due an update (CardRefresh)
 PENDING, DONE, DEAD = "pending", "done", "dead"
 
 
@@ -61,6 +62,7 @@ class InboxWorker:
         # Events read per transaction: about twice what the last time-bounded one applied.
         # Rows read and not applied are read (and decoded) again by the next transaction.
         self._read = BATCH
+        self._next_refresh = 0.0  # monotonic time of the next look for due card updates
 
     def wake(self) -> None:
         self._wake.set()
@@ -78,6 +80,9 @@ class InboxWorker:
         while not self._stopping:
             try:
                 busy = await self.process_batch()
+                if time.monotonic() >= self._next_refresh:
+                    self._next_refresh = time.monotonic() + CARD_REFRESH_EVERY
+                    busy += await self.refresh_cards()
                 self.last_pass = time.monotonic()
             except asyncio.CancelledError:
                 raise
@@ -140,6 +145,15 @@ class InboxWorker:
         if dead:
             await self.update_gauges()
         return len(rows)
+
+    async def refresh_cards(self, now=None) -> int:
+        """Update the cards of the tickets whose CardRefresh is due (by `now`); returns how many."""
+        await self.bot.yield_to_callbacks(YIELD_SECONDS)
+        async with self.db.session() as s:
+            n = await self.bot.notifier.refresh_due_cards(s, now or utcnow())
+        if n:
+            self.bot.on_commit()
+        return n
 
     async def _apply(self, s: AsyncSession, row: InboxEvent, now) -> str:
         """Apply one event in its own savepoint: DONE (marked by the caller), PENDING (kept

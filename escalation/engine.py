@@ -153,6 +153,8 @@ class EscalationEngine:
         if action == "escalate":
             await self._manual_jump(s, change, now)
             return
+        if action != "ack" and action != "transfer" and change.from_state == change.to_state:
+            return  # nothing a chain follows changed (a note, a linked report, a photo): no timer to read
         timers = await tm.load(s, ticket.id)
         if not timers:
             return

@@ -125,6 +125,22 @@ class LinkedReport(SQLModel, table=True):
     split_ticket_id: Optional[int] = None
 
 
+class CardRefresh(SQLModel, table=True):
+    """A ticket whose cards are to be brought up to date once `due_at` comes.
+
+    An incident burst links dozens of reports to one ticket within seconds, and
+    each changes its cards ("+N 人报告"); updating every card once per report
+    would queue a card update per holder each time when only the last is ever
+    seen. A linked report leaves this row instead (one per ticket), and the
+    inbox worker updates the cards once, shortly after. A row, not a timer in
+    memory: after a restart the cards are still brought up to date.
+    """
+
+    __tablename__ = "card_refresh"
+    ticket_id: int = Field(primary_key=True, foreign_key="ticket.id")
+    due_at: datetime = _ts(nullable=False, index=True)
+
+
 class TicketEvent(SQLModel, table=True):
     """Append-only audit trail: database triggers refuse UPDATE and DELETE."""
 

@@ -4,12 +4,14 @@ can split a linked report off; the switch turns it off. SQLite and PostgreSQL.""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from sqlmodel import select
 
 from app.web import RUNTIME, create_app
 from bot.events import Address, InboundEvent
-from storage.models import LinkedReport, OutboxMessage, Ticket, TicketEvent
+from storage.models import CardRefresh, LinkedReport, OutboxMessage, Ticket, TicketEvent
+from storage.types import utcnow
 
 NUMBER = re.compile(r"SRV-\d{8}-\d{5}-[0-9A-Z]{3}")
 TEXTS = ("3号线停电了，整条线都停了", "3号线突然停电，设备全停", "3号线没电了，赶紧来人", "3号线停电，配电柜跳闸了")
@@ -53,9 +55,16 @@ async def test_forty_reports_of_one_outage_are_one_incident_and_everyone_is_told
         told = _texts(rows, f"worker{i:02d}")
         assert told and ticket.number in told[0], i
     assert "共 40 人报告" in _texts(rows, "worker39")[0]
-    cards = [r.message["card"] for r in rows if r.to_id == "engineers" and r.message["type"] == "card"]
-    assert len([c for c in cards if not c.get("update")]) >= 1
-    assert any("+39 人报告" in f["value"] for f in cards[-1]["fields"])
+    # The links wait for one card update, which shows them all.
+    cards = [r.message for r in rows if r.to_id == "engineers" and r.message["type"] == "card"]
+    assert len(cards) == 1 and not cards[0].get("update")
+    assert await rt.inbox.refresh_cards() == 0  # not due yet
+    assert await rt.inbox.refresh_cards(now=utcnow() + timedelta(seconds=5)) == 1
+    assert await _all(rt, CardRefresh) == []
+    rows = await _all(rt, OutboxMessage)
+    cards = [r.message for r in rows if r.to_id == "engineers" and r.message["type"] == "card"]
+    assert len(cards) == 2 and cards[-1]["update"]
+    assert any("+39 人报告" in f["value"] for f in cards[-1]["card"]["fields"])
     # Every later update reaches every reporter.
     await _say(rt, "eng_zhang", f"认领 {ticket.number}")
     rows = await _all(rt, OutboxMessage)
@@ -111,3 +120,23 @@ async def test_other_places_and_categories_and_closed_tickets_are_not_grouped(ma
     await _say(rt, "a", f"取消 {first.number}")
     await _say(rt, "d", "3号线停电了")
     assert len(await _all(rt, Ticket)) == 4
+
+
+async def test_reports_linked_to_an_escalated_incident_update_the_escalation_card(make_config, database_url,
+                                                                                 aiohttp_client):
+    rt = await _start(make_config, database_url, aiohttp_client)
+    await _burst(rt, 1)
+    (ticket,) = await _all(rt, Ticket)
+    assert (await _say(rt, "eng_zhang", f"加急 {ticket.number}")).outcome == "done"
+    escalation = [r for r in await _all(rt, OutboxMessage)
+                  if r.message["type"] == "card" and r.track_key == f"t{ticket.id}:esc"]
+    assert escalation
+    await _say(rt, "worker01", TEXTS[1])
+    await _say(rt, "worker02", TEXTS[2])
+    (ticket,) = await _all(rt, Ticket)
+    assert ticket.linked_reports == 2
+    assert await rt.inbox.refresh_cards(now=utcnow() + timedelta(seconds=5)) == 1
+    updated = [r for r in await _all(rt, OutboxMessage)
+               if r.message["type"] == "card" and r.track_key == f"t{ticket.id}:esc"][len(escalation):]
+    assert updated and all(r.message["update"] for r in updated)
+    assert "又有人报告同一故障，共 3 人报告" in str(updated[-1].message["card"])

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timedelta
 from typing import Awaitable, Callable
 
+from sqlalchemy import delete
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -18,7 +20,12 @@ from bot.texts import t
 from cards import build
 from cards.model import Card
 from nlp import SopLibrary
-from storage.models import Attachment, CardAction, FollowUp, OutboxMessage, Person, Ticket, TicketEvent
+from storage.models import Attachment, CardAction, CardRefresh, FollowUp, OutboxMessage, Person, Ticket, TicketEvent
+from storage.queries import insert_ignore
+from storage.types import utcnow
+
+# How long a linked report's card update waits, gathering the burst it belongs to.
+CARD_REFRESH_DELAY = timedelta(seconds=2)
 
 # The ticket events a card is built from: its timeline, the report (dispatch reasons), the acknowledgement.
 VIEW_ACTIONS = (*build.TIMELINE_ACTIONS, "report", "ack")
@@ -186,8 +193,11 @@ class Notifier:
         handler = getattr(self, f"_on_{change.action}", None)
         if handler is not None:
             await handler(s, change)
-        if change.action not in ("report", "note", "followup_done"):
-            await self._update_cards(s, ticket, change)
+        if change.action == "link":  # a burst of these is one card update a moment later
+            await self.refresh_cards_soon(s, ticket)
+        elif change.action not in ("report", "note", "followup_done"):
+            await self._update_cards(s, ticket, rated=change.action == "rate", reason=lambda: t(
+                f"escalation.reason.{change.action}", name=change.actor.person.name))
         for listener in self.listeners:
             await listener(s, change)
 
@@ -208,7 +218,35 @@ class Notifier:
                 mentions = await self._mention_of(s, link.person_id, link.channel) if link.conv_kind == "group" else ()
                 enqueue(s, to, Text(text, mentions), ticket.id)
 
-    async def _update_cards(self, s: AsyncSession, ticket: Ticket, change: Change) -> None:
+    async def refresh_cards_soon(self, s: AsyncSession, ticket: Ticket) -> None:
+        """Have the ticket's cards updated once, CARD_REFRESH_DELAY from now (a CardRefresh row;
+        more changes before then are shown by the same update)."""
+        await insert_ignore(s, CardRefresh, ticket_id=ticket.id, due_at=utcnow() + CARD_REFRESH_DELAY)
+
+    async def refresh_due_cards(self, s: AsyncSession, now: datetime, limit: int = 20) -> int:
+        """Update the cards of up to `limit` tickets whose CardRefresh is due; returns how many.
+
+        The ticket is locked before its row is taken, in the order every change
+        takes them (ticket, then row): a change that commits meanwhile is either
+        shown by this update or followed by its own.
+        """
+        due = (await s.exec(select(CardRefresh.ticket_id).where(CardRefresh.due_at <= now)
+                            .order_by(CardRefresh.due_at).limit(limit))).all()
+        done = 0
+        for ticket_id in due:
+            ticket = await self.service.get(s, ticket_id)
+            taken = await s.exec(delete(CardRefresh).where(CardRefresh.ticket_id == ticket_id))
+            if not taken.rowcount:  # another process took it first
+                continue
+            done += 1
+            if ticket is not None:
+                await self._update_cards(s, ticket, rated=False, reason=lambda: t(
+                    "escalation.reason.link", count=ticket.linked_reports + 1))
+        return done
+
+    async def _update_cards(self, s: AsyncSession, ticket: Ticket, *, rated: bool,
+                            reason: Callable[[], str]) -> None:
+        """Every card of the ticket shown as it is now; `reason` is what the escalation card says changed."""
         v = await self.view(s, ticket)
         eng = await self.engineer_card(s, ticket, v)
         for addr in await self._card_addresses(s, ticket, eng.track_key):
@@ -216,15 +254,14 @@ class Notifier:
         status = build.status_card(v)
         for addr in await self._card_addresses(s, ticket, status.track_key):
             enqueue(s, addr, CardMessage(status, update=True), ticket.id)
-        if change.action == "rate":
+        if rated:
             rating = await self.rating_card(s, ticket, v)
             for addr in await self._card_addresses(s, ticket, rating.track_key):
                 enqueue(s, addr, CardMessage(rating, update=True), ticket.id)
         esc_key = f"t{ticket.id}:esc"
         esc_addrs = await self._card_addresses(s, ticket, esc_key)
         if esc_addrs:
-            card = await self.escalation_card(s, ticket, t(f"escalation.reason.{change.action}",
-                                                            name=change.actor.person.name))
+            card = await self.escalation_card(s, ticket, reason())
             for addr in esc_addrs:
                 enqueue(s, addr, CardMessage(card, update=True), ticket.id)
 
