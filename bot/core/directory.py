@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from sqlalchemy import text
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -91,11 +92,19 @@ class Directory:
         if not self.config.allow_unknown_reporters:
             return None
         pid = self.stranger_id(platform, external_id)
-        name = (display_name or "").strip() or f"{platform}用户{external_id[-4:]}"
+        name = (display_name or "").strip()[:64] or f"{platform}用户{external_id[-4:]}"
         # Insert first (a no-op when the person exists): one statement less than looking first.
-        await insert_ignore(s, Person, id=pid, name=name[:64], role="customer", skills=[], active=True)
+        row = dict(id=pid, name=name, role="customer", team=None, region=None, skills=[], phone=None,
+                   active=True, created_at=utcnow())
+        inserted = await insert_ignore(s, Person, **row)
         await insert_ignore(s, Identity, platform=platform, external_id=external_id, person_id=pid)
-        return await s.get(Person, pid)
+        if not inserted:  # somebody registered them meanwhile: as they are now
+            return await s.get(Person, pid)
+        # Just written, every column known: the session takes it as loaded instead of reading it back.
+        person = Person(**row)
+        make_transient_to_detached(person)
+        s.add(person)
+        return person
 
     async def known(self, s: AsyncSession, platform: str, external_id: str) -> Person | None:
         """The person behind a platform user id, without registering strangers."""

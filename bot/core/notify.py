@@ -57,22 +57,37 @@ class Notifier:
 
     # ---- snapshots, tokens -------------------------------------------
 
-    async def view(self, s: AsyncSession, ticket: Ticket) -> build.TicketView:
-        """The ticket as the cards show it; built once per change within a transaction."""
+    async def view(self, s: AsyncSession, ticket: Ticket, new: Change | None = None) -> build.TicketView:
+        """The ticket as the cards show it; built once per change within a transaction.
+
+        `new` is the report that opened the ticket in this transaction: its only event,
+        no pictures yet, and its people at hand, so nothing needs reading.
+        """
         key = (ticket.id, ticket.updated_at, ticket.state, ticket.assignee_id, ticket.rating)
         cache = s.info.setdefault("ticket_views", {})
         if key not in cache:
-            cache[key] = await self._build_view(s, ticket)
+            cache[key] = await self._build_view(s, ticket, new)
         return cache[key]
 
-    async def _build_view(self, s: AsyncSession, ticket: Ticket) -> build.TicketView:
-        reporter = await s.get(Person, ticket.reporter_id)
-        assignee = await s.get(Person, ticket.assignee_id) if ticket.assignee_id else None
-        # Only the events a card shows: an incident's ticket gathers one "link" event per
-        # reporter, and each update of its cards would read them all again.
-        events = (await s.exec(select(TicketEvent.action, TicketEvent.at, TicketEvent.detail, TicketEvent.actor_name)
-                               .where(TicketEvent.ticket_id == ticket.id, TicketEvent.action.in_(VIEW_ACTIONS))
-                               .order_by(TicketEvent.id))).all()
+    async def _person(self, s: AsyncSession, person_id: str | None, change: Change | None) -> Person | None:
+        if person_id is None:
+            return None
+        if change is not None and person_id in change.people:
+            return change.people[person_id]
+        return await s.get(Person, person_id)
+
+    async def _build_view(self, s: AsyncSession, ticket: Ticket, new: Change | None = None) -> build.TicketView:
+        reporter = await self._person(s, ticket.reporter_id, new)
+        assignee = await self._person(s, ticket.assignee_id, new)
+        if new is not None:
+            events = [("report", ticket.created_at, new.detail, new.actor.person.name)]
+        else:
+            # Only the events a card shows: an incident's ticket gathers one "link" event per
+            # reporter, and each update of its cards would read them all again.
+            events = (await s.exec(select(TicketEvent.action, TicketEvent.at, TicketEvent.detail,
+                                          TicketEvent.actor_name)
+                                   .where(TicketEvent.ticket_id == ticket.id, TicketEvent.action.in_(VIEW_ACTIONS))
+                                   .order_by(TicketEvent.id))).all()
         times = {action: self.service.local(at) for action, at, _, _ in events}
         report = next((d for a, _, d, _ in events if a == "report"), {})
         ack = next(((at, d, who) for a, at, d, who in reversed(events) if a == "ack"), None)
@@ -85,7 +100,7 @@ class Notifier:
             suggestion = self._why(ticket, report)
         # From the attachments, not the events: a channel that fetches a picture later
         # (WeCom) points its attachment at the local file once it has it.
-        photos = tuple((await s.exec(select(Attachment.media_ref).where(
+        photos = () if new is not None else tuple((await s.exec(select(Attachment.media_ref).where(
             Attachment.ticket_id == ticket.id, Attachment.kind == "image").order_by(Attachment.id))).all())
         photo_count, photos = len(photos), photos[-evidence.MAX_THUMBNAILS:]
         return build.TicketView(
@@ -125,11 +140,15 @@ class Notifier:
         return t("card.countdown", team=team.name, hours=minutes // 60, minutes=minutes % 60,
                  due=self.service.local(due))
 
-    async def tokens(self, s: AsyncSession, ticket_id: int, actions: list[str]) -> dict[str, str]:
-        """One opaque callback id per ticket and action, stable across card updates."""
-        rows = (await s.exec(select(CardAction).where(CardAction.ticket_id == ticket_id,
-                                                      CardAction.action.in_(actions)))).all()
-        out = {r.action: r.token for r in rows}
+    async def tokens(self, s: AsyncSession, ticket_id: int, actions: list[str], *,
+                     new: bool = False) -> dict[str, str]:
+        """One opaque callback id per ticket and action, stable across card updates
+        (`new`: the ticket was opened in this transaction and has none yet)."""
+        out: dict[str, str] = {}
+        if not new:
+            rows = (await s.exec(select(CardAction).where(CardAction.ticket_id == ticket_id,
+                                                          CardAction.action.in_(actions)))).all()
+            out = {r.action: r.token for r in rows}
         for action in actions:
             if action not in out:
                 token = secrets.token_urlsafe(12)
@@ -137,10 +156,11 @@ class Notifier:
                 out[action] = token
         return out
 
-    async def engineer_card(self, s: AsyncSession, ticket: Ticket, v: build.TicketView | None = None) -> Card:
+    async def engineer_card(self, s: AsyncSession, ticket: Ticket, v: build.TicketView | None = None, *,
+                            new: bool = False) -> Card:
         v = v or await self.view(s, ticket)
         actions = list(build.ENGINEER_ACTIONS.get(ticket.state, ()))
-        return build.engineer_card(v, await self.tokens(s, ticket.id, actions))
+        return build.engineer_card(v, await self.tokens(s, ticket.id, actions, new=new))
 
     async def escalation_card(self, s: AsyncSession, ticket: Ticket, reason: str) -> Card:
         v = await self.view(s, ticket)
@@ -266,15 +286,15 @@ class Notifier:
                 enqueue(s, addr, CardMessage(card, update=True), ticket.id)
 
     async def _on_report(self, s: AsyncSession, change: Change) -> None:
-        # The view reads the report's audit event (the dispatch reasons): write it first.
-        # Nothing below reads the outbox: its rows are written in one flush, not one per lookup.
+        # The ticket and its audit event first; nothing below reads the outbox, so its rows
+        # are written in one flush, not one per lookup.
         await s.flush()
         with s.no_autoflush:
             await self._report_messages(s, change)
 
     async def _report_messages(self, s: AsyncSession, change: Change) -> None:
         ticket = change.ticket
-        v = await self.view(s, ticket)
+        v = await self.view(s, ticket, new=change)
         to = self.customer_address(ticket)
         mentions = await self._customer_mentions(s, ticket)
         receipt = t("notify.customer.received", number=ticket.number, category=v.category_name,
@@ -283,7 +303,7 @@ class Notifier:
             receipt += "\n" + t("notify.track.link", url=self.tracking_link(ticket))
         enqueue(s, to, Text(receipt, mentions), ticket.id)
         enqueue(s, to, CardMessage(build.status_card(v)), ticket.id)
-        card = await self.engineer_card(s, ticket, v)
+        card = await self.engineer_card(s, ticket, v, new=True)
         for group in self.directory.team_groups(ticket.team):
             enqueue(s, group, CardMessage(card, mentions=await self._mention_of(s, ticket.assignee_id,
                                                                                group.channel)), ticket.id)

@@ -59,6 +59,10 @@ class Change:
     to_state: str | None
     changed: bool = True
     detail: dict = field(default_factory=dict)
+    # The people this change already holds (a new ticket's reporter and suggested engineer):
+    # the notifier shows them without reading them again. The session's identity map holds
+    # its objects weakly, so without this reference they would be read a second time.
+    people: dict[str, Person] = field(default_factory=dict)
 
 
 class TicketService:
@@ -158,7 +162,9 @@ class TicketService:
             detail.update(suggestion.detail())
         if customer is not None:
             detail["customer"] = customer.id
-        return await self._log(s, ticket, "report", actor, None, st.NEW, detail, now=now)
+        change = await self._log(s, ticket, "report", actor, None, st.NEW, detail, now=now)
+        change.people = {p.id: p for p in (reporter, assignee) if p is not None}
+        return change
 
     async def _open_incident(self, s: AsyncSession, c: Classification, now: datetime) -> Ticket | None:
         """The open ticket of the same category and place opened within the window, locked."""
