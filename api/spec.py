@@ -34,7 +34,7 @@ from bot.core.directory import Directory
 from bot.core.notify import Notifier
 from bot.core.service import Refused, TicketService
 from bot.inbound import nesting_within
-from bot.outbox import OutboxWorker
+from bot.outbox import OutboxWorker, savepoint
 from storage.db import Database
 from storage.integration import ApiIdempotency, ApiToken
 from storage.queries import insert_ignore
@@ -322,7 +322,7 @@ class _Dispatcher:
                 if replay is not None:
                     return replay
             try:
-                async with s.begin_nested():  # a refusal leaves nothing behind
+                async with savepoint(s):  # a refusal leaves nothing behind
                     reply = await (op.handler(ctx, body) if op.body is not None else op.handler(ctx))
             except Refused as r:
                 raise from_refusal(r) from None

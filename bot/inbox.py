@@ -8,6 +8,10 @@ with its error and retried with back-off. After the last attempt the event is
 parked as a dead letter: counted in /metrics, told to the admins in chat, and
 shown and replayed by `python run_bot.py inbox list|retry`. An acknowledged
 event is never dropped.
+
+Between batches, about once a second, the worker also updates the cards of
+tickets whose update was put off (a report linked to an incident leaves a
+CardRefresh row; see bot/core/notify.py).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.events import Text, event_from_dict
 from bot.metrics import Metrics
-from bot.outbox import PAGE, enqueue
+from bot.outbox import PAGE, enqueue, savepoint
 from bot.tasks import wait_event
 from bot.texts import t
 from storage.db import Database
@@ -159,7 +163,7 @@ class InboxWorker:
         """Apply one event in its own savepoint: DONE (marked by the caller), PENDING (kept
         for a retry) or DEAD (parked)."""
         try:
-            async with s.begin_nested():
+            async with savepoint(s):
                 await self.bot.process(s, event_from_dict(row.payload))
         except Exception as e:  # keep the event and its error; retry later
             row.attempts += 1

@@ -26,6 +26,7 @@ holds back or re-sends the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -34,9 +35,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import AsyncIterator
 
-from sqlalchemy import and_, func, or_, update
-from sqlalchemy.orm import defer
+from sqlalchemy import and_, event, func, insert, or_, update
+from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -79,15 +81,75 @@ def message_class(message: Outbound) -> int:
     return BULK
 
 
+# ---- queueing messages ----------------------------------------------------
+#
+# A change queues several messages (a new ticket: receipt, status card, a card per
+# engineers' group, the engineer's card and SOP); as ORM objects each would be an
+# INSERT of its own with the new id read back. They are kept in the session's
+# `info` instead and written together, in the order queued, by one multi-row
+# INSERT: before any later statement of the session (which may read the outbox),
+# before commit, and at each savepoint's edges (see `savepoint`).
+
+_QUEUED = "outbox_queued"
+
+
 def enqueue(s: AsyncSession, to: Address, message: Outbound, ticket_id: int | None = None, *,
-            msg_class: int | None = None) -> OutboxMessage:
-    """Write a message to deliver after commit; its class follows from the message unless given."""
-    track_key = message.card.track_key if isinstance(message, CardMessage) else None
-    row = OutboxMessage(channel=to.channel, to_kind=to.kind, to_id=to.id, message=message_to_dict(message),
-                        ticket_id=ticket_id, track_key=track_key, next_attempt_at=utcnow(),
-                        msg_class=message_class(message) if msg_class is None else msg_class)
-    s.add(row)
-    return row
+            msg_class: int | None = None) -> None:
+    """Queue a message to deliver after commit; its class follows from the message unless given."""
+    now = utcnow()
+    s.info.setdefault(_QUEUED, []).append({
+        "channel": to.channel, "to_kind": to.kind, "to_id": to.id, "message": message_to_dict(message),
+        "ticket_id": ticket_id, "track_key": message.card.track_key if isinstance(message, CardMessage) else None,
+        "msg_class": message_class(message) if msg_class is None else msg_class, "status": PENDING,
+        "attempts": 0, "next_attempt_at": now, "lease_until": None, "lease_owner": None, "last_error": None,
+        "created_at": now, "sent_at": None})
+
+
+def _write_queued(session: Session) -> None:
+    """Write the session's queued messages now (sync: called inside the session's own calls)."""
+    rows = session.info.pop(_QUEUED, None)
+    if rows:
+        session.execute(_INSERT, rows)
+
+
+async def write_queued(s: AsyncSession) -> None:
+    """Write the messages queued so far (the session writes them itself before its next
+    statement and at commit; this is for a savepoint's edges)."""
+    if s.info.get(_QUEUED):
+        await s.run_sync(_write_queued)
+
+
+@contextlib.asynccontextmanager
+async def savepoint(s: AsyncSession) -> AsyncIterator[None]:
+    """`s.begin_nested()` for work that queues messages: what it queued is written with
+    it, or dropped with it when it rolls back."""
+    await write_queued(s)  # queued before: not the savepoint's to drop
+    try:
+        async with s.begin_nested():
+            yield
+            await write_queued(s)
+    except BaseException:
+        s.info.pop(_QUEUED, None)
+        raise
+
+
+_INSERT = insert(OutboxMessage.__table__)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _before_statement(state) -> None:
+    _write_queued(state.session)
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    _write_queued(session)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, previous_transaction) -> None:
+    if previous_transaction.parent is None:  # the whole transaction: nothing of it is written
+        session.info.pop(_QUEUED, None)
 
 
 def process_identity(name: str | None = None) -> str:

@@ -73,8 +73,9 @@ async def test_a_late_escalation_is_reported_and_stops_the_heartbeat(respx_mock,
 async def test_stuck_outbox_rows_are_reported(respx_mock, esc):
     respx_mock.get(HEARTBEAT).mock(return_value=httpx.Response(200))
     async with esc.rt.db.session() as s:
-        row = enqueue(s, Address("nowhere", "user", "x"), Text("hi"))
-        await s.flush()
+        enqueue(s, Address("nowhere", "user", "x"), Text("hi"))
+    async with esc.rt.db.session() as s:
+        row = (await s.exec(select(OutboxMessage))).one()
         row.created_at = row.created_at - timedelta(hours=1)
         s.add(row)
     esc.clock.now = row.created_at + timedelta(hours=1)

@@ -29,7 +29,7 @@ from bot.core.notify import Notifier
 from bot.core.service import Actor, Change, Refused, TicketService
 from bot.events import CardMessage, InboundEvent, Text, event_to_dict
 from bot.metrics import Metrics
-from bot.outbox import enqueue
+from bot.outbox import enqueue, savepoint
 from bot.tasks import wait_event
 from bot.texts import t
 from bot.wakeup import notify_inbox
@@ -143,7 +143,7 @@ class TicketBot:
         else:
             actor = Actor(person, event.platform, "card" if event.kind == "action" else "text")
             try:
-                async with s.begin_nested():  # a refusal leaves nothing behind
+                async with savepoint(s):  # a refusal leaves nothing behind
                     reply = await self._dispatch(s, actor, event)
             except Refused as r:
                 self.metrics.refusals.labels(r.key).inc()
