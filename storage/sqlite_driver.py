@@ -22,11 +22,14 @@ the loop delays everything else the loop does, and platform callbacks, whose
 answers must be quick, then waited behind the background workers' statements.
 On the thread the loop only waits for their results.
 
-A task cancelled while its statement runs leaves nothing behind on the
-connection: the statement finishes on the thread and its cursor is fetched and
-closed there, so no half-read cursor keeps a read snapshot or a statement open.
-Connecting, closing and terminating (which storage.db's users rely on to
-never hang at shutdown) are the stock aiosqlite adapter's.
+A task cancelled while its statement runs leaves nothing behind: the statement
+finishes on the thread and its cursor is fetched and closed there. SQLAlchemy
+then closes that connection, and the close ends its transaction. (With a
+cursor per step, the cancelled statement's cursor stayed open, half-read;
+SQLite keeps a connection with an unfinished statement alive after its close,
+transaction and write lock included, and every other connection waited for
+the lock until its busy timeout.) Connecting, closing and terminating are the
+stock aiosqlite adapter's.
 
 `dbapi()` gives the module-like object to pass as `module=` to
 `create_async_engine` for a `sqlite+aiosqlite` URL.
@@ -132,6 +135,7 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
             self._adapt_connection._handle_exception(error)
 
     async def _run(self, fn, operation: Any, parameters: Any) -> None:
+        self._adapt_connection._idle = False  # also when the cursor is used again
         async with self._adapt_connection._execute_mutex:
             conn: aiosqlite.Connection = self._connection
             rows, self._description, self._rowcount, self._lastrowid = await conn._execute(
@@ -140,10 +144,37 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class _Connection(AsyncAdapt_aiosqlite_connection):
-    """The stock adapted aiosqlite connection with one-trip cursors."""
+    """The stock adapted aiosqlite connection with one-trip cursors, and no trip for
+    a rollback that has nothing to roll back.
 
-    __slots__ = ()
+    The pool rolls back every connection it is handed back, also after a commit,
+    when there is no transaction left: a trip for nothing per transaction. `_idle`
+    says that the connection's last trip was a COMMIT or ROLLBACK that succeeded and
+    nothing was sent since; trips run in order, so it then has no transaction. A
+    cancelled or failed COMMIT or ROLLBACK leaves it false: the next rollback runs.
+    """
+
+    __slots__ = ("_idle",)
     _cursor_cls = _Cursor
+
+    def __init__(self, dbapi: Any, connection: aiosqlite.Connection) -> None:
+        super().__init__(dbapi, connection)
+        self._idle = False
+
+    def cursor(self, server_side: bool = False):
+        self._idle = False  # a statement may follow (server-side cursors are the stock ones)
+        return super().cursor(server_side)
+
+    def commit(self) -> None:
+        self._idle = False
+        super().commit()
+        self._idle = True
+
+    def rollback(self) -> None:
+        if self._idle:
+            return
+        super().rollback()
+        self._idle = True
 
 
 class _DBAPI(AsyncAdapt_aiosqlite_dbapi):
