@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 # (create_all needs them).
 import storage.integration  # noqa: F401
 from storage.models import SCHEMA_VERSION, SchemaMeta
+from storage.sqlite_driver import dbapi as sqlite_dbapi
 
 
 class SchemaVersionError(RuntimeError):
@@ -53,8 +54,9 @@ class Database:
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # One trip to the connection's thread per statement (see storage.sqlite_driver).
             self.engine: AsyncEngine = create_async_engine(
-                url, echo=echo, connect_args={"timeout": 30}
+                url, echo=echo, connect_args={"timeout": 30}, module=sqlite_dbapi()
             )
             _sqlite_setup(self.engine)
             self._gate: _TurnGate | None = _TurnGate()
