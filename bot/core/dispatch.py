@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
-from sqlalchemy import func
+from sqlalchemy import bindparam, func
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -65,6 +65,17 @@ def unknown_skills(config: Config, categories: set[str]) -> list[str]:
     return out
 
 
+# Built once: every new ticket runs them, and building a statement costs about as
+# much as running it.
+_ENGINEERS = (select(Person)
+              .where(Person.team == bindparam("team"), Person.role == "engineer", Person.active.is_(True))
+              .order_by(Person.id))
+_LOAD = (select(Ticket.assignee_id, func.count())
+         .where(Ticket.assignee_id.in_(bindparam("ids", expanding=True)),
+                Ticket.state.in_(sorted(st.IN_WORK | {st.TRANSFERRED, st.NEW})))
+         .group_by(Ticket.assignee_id))
+
+
 class Dispatcher:
     def __init__(self, config: Config, oncall: OnCallLookup | None = None):
         self.config = config
@@ -98,16 +109,10 @@ class Dispatcher:
         team = self._team(category, region)
         if team is None:
             return Suggestion(None)
-        engineers = list((await s.exec(
-            select(Person).where(Person.team == team.id, Person.role == "engineer", Person.active.is_(True))
-            .order_by(Person.id))).all())
+        engineers = list((await s.exec(_ENGINEERS, params={"team": team.id})).all())
         if not engineers:
             return Suggestion(team.id)
-        rows = (await s.exec(
-            select(Ticket.assignee_id, func.count()).where(
-                Ticket.assignee_id.in_([e.id for e in engineers]),
-                Ticket.state.in_(st.IN_WORK | {st.TRANSFERRED, st.NEW}),
-            ).group_by(Ticket.assignee_id))).all()
+        rows = (await s.exec(_LOAD, params={"ids": [e.id for e in engineers]})).all()
         load = {pid: n for pid, n in rows}
         on_call = self.oncall(team.id, now) if self.oncall else None
         d = self.config.dispatch

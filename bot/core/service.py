@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Callable
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import bindparam
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -63,6 +64,13 @@ class Change:
     # the notifier shows them without reading them again. The session's identity map holds
     # its objects weakly, so without this reference they would be read a second time.
     people: dict[str, Person] = field(default_factory=dict)
+
+
+# Built once (every report with a place runs it; building costs about as much as running).
+_OPEN_INCIDENT = (select(Ticket)
+                  .where(Ticket.category == bindparam("category"), Ticket.location == bindparam("location"),
+                         Ticket.created_at >= bindparam("since"), Ticket.state.in_(sorted(st.OPEN)))
+                  .order_by(Ticket.created_at.desc(), Ticket.id.desc()).limit(1).with_for_update())
 
 
 class TicketService:
@@ -170,11 +178,8 @@ class TicketService:
         """The open ticket of the same category and place opened within the window, locked."""
         if not c.location or c.category == "other":
             return None
-        stmt = (select(Ticket)
-                .where(Ticket.category == c.category, Ticket.location == c.location,
-                       Ticket.created_at >= now - self.config.incidents.window, Ticket.state.in_(st.OPEN))
-                .order_by(Ticket.created_at.desc(), Ticket.id.desc()).limit(1).with_for_update())
-        return (await s.exec(stmt)).first()
+        return (await s.exec(_OPEN_INCIDENT, params={
+            "category": c.category, "location": c.location, "since": now - self.config.incidents.window})).first()
 
     async def _link(self, s: AsyncSession, actor: Actor, ticket: Ticket, text: str,
                     conversation: Address) -> Change:
