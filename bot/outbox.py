@@ -272,7 +272,7 @@ class OutboxWorker:
                 return [], {}
             due = await self._supersede(s, due)
             blockers = await self._blockers(s, [r for r in due if not self._full(r)], now)
-            pushed: dict[datetime, list[int]] = {}  # held back behind an earlier row: look again then
+            later: dict[int, datetime] = {}  # rows left pending: when each is due again
             deferred: dict[Key, datetime] = {}  # recipients at their limit: their due rows wait
             waiting: dict[Key, list[OutboxMessage]] = {}  # those rows (locked by this claim)
             throttled: set[Key] = set()  # of those recipients, the ones held by their rate limit
@@ -288,7 +288,8 @@ class OutboxWorker:
                     continue
                 blocker = blockers.get(lane)
                 if blocker is not None and blocker[0] < row.id:
-                    pushed.setdefault(min(blocker[1], now + timedelta(seconds=5)), []).append(row.id)
+                    # Held back behind an earlier row: look again when that one is due.
+                    later[row.id] = min(blocker[1], now + timedelta(seconds=5))
                     continue
                 if len(taken) >= limit:
                     held.add(lane)
@@ -315,19 +316,15 @@ class OutboxWorker:
                 await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(taken))
                              .values(status=SENDING, lease_until=lease_until, next_attempt_at=lease_until,
                                      lease_owner=self.owner).execution_options(synchronize_session=False))
-            for until, ids in pushed.items():
-                await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(ids))
-                             .values(status=PENDING, next_attempt_at=until)
-                             .execution_options(synchronize_session=False))
             # Only rows this claim read (and, on PostgreSQL, locked): two processes never
             # wait for each other's rows, so they cannot deadlock.
-            for key in throttled:
-                waiting[key] = await self._fold(s, key, waiting[key], deferred[key], now)
+            await self._fold(s, {key: waiting[key] for key in throttled}, deferred, now)
             for key, until in deferred.items():
-                if waiting[key]:
-                    await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in waiting[key]]))
-                                 .values(status=PENDING, next_attempt_at=until)
-                                 .execution_options(synchronize_session=False))
+                for row in waiting[key]:
+                    later[row.id] = until
+            if later:  # one statement for all of them, each row with its own time
+                await s.exec(update(OutboxMessage),
+                             params=[{"id": i, "status": PENDING, "next_attempt_at": at} for i, at in later.items()])
             claimed = [r for rows in chains.values() for r in rows]
             await _load_messages(s, claimed)
             refs = await self._refs(s, claimed)
@@ -363,44 +360,69 @@ class OutboxWorker:
         gone = set(old)
         return [r for r in due if r.id not in gone]
 
-    async def _fold(self, s: AsyncSession, key: Key, rows: list[OutboxMessage], until: datetime,
-                    now: datetime) -> list[OutboxMessage]:
-        """A recipient at its limit with new-ticket cards due: one digest card instead.
+    async def _fold(self, s: AsyncSession, waiting: dict[Key, list[OutboxMessage]], until: dict[Key, datetime],
+                    now: datetime) -> None:
+        """Recipients at their limit with new-ticket cards due: one digest card each instead.
 
-        Of `rows` (due now, read by this claim), the new-ticket cards become `folded`;
-        the recipient's digest lists every card folded for it in the last day. An
-        unsent digest is rewritten; one already sent is updated in place by a new row
-        with the same track key. Returns the rows left to wait.
+        Of a recipient's `waiting` rows (due now, read by this claim), the new-ticket
+        cards become `folded` and leave the list. The digest counts and lists what was
+        folded for the recipient: an unsent digest is rewritten, one already sent is
+        updated in place by a new row with the same track key, due at `until[key]`.
         """
-        candidates = [r for r in rows if r.status == PENDING and r.msg_class == BULK]
-        if self.config.digest_after <= 0 or len(candidates) < self.config.digest_after:
-            return rows  # too few new cards to fold: their messages need not be read
-        await _load_messages(s, candidates)
-        queued = [r for r in candidates if _is_new_ticket_card(r.message)]
-        if sum(1 for r in queued if r.message["card"]["kind"] == "engineer") < self.config.digest_after:
-            return rows
-        mine = (OutboxMessage.channel == key[0], OutboxMessage.to_kind == key[1], OutboxMessage.to_id == key[2])
-        await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in queued]))
+        if self.config.digest_after <= 0:
+            return
+        candidates = {}
+        for key, rows in waiting.items():
+            new_cards = [r for r in rows if r.status == PENDING and r.msg_class == BULK]
+            if len(new_cards) >= self.config.digest_after:  # fewer: their messages need not be read
+                candidates[key] = new_cards
+        if not candidates:
+            return
+        await _load_messages(s, [r for rows in candidates.values() for r in rows])
+        folds: dict[Key, list[OutboxMessage]] = {}
+        for key, rows in candidates.items():
+            queued = [r for r in rows if _is_new_ticket_card(r.message)]
+            if sum(1 for r in queued if r.message["card"]["kind"] == "engineer") >= self.config.digest_after:
+                folds[key] = queued
+        if not folds:
+            return
+        folded = [r.id for rows in folds.values() for r in rows]
+        await s.exec(update(OutboxMessage).where(OutboxMessage.id.in_(folded))
                      .values(status=FOLDED, lease_until=None).execution_options(synchronize_session=False))
-        # The card shows how many and the newest few: the database counts and picks them
-        # out of the messages (a storm folds hundreds per engineer, each pass would
-        # otherwise read and decode all of them again).
-        engineer_cards = (*mine, OutboxMessage.status == FOLDED, OutboxMessage.created_at > now - timedelta(days=1),
-                          OutboxMessage.message[("card", "kind")].as_string() == "engineer")
-        total = (await s.exec(select(func.count()).select_from(OutboxMessage).where(*engineer_cards))).one()
-        newest = (await s.exec(select(OutboxMessage.message[("card", "subtitle")].as_string(),
-                                      OutboxMessage.message[("card", "title")].as_string())
-                               .where(*engineer_cards).order_by(OutboxMessage.id.desc())
-                               .limit(build.DIGEST_LINES))).all()
-        entries = [(subtitle or "", title or "") for subtitle, title in reversed(newest)]
-        card = build.digest_card(entries, total)
-        digest = select(OutboxMessage).where(*mine, OutboxMessage.status == PENDING,
-                                             OutboxMessage.track_key == card.track_key)
-        if self.db.is_postgres:  # another process sending it: leave it, add an update after it
-            digest = digest.with_for_update(skip_locked=True)
-        pending = (await s.exec(digest)).first()
-        sent = await s.get(CardRef, (*key, card.track_key))
-        message = message_to_dict(CardMessage(card, update=sent is not None))
+        sent = set((await s.exec(
+            select(CardRef.channel, CardRef.to_kind, CardRef.to_id)
+            .where(CardRef.track_key == build.DIGEST_KEY, CardRef.channel.in_({k[0] for k in folds}),
+                   CardRef.to_kind.in_({k[1] for k in folds}), CardRef.to_id.in_({k[2] for k in folds})))).all())
+        for key, queued in folds.items():
+            await self._write_digest(s, key, queued, until[key], tuple(key) in sent, now)
+            gone = {r.id for r in queued}
+            waiting[key][:] = [r for r in waiting[key] if r.id not in gone]
+
+    async def _write_digest(self, s: AsyncSession, key: Key, folded: list[OutboxMessage], until: datetime,
+                            sent: bool, now: datetime) -> None:
+        """Add `folded` to the recipient's digest: its newest digest row carries the tally
+        (how many since when, the newest few), so a fold reads one row however many were
+        folded before. The tally covers at most a day: an older one starts again."""
+        mine = (OutboxMessage.channel == key[0], OutboxMessage.to_kind == key[1], OutboxMessage.to_id == key[2])
+        last = (await s.exec(select(OutboxMessage).where(*mine, OutboxMessage.track_key == build.DIGEST_KEY)
+                             .order_by(OutboxMessage.id.desc()).limit(1))).first()
+        if last is not None:
+            await _load_messages(s, [last])
+        tally = (last.message.get("digest") if last is not None else None) or {}
+        if tally.get("since", 0.0) < (now - timedelta(days=1)).timestamp():
+            tally = {"since": now.timestamp(), "total": 0, "entries": []}
+        cards = [r.message["card"] for r in folded if r.message["card"]["kind"] == "engineer"]
+        entries = [*tally["entries"], *([c.get("subtitle") or "", c.get("title") or ""] for c in cards)]
+        tally = {"since": tally["since"], "total": tally["total"] + len(cards),
+                 "entries": entries[-build.DIGEST_LINES:]}
+        card = build.digest_card([tuple(e) for e in tally["entries"]], tally["total"])
+        message = {**message_to_dict(CardMessage(card, update=sent)), "digest": tally}
+        # Unsent: rewritten (also when this claim has just taken it: it goes out with these).
+        pending = last if last is not None and last.status == PENDING else None
+        if pending is not None and self.db.is_postgres:  # another process folding into it: add one after it
+            pending = (await s.exec(select(OutboxMessage).where(OutboxMessage.id == pending.id,
+                                                                OutboxMessage.status == PENDING)
+                                    .with_for_update(skip_locked=True))).first()
         if pending is not None:
             pending.message = message
             s.add(pending)
@@ -408,9 +430,7 @@ class OutboxWorker:
             s.add(OutboxMessage(channel=key[0], to_kind=key[1], to_id=key[2], message=message,
                                 track_key=card.track_key, next_attempt_at=until, msg_class=BULK))
         log.info("outbox: %d new-ticket card(s) to %s:%s:%s folded into its digest (%d listed)",
-                 len(queued), *key, total)
-        folded_ids = {r.id for r in queued}
-        return [r for r in rows if r.id not in folded_ids]
+                 len(folded), *key, tally["total"])
 
     def _full(self, row: OutboxMessage) -> bool:
         """Whether the row's recipient is at its limit now (no need to look for its blockers)."""
