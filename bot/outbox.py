@@ -16,7 +16,11 @@ What goes first in a storm:
 - a recipient at its platform limit has all its due rows moved to when its
   window has room, in one statement; nobody else waits for it;
 - a channel whose API keeps failing is marked down and probed with one message
-  at a time; the first success makes everything it held due at once.
+  at a time; the first success makes everything it held due at once;
+- while inbound events wait to be applied (the `backlog` hook), a sweep serves
+  pages and replies only, and card work (updates, new cards, digests) gets a turn
+  every CARD_TURN_S: a customer's ticket number never waits behind cards, and
+  cards still go out however long the storm.
 
 Bookkeeping (lease, result, card handles) is one transaction per pass; when
 that fails, each row is written on its own, and a row that still cannot be
@@ -32,6 +36,7 @@ import random
 import socket
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -61,6 +66,17 @@ SUPERSEDED = "superseded"  # a card update with a newer update of the same card 
 BOOKKEEPING_MAX_WAIT_S = 30.0
 # Message classes, served in this order.
 PAGE, REPLY, UPDATE, BULK = 0, 1, 2, 3
+# While inbound events wait to be applied, card work (classes UPDATE and BULK) gets a
+# sweep at most this often; pages and replies are served by every sweep. Applying the
+# events is what produces the customers' ticket numbers, and on one event loop every
+# card sent or folded in between delays them.
+CARD_TURN_S = 1.5
+# How long an answer of the backlog hook (a database read) is trusted.
+BACKLOG_CHECK_S = 0.25
+# During such a backlog, a sweep sends at most this many cards to one recipient (one after
+# the other: a sweep lasts at most this many API round trips while replies wait); a card
+# turn goes on with the next sweep, which serves the replies that came meanwhile first.
+CARD_TURN_SENDS = 3
 CLASS_NAMES = {PAGE: "page", REPLY: "reply", UPDATE: "update", BULK: "card"}
 
 Key = tuple[str, str, str]  # channel, to_kind, to_id
@@ -98,6 +114,10 @@ def process_identity(name: str | None = None) -> str:
 
 async def _no_wait() -> None:
     return None
+
+
+async def _no_backlog() -> int:
+    return 0
 
 
 @dataclass
@@ -150,6 +170,15 @@ class OutboxWorker:
         self.last_pass: float | None = None  # monotonic time of the last successful pass
         # Awaited before each sweep: lets callbacks being answered go first.
         self.yield_to = _no_wait
+        # How many inbound events wait to be applied (set by the runtime from its inbox
+        # worker; per process). While any do, card work waits for its turn (CARD_TURN_S).
+        self.backlog: Callable[[], Awaitable[int]] = _no_backlog
+        self._backlog_at = -BACKLOG_CHECK_S  # monotonic time of the last answer
+        self._backlogged = False  # that answer
+        self._cards_at = 0.0  # monotonic time of the last sweep that served card work
+        # That sweep read as many due rows as it may: more card work is due, it goes on next sweep.
+        self._cards_more = False
+        self._more = False  # the last sweep left due rows it could not take: sweep again at once
 
     def wake(self) -> None:
         self._wake.set()
@@ -165,24 +194,30 @@ class OutboxWorker:
         self._stopping = False
         await self.take_back_own_leases()
         while not self._stopping:
+            # Cleared before the sweep, not after: a wake during it (rows it may not have
+            # seen) starts the next sweep at once, and a sweep that found everything is
+            # not followed by an empty one.
+            self._wake.clear()
             try:
-                busy = await self.deliver_due()
+                await self.deliver_due()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("outbox sweep failed")
-                busy = 0
-            if busy or self._stopping:
+                self._more = False
+            if self._more or self._stopping:
                 continue
-            self._wake.clear()
-            await wait_event(self._wake, self.config.poll_interval.total_seconds())
+            timeout = self.config.poll_interval.total_seconds()
+            if self._backlogged:  # card work skipped: back for its turn whether woken or not
+                timeout = min(timeout, max(0.05, self._cards_at + CARD_TURN_S - time.monotonic()))
+            await wait_event(self._wake, timeout)
 
     async def drain(self, max_rounds: int = 50, wait: float = 2.0) -> None:
         """Deliver everything that is due now (tests, CLI), and what a recipient's rate
         limit holds back for at most `wait` seconds more (never-tried rows only: a retry's
         back-off is not waited for)."""
         for _ in range(max_rounds):
-            if await self.deliver_due():
+            if await self.deliver_due(cards=True):
                 continue
             async with self.db.session() as s:
                 soonest = (await s.exec(select(func.min(OutboxMessage.next_attempt_at))
@@ -192,13 +227,18 @@ class OutboxWorker:
                 return
             await asyncio.sleep(max(0.0, delay) + 0.01)
 
-    async def deliver_due(self, limit: int = 200) -> int:
+    async def deliver_due(self, limit: int = 200, *, cards: bool | None = None) -> int:
+        """One sweep: claim due rows (at most `limit` sent), send them, record the outcomes;
+        returns how many were taken. `cards` says whether card work is served (default:
+        unless inbound events wait and card work had its turn less than CARD_TURN_S ago)."""
         await self.yield_to()
         if self._unfinished:
             await self._retry_unfinished()
         if time.monotonic() - self._reaped_at >= 1.0:
             await self.take_back_dead_leases()
-        chains, refs = await self._claim(limit)
+        if cards is None:
+            cards = await self._cards_turn()
+        chains, refs = await self._claim(limit, cards)
         if chains:
             results = await asyncio.gather(*(self._deliver_chain(rows, refs) for rows in chains))
             await self._finish([r for chain in results for r in chain])
@@ -206,6 +246,15 @@ class OutboxWorker:
         if self.last_pass - self._gauges_at >= 1.0:
             await self.update_gauges()
         return sum(len(rows) for rows in chains)
+
+    async def _cards_turn(self) -> bool:
+        """Whether this sweep serves card work: always without a backlog of inbound events,
+        and during one every CARD_TURN_S (and until it has read all that is due)."""
+        mono = time.monotonic()
+        if mono - self._backlog_at >= BACKLOG_CHECK_S:
+            self._backlogged = bool(await self.backlog())
+            self._backlog_at = time.monotonic()
+        return not self._backlogged or self._cards_more or mono - self._cards_at >= CARD_TURN_S
 
     # ---- leases ------------------------------------------------------------
 
@@ -252,8 +301,9 @@ class OutboxWorker:
             return self.config.per_recipient_per_minute, 60.0
         return channel.rate_limits.get(kind, (20, 60.0))
 
-    async def _claim(self, limit: int) -> tuple[list[list[OutboxMessage]], dict]:
-        """Due rows, leased, grouped per recipient in class order, then in the order written."""
+    async def _claim(self, limit: int, cards: bool = True) -> tuple[list[list[OutboxMessage]], dict]:
+        """Due rows, leased, grouped per recipient in class order, then in the order written
+        (pages and replies only unless `cards`)."""
         now = utcnow()
         mono = time.monotonic()
         chains: dict[Key, list[OutboxMessage]] = {}
@@ -263,15 +313,21 @@ class OutboxWorker:
             stmt = (select(OutboxMessage).options(defer(OutboxMessage.message))
                     .where(OutboxMessage.status.in_((PENDING, SENDING)), OutboxMessage.next_attempt_at <= now)
                     .order_by(OutboxMessage.msg_class, OutboxMessage.id).limit(limit * 2))
+            if not cards:
+                stmt = stmt.where(OutboxMessage.msg_class <= REPLY)
             if self._unfinished:  # sent already; only their outcome is still to be written
                 stmt = stmt.where(OutboxMessage.id.not_in([r.row.id for r in self._unfinished]))
             if self.db.is_postgres:
                 stmt = stmt.with_for_update(skip_locked=True)
             due = (await s.exec(stmt)).all()
+            self._more = len(due) >= limit * 2
+            if cards:
+                self._cards_at, self._cards_more = mono, self._more
             if not due:
                 return [], {}
             due = await self._supersede(s, due)
             blockers = await self._blockers(s, [r for r in due if not self._full(r)], now)
+            short = cards and self._backlogged  # a card turn during a backlog
             later: dict[int, datetime] = {}  # rows left pending: when each is due again
             deferred: dict[Key, datetime] = {}  # recipients at their limit: their due rows wait
             waiting: dict[Key, list[OutboxMessage]] = {}  # those rows (locked by this claim)
@@ -284,7 +340,7 @@ class OutboxWorker:
                 if key in deferred:
                     waiting[key].append(row)
                     continue
-                if lane in held:
+                if lane in held or key in held:
                     continue
                 blocker = blockers.get(lane)
                 if blocker is not None and blocker[0] < row.id:
@@ -293,6 +349,7 @@ class OutboxWorker:
                     continue
                 if len(taken) >= limit:
                     held.add(lane)
+                    self._more = True
                     continue
                 channel = self.channels.get(row.channel)
                 health = self.health.get(row.channel)
@@ -300,6 +357,11 @@ class OutboxWorker:
                 if probe and (health.probing or mono < health.next_probe):
                     deferred[key] = now + timedelta(seconds=max(1.0, health.next_probe - mono))
                     waiting[key] = [row]
+                    continue
+                if short and row.msg_class >= UPDATE and sum(
+                        r.msg_class >= UPDATE for r in chains.get(key, ())) >= CARD_TURN_SENDS:
+                    held.add(key)  # its next cards go with the next sweep of this card turn
+                    self._more = self._cards_more = True
                     continue
                 wait = self._rate_wait(key, self._limit(channel, row.to_kind), len(chains.get(key, ())))
                 if wait:
