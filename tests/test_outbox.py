@@ -444,6 +444,39 @@ async def test_new_ticket_cards_beyond_the_limit_fold_into_one_digest_updated_in
     assert sum(1 for _, m, _, _ in ch.sent if isinstance(m, CardMessage) and m.card.kind == "engineer") == 9
 
 
+async def test_a_digest_counts_what_was_folded_within_a_day(world):
+    db, ch, worker = world  # 5 per minute per recipient
+    group = Address("fake", "group", "engineers")
+
+    async def new_tickets(first, n):
+        async with db.session() as s:
+            for i in range(first, first + n):
+                enqueue(s, group, CardMessage(Card(kind="engineer", title=f"停电 {i}", subtitle=f"SRV-{i:03d}",
+                                                   track_key=f"t{i}:eng")), ticket_id=i)
+
+    async def digest():
+        (row,) = [r for r in await _rows(db) if r.track_key == "digest"]
+        return row
+
+    await new_tickets(0, 8)
+    await worker.drain(wait=0)
+    assert (await digest()).message["card"]["title"] == "3 张新工单待认领"
+    await new_tickets(8, 3)
+    await worker.drain(wait=0)
+    assert (await digest()).message["card"]["title"] == "6 张新工单待认领"
+    digest_id = (await digest()).id
+    async with db.session() as s:  # the count began more than a day ago
+        row = await s.get(OutboxMessage, digest_id)
+        row.message = {**row.message, "digest": {**row.message["digest"],
+                                                 "since": (utcnow() - timedelta(days=1, minutes=1)).timestamp()}}
+        s.add(row)
+    await new_tickets(11, 4)
+    await worker.drain(wait=0)
+    row = await digest()
+    assert row.message["card"]["title"] == "4 张新工单待认领"
+    assert "SRV-014" in row.message["card"]["body"] and "SRV-010" not in row.message["card"]["body"]
+
+
 async def test_several_due_updates_of_one_card_send_only_the_newest(world):
     db, ch, worker = world
     to = Address("fake", "group", "engineers")
