@@ -271,6 +271,7 @@ def sop_card(v: TicketView, title: str, steps: tuple[str, ...]) -> Card:
 
 
 DIGEST_LINES = 20  # tickets listed on a digest card; the count covers all
+DIGEST_KEY = "digest"  # a recipient's digest card: one card, updated in place
 
 
 def digest_card(entries: list[tuple[str, str]], total: int | None = None) -> Card:
@@ -283,4 +284,4 @@ def digest_card(entries: list[tuple[str, str]], total: int | None = None) -> Car
     if total > DIGEST_LINES:
         lines.insert(0, t("card.digest.more", count=total - DIGEST_LINES))
     return Card(kind="digest", title=t("card.digest.title", count=total), color="orange",
-                body="\n".join(lines), footer=t("card.digest.footer"), track_key="digest")
+                body="\n".join(lines), footer=t("card.digest.footer"), track_key=DIGEST_KEY)

@@ -14,6 +14,7 @@ from bot.channel import Channel, ChannelRegistry, DeliveryError, current_outbox_
 from bot.config import OutboxConfig
 from bot.events import Address, CardMessage, Text
 from bot.metrics import Metrics
+from bot import outbox
 from bot.outbox import FAILED, PENDING, SENDING, SENT, OutboxWorker, enqueue
 from cards.model import Card
 from storage.db import Database
@@ -241,6 +242,67 @@ async def test_a_thousand_throttled_cards_delay_neither_a_receipt_nor_a_page(wor
     assert card.title == "t"
 
 
+def _inbound_backlog(worker, events: int = 40) -> None:
+    """The worker's process has `events` inbound events waiting to be applied."""
+    async def backlog():
+        return events
+    worker.backlog = backlog
+
+
+async def test_during_an_inbound_backlog_a_receipt_and_a_page_go_while_cards_wait_their_turn(world, monkeypatch):
+    db, ch, worker = world
+    monkeypatch.setattr(outbox, "CARD_TURN_S", 0.5)
+    _inbound_backlog(worker)
+    engineer, customer, director = (Address("fake", "user", u) for u in ("eng", "cust", "director"))
+    await worker.deliver_due()  # card work had its turn just now
+    async with db.session() as s:
+        enqueue(s, engineer, CardMessage(Card(kind="engineer", title="new ticket")))
+        enqueue(s, customer, Text("您的工单号 SRV-1"))
+        enqueue(s, director, CardMessage(Card(kind="escalation", title="P0")))
+    assert await worker.deliver_due() == 2
+    assert {a.id for a, *_ in ch.sent} == {"cust", "director"}
+    assert await worker.deliver_due() == 0  # the card waits for its turn ...
+    await asyncio.sleep(0.5)
+    assert await worker.deliver_due() == 1  # ... which comes however long the backlog lasts
+    assert ch.sent[-1][1].card.title == "new ticket"
+
+
+async def test_during_a_long_inbound_backlog_cards_still_go_within_their_turn(world, monkeypatch):
+    db, ch, worker = world
+    worker.config.per_recipient_per_minute = 1000
+    monkeypatch.setattr(outbox, "CARD_TURN_S", 0.3)
+    _inbound_backlog(worker)
+    sent_at: dict[int, float] = {}
+    send = ch.send
+
+    async def timed(to, message, ref):
+        sent_at[current_outbox_id.get()] = time.monotonic()
+        return await send(to, message, ref)
+
+    ch.send = timed
+    written: dict[int, tuple[float, bool]] = {}  # id: (when, is a card)
+    task = asyncio.create_task(worker.run())
+    try:
+        for i in range(30):  # 1.5 s of a storm: a receipt and a card update every 50 ms
+            async with db.session() as s:
+                rows = [enqueue(s, Address("fake", "user", f"cust{i}"), Text(f"SRV-{i}")),
+                        enqueue(s, Address("fake", "group", "engineers"),
+                                CardMessage(Card(kind="engineer", title=f"t{i}", track_key=f"t{i}:eng"), update=True))]
+            for row in rows:
+                written[row.id] = (time.monotonic(), row.msg_class > 1)
+            worker.wake()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+    finally:
+        worker.stop_soon()
+        await task
+    assert set(sent_at) == set(written)  # nothing lost, nothing starved
+    receipts = [sent_at[i] - at for i, (at, card) in written.items() if not card]
+    cards = [sent_at[i] - at for i, (at, card) in written.items() if card]
+    assert max(receipts) < 0.2
+    assert max(cards) < 0.3 + 0.2 and max(cards) > max(receipts)
+
+
 async def test_a_page_goes_before_a_recipients_queued_cards_and_order_holds_within_a_class(world):
     db, ch, worker = world
     worker.config.per_recipient_per_minute = 1000
@@ -380,6 +442,39 @@ async def test_new_ticket_cards_beyond_the_limit_fold_into_one_digest_updated_in
     assert last[1].card.kind == "digest" and last[1].update
     assert last[2] == {"message_id": f"m{first_digest + 1}"}  # the handle of the digest sent before
     assert sum(1 for _, m, _, _ in ch.sent if isinstance(m, CardMessage) and m.card.kind == "engineer") == 9
+
+
+async def test_a_digest_counts_what_was_folded_within_a_day(world):
+    db, ch, worker = world  # 5 per minute per recipient
+    group = Address("fake", "group", "engineers")
+
+    async def new_tickets(first, n):
+        async with db.session() as s:
+            for i in range(first, first + n):
+                enqueue(s, group, CardMessage(Card(kind="engineer", title=f"停电 {i}", subtitle=f"SRV-{i:03d}",
+                                                   track_key=f"t{i}:eng")), ticket_id=i)
+
+    async def digest():
+        (row,) = [r for r in await _rows(db) if r.track_key == "digest"]
+        return row
+
+    await new_tickets(0, 8)
+    await worker.drain(wait=0)
+    assert (await digest()).message["card"]["title"] == "3 张新工单待认领"
+    await new_tickets(8, 3)
+    await worker.drain(wait=0)
+    assert (await digest()).message["card"]["title"] == "6 张新工单待认领"
+    digest_id = (await digest()).id
+    async with db.session() as s:  # the count began more than a day ago
+        row = await s.get(OutboxMessage, digest_id)
+        row.message = {**row.message, "digest": {**row.message["digest"],
+                                                 "since": (utcnow() - timedelta(days=1, minutes=1)).timestamp()}}
+        s.add(row)
+    await new_tickets(11, 4)
+    await worker.drain(wait=0)
+    row = await digest()
+    assert row.message["card"]["title"] == "4 张新工单待认领"
+    assert "SRV-014" in row.message["card"]["body"] and "SRV-010" not in row.message["card"]["body"]
 
 
 async def test_several_due_updates_of_one_card_send_only_the_newest(world):
