@@ -18,6 +18,7 @@ import functools
 import re
 import unicodedata
 from pathlib import Path
+from typing import Iterable
 
 __all__ = ["Normalizer", "to_simplified", "basic_form"]
 
@@ -82,6 +83,35 @@ def basic_form(text: str) -> str:
     return to_simplified(unicodedata.normalize("NFKC", text)).lower().strip()
 
 
+def _longest_first(words: Iterable[str]) -> str:
+    """A regex matching, at a position, the longest of `words` there first, then shorter ones.
+
+    It behaves as the alternation of the words longest first, but is written
+    as a trie (压力(?:偏地|底|…)), so the engine tests a character per level
+    instead of trying every word in turn. The words that can match at one
+    position are prefixes of one another, so they lie on one path of the trie;
+    each node tries its longer continuations before ending there, which keeps
+    the longest-first order along that path (also when the engine backtracks,
+    as it does when a check after the words fails).
+    """
+    trie: dict[str, dict] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # a word ends here
+
+    def pattern(node: dict[str, dict]) -> str:
+        alternatives = [re.escape(ch) + pattern(child) for ch, child in sorted(node.items()) if ch]
+        if "" in node and alternatives:
+            alternatives.append("")  # ending here comes after every longer word
+        if len(alternatives) <= 1:
+            return "".join(alternatives)
+        return "(?:" + "|".join(alternatives) + ")"
+
+    return pattern(trie)
+
+
 class Normalizer:
     """Turns raw report text into its display and match forms."""
 
@@ -98,17 +128,14 @@ class Normalizer:
         for wrong, right in typos:
             self._typo_table.setdefault(wrong, right)
         self._typo_firsts = frozenset(wrong[0] for wrong in self._typo_table)
-        self._typo_re = re.compile("|".join(
-            re.escape(w) for w in sorted(self._typo_table, key=len, reverse=True))) if self._typo_table else None
+        self._typo_re = re.compile(_longest_first(self._typo_table)) if self._typo_table else None
         self._english = dict(english)
         if english:
-            words = sorted(self._english, key=len, reverse=True)
-            alternation = "|".join(re.escape(w) for w in words)
             # the lookahead on the words' first letters lets the regex skip every other position
             # at once (a Chinese report would otherwise try every word at every character)
-            firsts = "".join(re.escape(ch) for ch in sorted({w[0] for w in words}))
+            firsts = "".join(re.escape(ch) for ch in sorted({w[0] for w in self._english}))
             self._english_re: re.Pattern[str] | None = re.compile(
-                rf"(?=[{firsts}])(?<![a-z])(?:{alternation})(?![a-z])"
+                rf"(?=[{firsts}])(?<![a-z])(?:{_longest_first(self._english)})(?![a-z])"
             )
         else:
             self._english_re = None
