@@ -150,7 +150,6 @@ class Normalizer:
         self._typo_table: dict[str, str] = {}
         for wrong, right in typos:
             self._typo_table.setdefault(wrong, right)
-        self._typo_firsts = frozenset(wrong[0] for wrong in self._typo_table)
         self._typo_re = re.compile(_longest_first(self._typo_table)) if self._typo_table else None
         self._english = dict(english)
         if english:
@@ -183,8 +182,9 @@ class Normalizer:
             english = self._english
             match = self._english_re.sub(lambda m: english[m.group(0)], match)
             match = _SPACE_NEAR_HAN_RE.sub("", match)
-        if not self._typo_firsts.isdisjoint(match):
-            match = self._fix_typos(match)
+        # no test for the entries' first characters first: nearly every report has one, and the
+        # regex leaves the other positions after one character test
+        match = self._fix_typos(match)
         return display, match
 
     def as_written(self, text: str, display: str, value: str) -> str:
