@@ -64,12 +64,12 @@ def _soon(words: tuple[str, ...]) -> str:
     Both hold exactly when a first character comes within five characters
     with only Han characters before it. A position then costs at most five
     character tests instead of up to nine, and the location search runs over
-    every report.
+    most reports.
     """
     firsts = sorted({w[0] for w in words if w})
     if not firsts:
         return "(?!)"
-    others = []  # the Han range without the first characters, as ranges
+    others = []  # the Han range (_HAN) without the first characters, as ranges
     low = 0x4E00
     for code in sorted(ord(ch) for ch in firsts if 0x4E00 <= ord(ch) <= 0x9FFF):
         if code > low:

@@ -145,8 +145,8 @@ class Normalizer:
         max_chars: int,
     ) -> None:
         self._max_chars = max_chars
-        # one alternation of the typo entries, longest first: a left-to-right regex pass replaces
-        # the longest entry at each position (the first entry wins among repeats)
+        # one regex of the typo entries, longest first: a left-to-right pass replaces the longest
+        # entry at each position (the first entry wins among repeats)
         self._typo_table: dict[str, str] = {}
         for wrong, right in typos:
             self._typo_table.setdefault(wrong, right)
