@@ -100,19 +100,21 @@ class EntityExtractor:
         prefixes = _alternation(words.code_prefixes) or "(?!)"
         code_words = _alternation(words.code_words) or "(?!)"
         code_labels = _alternation(words.code_labels) or "(?!)"
+        # each with a character every match of it holds ("" for none): without it in the text the
+        # pattern is not run (most reports have digits, few a dot, a dash or an "Err 7")
         self._code_res = [
             # E.OC3, A.C90 (dotted display codes)
-            re.compile(r"(?=[A-Za-z])(?<![A-Za-z0-9.])([Ee]\.[A-Za-z]{1,4}\d{0,3}|[A-Za-z]\.(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{2,5})(?![A-Za-z0-9.])"),
+            (".", re.compile(r"(?=[A-Za-z])(?<![A-Za-z0-9.])([Ee]\.[A-Za-z]{1,4}\d{0,3}|[A-Za-z]\.(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{2,5})(?![A-Za-z0-9.])")),
             # E03, F0012, AL-21, Err05, Er-3, OC1
-            re.compile(rf"{_starts(words.code_prefixes)}(?<![A-Za-z0-9.\-])((?:{prefixes})[-.]?\d{{1,6}})(?![A-Za-z0-9]|\.\d|[栋楼层区号座幢线])", re.IGNORECASE),
+            ("", re.compile(rf"{_starts(words.code_prefixes)}(?<![A-Za-z0-9.\-])((?:{prefixes})[-.]?\d{{1,6}})(?![A-Za-z0-9]|\.\d|[栋楼层区号座幢线])", re.IGNORECASE)),
             # OC, OH ... written alone in capitals
-            re.compile(rf"{_starts(words.code_words)}(?<![A-Za-z0-9])((?:{code_words})\d{{0,3}})(?![A-Za-z0-9])"),
+            ("", re.compile(rf"{_starts(words.code_words)}(?<![A-Za-z0-9])((?:{code_words})\d{{0,3}})(?![A-Za-z0-9])")),
             # 故障码 14, 代码0x0000007B
-            re.compile(rf"{_starts(words.code_labels)}(?:{code_labels})\s*[:=]?\s*(0[xX][0-9A-Fa-f]{{1,8}}|\d{{1,6}})(?![0-9A-Za-z])", re.IGNORECASE),
+            ("", re.compile(rf"{_starts(words.code_labels)}(?:{code_labels})\s*[:=]?\s*(0[xX][0-9A-Fa-f]{{1,8}}|\d{{1,6}})(?![0-9A-Za-z])", re.IGNORECASE)),
             # Err 7, AL 21: a prefix in capitals and the number after one space
-            re.compile(r"(?=[EA])(?<![A-Za-z0-9])((?:Err|ERR|Er|ER|AL|ALM|E) \d{1,4})(?![0-9A-Za-z.])"),
+            (" ", re.compile(r"(?=[EA])(?<![A-Za-z0-9])((?:Err|ERR|Er|ER|AL|ALM|E) \d{1,4})(?![0-9A-Za-z.])")),
             # P-02, H-15: one capital, a dash and the number
-            re.compile(r"(?=[A-Z])(?<![A-Za-z0-9\-])([A-Z]-\d{1,4})(?![0-9A-Za-z]|\.\d|[栋楼层区号座幢线])"),
+            ("-", re.compile(r"(?=[A-Z])(?<![A-Za-z0-9\-])([A-Z]-\d{1,4})(?![0-9A-Za-z]|\.\d|[栋楼层区号座幢线])")),
         ]
 
         loc = words.location
@@ -208,7 +210,9 @@ class EntityExtractor:
 
     def _error_code(self, text: str, taken: list[tuple[int, int]]) -> str | None:
         best: tuple[int, str] | None = None
-        for pattern in self._code_res:
+        for needed, pattern in self._code_res:
+            if needed not in text:
+                continue
             for m in pattern.finditer(text):
                 start, end = m.span(1)
                 if _overlaps(start, end, taken):
