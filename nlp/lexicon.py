@@ -114,7 +114,9 @@ class Lexicon:
         g = taxonomy.grammar
         self.negations = frozenset(g.negations)
         self._negations_longest = tuple(sorted(g.negations, key=len, reverse=True))
-        self._negation_firsts = frozenset(w[0] for w in g.negations)
+        # a regex class (one table test per character, quicker than testing the text against a set)
+        firsts = "".join(re.escape(ch) for ch in sorted({w[0] for w in g.negations}))
+        self._negation_first_re = re.compile(f"[{firsts}]" if firsts else "(?!)")
         self._negation_lasts = frozenset(w[-1] for w in g.negations)
         self.negation_stops = frozenset(g.negation_stops)
         self.hint_stops = tuple(g.hint_stops)
@@ -236,7 +238,7 @@ class Lexicon:
             return []
         breaks = [m.start() for m in _CLAUSE_RE.finditer(text)]
         clauses: dict[int, tuple[int, list[int], list[str]]] = {}
-        may_negate = not self._negation_firsts.isdisjoint(text)
+        may_negate = self._negation_first_re.search(text) is not None
         plain = self._plain
         has_pieces = self._has_pieces
         hits: list[Hit] = []

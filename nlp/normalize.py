@@ -65,6 +65,23 @@ def _traditional_chars() -> frozenset[str]:
 
 
 @functools.cache
+def _traditional_tests() -> tuple[re.Pattern[str], frozenset[str]]:
+    """A regex class of the traditional characters in the BMP, and those beyond it.
+
+    A class of BMP characters is a character table to the regex engine, one
+    test per character of the text, about four times quicker than testing the
+    text against the set; the few beyond the BMP (which the table cannot hold)
+    are tested with the set, and only in a text that has such characters.
+    """
+    chars = _traditional_chars()
+    bmp = "".join(re.escape(ch) for ch in sorted(chars) if ord(ch) <= 0xFFFF)
+    return re.compile(f"[{bmp}]" if bmp else "(?!)"), frozenset(ch for ch in chars if ord(ch) > 0xFFFF)
+
+
+_BEYOND_BMP_RE = re.compile("[\U00010000-\U0010FFFF]")
+
+
+@functools.cache
 def _t2s():
     import opencc
 
@@ -91,12 +108,15 @@ def _may_have_space(text: str) -> bool:
 
 def has_traditional(text: str) -> bool:
     """True when the text has a character that the simplified form changes (樓, 電)."""
-    return not _traditional_chars().isdisjoint(text)
+    in_bmp, beyond = _traditional_tests()
+    if in_bmp.search(text) is not None:
+        return True
+    return bool(beyond) and _BEYOND_BMP_RE.search(text) is not None and not beyond.isdisjoint(text)
 
 
 def to_simplified(text: str) -> str:
     """Traditional -> simplified; OpenCC runs only when a traditional character is present."""
-    if _traditional_chars().isdisjoint(text):
+    if not has_traditional(text):
         return text
     return _t2s().convert(text)
 

@@ -1,4 +1,4 @@
-"""The quick forms of the normaliser's and the location search's tests match the plain forms they replace."""
+"""The quick forms of the normaliser's, the location search's and the traditional-character tests match the plain forms."""
 from __future__ import annotations
 
 import random
@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nlp.entities import _soon  # noqa: E402
-from nlp.normalize import _FULL_WIDTH, _longest_first, _may_have_space, _nfkc  # noqa: E402
+from nlp.normalize import (  # noqa: E402
+    _FULL_WIDTH, _longest_first, _may_have_space, _nfkc, _traditional_chars, has_traditional)
 
 
 def _plain_longest_first(words: set[str]) -> str:
@@ -62,3 +63,16 @@ def test_site_lookahead_holds_where_the_backtracking_one_does():
     for _ in range(20000):
         text = "".join(rnd.choice(pool) for _ in range(rnd.randrange(0, 12)))
         assert ([m.start() for m in quick.finditer(text)] == [m.start() for m in plain.finditer(text)]), text
+
+
+def test_traditional_characters_are_found_in_and_beyond_the_bmp():
+    chars = _traditional_chars()
+    assert any(ord(ch) > 0xFFFF for ch in chars)  # the set test beyond the BMP is exercised
+    for ch in chars:
+        assert has_traditional(f"电{ch}机"), ascii(ch)
+    rnd = random.Random(4)
+    pool = sorted(chars) + list("电机不转了楼😭🙏a 1，") + [chr(c) for c in range(0x20000, 0x20100)]
+    for _ in range(20000):
+        text = "".join(rnd.choice(pool) if rnd.random() < 0.2 else rnd.choice("电机不转了😭𠀀a")
+                       for _ in range(rnd.randrange(0, 8)))
+        assert has_traditional(text) == (not chars.isdisjoint(text)), ascii(text)
