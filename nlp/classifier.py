@@ -284,9 +284,13 @@ class Classifier:
             if cand is not None and cand[0] == _TIER_STRONG:
                 return cat_id, 0.95, f"{cand[6]}:{text[cand[4]:cand[5]]}"
 
-        winner_id = max(best, key=lambda cid: best[cid][:4])
-        winner = best[winner_id]
-        rivals = sum(1 for c in best.values() if c[0] == winner[0]) - 1
+        if len(best) == 1:  # the usual case: one category has evidence
+            winner_id, winner = next(iter(best.items()))
+            rivals = 0
+        else:
+            winner_id = max(best, key=lambda cid: best[cid][:4])
+            winner = best[winner_id]
+            rivals = sum(1 for c in best.values() if c[0] == winner[0]) - 1
         score = max(0.3, _TIER_SCORE[winner[0]] - 0.1 * min(rivals, 2))
         if winner[6] == _LABEL_CODE:
             return winner_id, round(score, 2), None

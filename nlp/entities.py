@@ -55,6 +55,33 @@ def _starts(words: tuple[str, ...] | list[str] | str) -> str:
     return "(?=[" + "".join(re.escape(ch) for ch in chars) + "])" if chars else "(?!)"
 
 
+def _soon(words: tuple[str, ...]) -> str:
+    """A lookahead for the first character of one of `words` after at most four Han characters.
+
+    It tests what (?=[<Han>]{0,4}[firsts]) tests, without backtracking:
+    the Han characters that are not first characters are passed possessively
+    (at most four), and the character after them must be a first character.
+    Both hold exactly when a first character comes within five characters
+    with only Han characters before it. A position then costs at most five
+    character tests instead of up to nine, and the location search runs over
+    most reports.
+    """
+    firsts = sorted({w[0] for w in words if w})
+    if not firsts:
+        return "(?!)"
+    others = []  # the Han range (_HAN) without the first characters, as ranges
+    low = 0x4E00
+    for code in sorted(ord(ch) for ch in firsts if 0x4E00 <= ord(ch) <= 0x9FFF):
+        if code > low:
+            others.append((low, code - 1))
+        low = code + 1
+    if low <= 0x9FFF:
+        others.append((low, 0x9FFF))
+    passed = "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in others)
+    first = "".join(re.escape(ch) for ch in firsts)
+    return (f"(?=[{passed}]{{0,4}}+[{first}])" if passed else f"(?=[{first}])")
+
+
 def _place_alternation(words: tuple[str, ...]) -> str:
     """Like _alternation, with 号 also written as # (3#楼, 4#线)."""
     return _alternation(words).replace("号", "(?:号|#)")
@@ -73,19 +100,21 @@ class EntityExtractor:
         prefixes = _alternation(words.code_prefixes) or "(?!)"
         code_words = _alternation(words.code_words) or "(?!)"
         code_labels = _alternation(words.code_labels) or "(?!)"
+        # each with a character every match of it holds ("" for none): without it in the text the
+        # pattern is not run (most reports have digits, few a dot, a dash or an "Err 7")
         self._code_res = [
             # E.OC3, A.C90 (dotted display codes)
-            re.compile(r"(?=[A-Za-z])(?<![A-Za-z0-9.])([Ee]\.[A-Za-z]{1,4}\d{0,3}|[A-Za-z]\.(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{2,5})(?![A-Za-z0-9.])"),
+            (".", re.compile(r"(?=[A-Za-z])(?<![A-Za-z0-9.])([Ee]\.[A-Za-z]{1,4}\d{0,3}|[A-Za-z]\.(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{2,5})(?![A-Za-z0-9.])")),
             # E03, F0012, AL-21, Err05, Er-3, OC1
-            re.compile(rf"{_starts(words.code_prefixes)}(?<![A-Za-z0-9.\-])((?:{prefixes})[-.]?\d{{1,6}})(?![A-Za-z0-9]|\.\d|[栋楼层区号座幢线])", re.IGNORECASE),
+            ("", re.compile(rf"{_starts(words.code_prefixes)}(?<![A-Za-z0-9.\-])((?:{prefixes})[-.]?\d{{1,6}})(?![A-Za-z0-9]|\.\d|[栋楼层区号座幢线])", re.IGNORECASE)),
             # OC, OH ... written alone in capitals
-            re.compile(rf"{_starts(words.code_words)}(?<![A-Za-z0-9])((?:{code_words})\d{{0,3}})(?![A-Za-z0-9])"),
+            ("", re.compile(rf"{_starts(words.code_words)}(?<![A-Za-z0-9])((?:{code_words})\d{{0,3}})(?![A-Za-z0-9])")),
             # 故障码 14, 代码0x0000007B
-            re.compile(rf"{_starts(words.code_labels)}(?:{code_labels})\s*[:=]?\s*(0[xX][0-9A-Fa-f]{{1,8}}|\d{{1,6}})(?![0-9A-Za-z])", re.IGNORECASE),
+            ("", re.compile(rf"{_starts(words.code_labels)}(?:{code_labels})\s*[:=]?\s*(0[xX][0-9A-Fa-f]{{1,8}}|\d{{1,6}})(?![0-9A-Za-z])", re.IGNORECASE)),
             # Err 7, AL 21: a prefix in capitals and the number after one space
-            re.compile(r"(?=[EA])(?<![A-Za-z0-9])((?:Err|ERR|Er|ER|AL|ALM|E) \d{1,4})(?![0-9A-Za-z.])"),
+            (" ", re.compile(r"(?=[EA])(?<![A-Za-z0-9])((?:Err|ERR|Er|ER|AL|ALM|E) \d{1,4})(?![0-9A-Za-z.])")),
             # P-02, H-15: one capital, a dash and the number
-            re.compile(r"(?=[A-Z])(?<![A-Za-z0-9\-])([A-Z]-\d{1,4})(?![0-9A-Za-z]|\.\d|[栋楼层区号座幢线])"),
+            ("-", re.compile(r"(?=[A-Z])(?<![A-Za-z0-9\-])([A-Z]-\d{1,4})(?![0-9A-Za-z]|\.\d|[栋楼层区号座幢线])")),
         ]
 
         loc = words.location
@@ -105,9 +134,9 @@ class EntityExtractor:
                      + (rf"|{floors}" if floors else "") + ")")
         if sites:
             # a site's name is Han characters before the site word: its first character comes soon
-            parts.append(rf"(?=[{_HAN}]{{0,4}}{_starts(loc.sites)[3:-1]})(?P<site>{_NAME_CHAR}{{0,4}}?(?:{sites}))")
+            parts.append(rf"{_soon(loc.sites)}(?P<site>{_NAME_CHAR}{{0,4}}?(?:{sites}))")
         if named:
-            parts.append(rf"(?=[{_HAN}]{{0,4}}{_starts(loc.named_sites)[3:-1]})(?P<named>{_NAME_CHAR}{{0,4}}?(?:{named}))")
+            parts.append(rf"{_soon(loc.named_sites)}(?P<named>{_NAME_CHAR}{{0,4}}?(?:{named}))")
         # a door number after a unit (3单元602)
         parts.append(r"(?P<door>(?<=单元)\d{3,4}(?:室|号)?(?![0-9]))")
         if places:
@@ -115,10 +144,10 @@ class EntityExtractor:
         if rooms:
             parts.append(rf"{_starts(loc.rooms)}(?P<room>{rooms})")
         self._element_re = re.compile("|".join(parts))
-        # every place element ends with one of these characters
-        self._location_chars = frozenset(
-            w[-1] for w in loc.units + loc.rooms + loc.floors + loc.named_sites + loc.sites + loc.places
-        ) | {"层"}
+        # every place element ends with one of these characters (a regex class: one table test per
+        # character, quicker than testing the text against a set)
+        ends = {w[-1] for w in loc.units + loc.rooms + loc.floors + loc.named_sites + loc.sites + loc.places} | {"层"}
+        self._location_char_re = re.compile("[" + "".join(re.escape(ch) for ch in sorted(ends)) + "]")
         # one-character qualifiers (新, 老) make a site vague only as its whole name (老厂房, not 老港工业园)
         self._vague = tuple(sorted((w for w in loc.vague if len(w) > 1), key=len, reverse=True))
         self._vague_exact = frozenset(w for w in loc.vague if len(w) == 1)
@@ -140,7 +169,7 @@ class EntityExtractor:
             serial = self._serial(text, taken)
         if has_digit or _CAPITALS_RE.search(text):
             error_code = self._error_code(text, taken)
-        if not self._location_chars.isdisjoint(text):
+        if self._location_char_re.search(text) is not None:
             location = self._location(text)
         return Entities(serial=serial, location=location, error_code=error_code, phone=phone)
 
@@ -181,7 +210,9 @@ class EntityExtractor:
 
     def _error_code(self, text: str, taken: list[tuple[int, int]]) -> str | None:
         best: tuple[int, str] | None = None
-        for pattern in self._code_res:
+        for needed, pattern in self._code_res:
+            if needed not in text:
+                continue
             for m in pattern.finditer(text):
                 start, end = m.span(1)
                 if _overlaps(start, end, taken):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from dataclasses import dataclass
+from operator import itemgetter
 
 from .segment import Segmenter
 from .taxonomy import Taxonomy
@@ -65,12 +66,19 @@ _SCOPE_SHADOWS = frozenset({Layer.IMPACT, Layer.DEGRADED, Layer.NEUTRAL}) | _COM
 _SHADOWING = _CATEGORY_LAYERS | _PRIORITY_LAYERS | _COMBO_LAYERS
 # one-character pattern parts and predicates count even inside a longer word (高 in 偏高)
 _SHORT_OK = frozenset({Layer.PIECE, Layer.PREDICATE})
+# working layers: pattern parts and 修好了-words are not handed to the classifier
+_INTERNAL = frozenset({Layer.PIECE, Layer.RESOLVED})
+# the layers the per-hit loops test, as plain module constants (a class attribute costs a second lookup)
+_PIECE = Layer.PIECE
+_PREDICATE = Layer.PREDICATE
+_RESOLVED = Layer.RESOLVED
 
 CLAUSE_BREAKS = ",.!?;:，。！？；：、\n\r~…()[]【】（）「」\"'"
 _CLAUSE_RE = re.compile("[" + re.escape(CLAUSE_BREAKS) + "]")
 _BREAK_CHARS = frozenset(CLAUSE_BREAKS)
 _CLAUSE_RUN_RE = re.compile("[" + re.escape(CLAUSE_BREAKS) + "]+")
 _MAX_WORDS = 200  # word occurrences looked at per report
+_WORD = itemgetter(2)  # the word of a (start, end, word) occurrence
 _CODE_RE = re.compile(r"(?<![a-z0-9])[a-z]{1,5}[-.]?\d{1,6}")
 
 
@@ -106,7 +114,9 @@ class Lexicon:
         g = taxonomy.grammar
         self.negations = frozenset(g.negations)
         self._negations_longest = tuple(sorted(g.negations, key=len, reverse=True))
-        self._negation_firsts = frozenset(w[0] for w in g.negations)
+        # a regex class (one table test per character, quicker than testing the text against a set)
+        firsts = "".join(re.escape(ch) for ch in sorted({w[0] for w in g.negations}))
+        self._negation_first_re = re.compile(f"[{firsts}]" if firsts else "(?!)")
         self._negation_lasts = frozenset(w[-1] for w in g.negations)
         self.negation_stops = frozenset(g.negation_stops)
         self.hint_stops = tuple(g.hint_stops)
@@ -175,10 +185,14 @@ class Lexicon:
         for pid, pattern in enumerate(patterns):
             pattern_heads.setdefault(pattern.parts[0], []).append(pid)
         self._pattern_heads = {w: tuple(pids) for w, pids in pattern_heads.items()}
+        self._head_words = frozenset(pattern_heads)
         self._patterns = tuple(patterns)
         # the words a pattern needs: its parts are looked at only when all of them occur
         self._pattern_words = tuple(frozenset(pattern.parts) for pattern in patterns)
         self._hint_words = frozenset(w for w, ls in self._layers.items() if Layer.HINT in ls or Layer.MEASURE in ls)
+        # the words that can make a 修好了 hit: resolved words, and the parts of resolved patterns
+        self._resolved_words = frozenset(w for w, ls in self._layers.items() if Layer.RESOLVED in ls) | frozenset(
+            part for pattern in patterns if pattern.layer == Layer.RESOLVED for part in pattern.parts)
         # the segmenter's pass finds the words within a clause; a word with punctuation in it
         # (a deployment's own taxonomy may have one) is looked for on its own
         self._break_words = tuple(sorted(w for w in self._index if not _BREAK_CHARS.isdisjoint(w)))
@@ -208,11 +222,11 @@ class Lexicon:
             raw = raw[:_MAX_WORDS]  # a guard against pathological input (漏漏漏...): the start decides
         index = self._index
         # predicates matter only after a hint; pattern parts only when every part of the pattern occurs
-        words = {w for _, _, w in raw}
+        words = set(map(_WORD, raw))
         has_hint = not self._hint_words.isdisjoint(words)
         heads = self._pattern_heads
         pattern_words = self._pattern_words
-        started = {pid for w in words for pid in heads.get(w, ()) if pattern_words[pid] <= words}
+        started = {pid for w in words & self._head_words for pid in heads[w] if pattern_words[pid] <= words}
         auxiliary = self._auxiliary
         if not auxiliary.isdisjoint(words):
             # an auxiliary word is kept as a predicate after a hint, or as a part of a pattern that can complete
@@ -224,7 +238,7 @@ class Lexicon:
             return []
         breaks = [m.start() for m in _CLAUSE_RE.finditer(text)]
         clauses: dict[int, tuple[int, list[int], list[str]]] = {}
-        may_negate = not self._negation_firsts.isdisjoint(text)
+        may_negate = self._negation_first_re.search(text) is not None
         plain = self._plain
         has_pieces = self._has_pieces
         hits: list[Hit] = []
@@ -255,21 +269,22 @@ class Lexicon:
             for layer, category, ref in (index[word] if started and word in has_pieces else plain[word]):
                 if inside and neg_start < ts and not (e - s == 1 and layer in _SHORT_OK):
                     continue  # part of an ordinary longer word (响 in 影响, 锈 in 不锈钢)
-                if (layer == Layer.PREDICATE and not has_hint) or (
-                        layer == Layer.PIECE and ref is not None and ref[0] not in started):
+                if (layer == _PREDICATE and not has_hint) or (
+                        layer == _PIECE and ref is not None and ref[0] not in started):
                     continue
                 hits.append(Hit(s, e, layer, category, negated, neg_start, False, ref))
 
-        if self._patterns:
+        if started:  # pattern parts are kept only for patterns that can complete
             hits.extend(self._assemble(hits, text))
         self._suppress_contained(hits)
-        self._apply_resolved(hits, text)
-        return [h for h in hits if not h.suppressed and h.layer not in (Layer.PIECE, Layer.RESOLVED)]
+        if not self._resolved_words.isdisjoint(words):
+            self._apply_resolved(hits, text)
+        return [h for h in hits if not h.suppressed and h.layer not in _INTERNAL]
 
     @staticmethod
     def _apply_resolved(hits: list[Hit], text: str) -> None:
         """Words before 修好了 / 解决了 in the same clause describe a fixed problem: they do not count."""
-        done = [h for h in hits if h.layer == Layer.RESOLVED and not h.negated]
+        done = [h for h in hits if h.layer == _RESOLVED and not h.negated]
         for r in done:
             for h in hits:
                 if h.end <= r.start and not h.negated and _CLAUSE_RE.search(text, h.end, r.start) is None:
@@ -335,7 +350,7 @@ class Lexicon:
     def _assemble(self, hits: list[Hit], text: str) -> list[Hit]:
         parts: dict[tuple[int, int], list[Hit]] = {}
         for h in hits:
-            if h.layer == Layer.PIECE and h.ref is not None:
+            if h.layer == _PIECE and h.ref is not None:
                 parts.setdefault(h.ref, []).append(h)
         words: list[Hit] | None = None
         out: list[Hit] = []
@@ -387,7 +402,7 @@ class Lexicon:
         request_words = [g for g in live if g.category in requests and g.layer in _CATEGORY_LAYERS]
         if request_words:
             for h in hits:
-                if h.layer == Layer.PREDICATE:
+                if h.layer == _PREDICATE:
                     for g in request_words:
                         if g.start <= h.start and h.end <= g.end and g.end - g.start > h.end - h.start:
                             h.suppressed = True
