@@ -58,6 +58,14 @@ async def _enqueue(db, *messages, to=Address("fake", "user", "u1")):
             enqueue(s, to, m)
 
 
+async def _new_ticket_cards(db, to, first, n, title):
+    """New-ticket cards `first`..`first + n - 1` to `to`, one transaction."""
+    async with db.session() as s:
+        for i in range(first, first + n):
+            enqueue(s, to, CardMessage(Card(kind="engineer", title=f"{title} {i}", subtitle=f"SRV-{i:03d}",
+                                            track_key=f"t{i}:eng")), ticket_id=i)
+
+
 async def _rows(db):
     async with db.session() as s:
         return list((await s.exec(select(OutboxMessage).order_by(OutboxMessage.id))).all())
@@ -410,10 +418,7 @@ async def test_new_ticket_cards_beyond_the_limit_fold_into_one_digest_updated_in
     group = Address("fake", "group", "engineers")
 
     async def new_tickets(first, n):
-        async with db.session() as s:
-            for i in range(first, first + n):
-                enqueue(s, group, CardMessage(Card(kind="engineer", title=f"【P0】停电 {i}", subtitle=f"SRV-{i:03d}",
-                                                   track_key=f"t{i}:eng")), ticket_id=i)
+        await _new_ticket_cards(db, group, first, n, "【P0】停电")
 
     await new_tickets(0, 30)
     await worker.drain(wait=0)
@@ -451,10 +456,7 @@ async def test_a_digest_counts_what_was_folded_within_a_day(world):
     group = Address("fake", "group", "engineers")
 
     async def new_tickets(first, n):
-        async with db.session() as s:
-            for i in range(first, first + n):
-                enqueue(s, group, CardMessage(Card(kind="engineer", title=f"停电 {i}", subtitle=f"SRV-{i:03d}",
-                                                   track_key=f"t{i}:eng")), ticket_id=i)
+        await _new_ticket_cards(db, group, first, n, "停电")
 
     async def digest():
         (row,) = [r for r in await _rows(db) if r.track_key == "digest"]
