@@ -87,9 +87,10 @@ class Runtime:
         self.bot.on_accept = self.inbox.wake
         self.bot.on_picture_applied = self._picture_applied
         self.outbox.yield_to = self.bot.yield_to_callbacks
-        # Card work waits for its turn while the inbox has events to apply (pending ones,
-        # counted in the database: on PostgreSQL, whichever process recorded them).
-        self.outbox.backlog = self.inbox.backlog
+        # Card work waits for its turn while the inbox has events due to apply (counted in the
+        # database: on PostgreSQL, whichever process recorded them; one waiting for a retry
+        # is no backlog).
+        self.outbox.backlog = self.inbox.due
         for channel in self.channels:
             channel.wake_outbox = self.outbox.wake
             channel.count = functools.partial(self.count_inbound, channel.name)

@@ -154,7 +154,7 @@ class InboxWorker:
         """Update the cards of the tickets whose CardRefresh is due (by `now`); returns how many."""
         await self.bot.yield_to_callbacks(YIELD_SECONDS)
         async with self.db.session() as s:
-            n = await self.bot.notifier.refresh_due_cards(s, now or utcnow())
+            n = await self.bot.refresh_due_cards(s, now or utcnow())
         if n:
             self.bot.on_commit()
         return n
@@ -200,9 +200,16 @@ class InboxWorker:
         self.metrics.inbox_dead.set(n)
 
     async def backlog(self) -> int:
+        """Events not yet applied, those waiting for a later attempt included."""
         async with self.db.session() as s:
             return (await s.exec(select(func.count()).select_from(InboxEvent)
                                  .where(InboxEvent.status == PENDING))).one()
+
+    async def due(self) -> int:
+        """Events waiting to be applied now (an event waiting for its retry is not)."""
+        async with self.db.session() as s:
+            return (await s.exec(select(func.count()).select_from(InboxEvent)
+                                 .where(InboxEvent.status == PENDING, InboxEvent.next_attempt_at <= utcnow()))).one()
 
     # ---- dead letters (python run_bot.py inbox list|retry) -------------------
 

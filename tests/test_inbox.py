@@ -83,6 +83,22 @@ async def test_failure_is_kept_retried_and_finally_visible(make_config, sqlite_u
     assert await _count(rt, Ticket) == 0
 
 
+async def test_an_event_waiting_for_its_retry_is_pending_but_not_due(make_config, sqlite_url, aiohttp_client,
+                                                                      monkeypatch):
+    rt = await _start(make_config, sqlite_url, aiohttp_client)
+    await rt.bot(report("m1"))
+    assert (await rt.inbox.backlog(), await rt.inbox.due()) == (1, 1)
+
+    async def broken(s, event):
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr(rt.bot, "process", broken)
+    assert await rt.inbox.process_next()
+    # Kept for a later attempt: the outbox need not hold cards back for it.
+    assert (await rt.inbox.backlog(), await rt.inbox.due()) == (1, 0)
+    assert rt.outbox.backlog == rt.inbox.due
+
+
 async def test_accepted_events_survive_a_restart(make_config, sqlite_url, aiohttp_client):
     rt = await _start(make_config, sqlite_url, aiohttp_client)
     await rt.bot(report("m1"))

@@ -110,6 +110,10 @@ class TicketBot:
         if self.answering:
             await wait_event(self._answered, limit)
 
+    async def refresh_due_cards(self, s: AsyncSession, now) -> int:
+        """Update the cards whose update was put off until `now` (see Notifier.refresh_cards_soon)."""
+        return await self.notifier.refresh_due_cards(s, now)
+
     async def _accept(self, event: InboundEvent) -> HandleResult:
         async with self.db.session(urgent=True) as s:
             if not await insert_ignore(s, ProcessedEvent, platform=event.platform, event_id=event.event_id):
