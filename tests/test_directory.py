@@ -18,6 +18,15 @@ async def db(make_config, database_url):
     await db.dispose()
 
 
+@pytest.fixture
+async def synced(db):
+    """The database and a directory on the playground, the config synced into it."""
+    db, config = db
+    directory = Directory(config, ["playground"])
+    await directory.sync(db)
+    return db, directory
+
+
 def count_identity_reads(db: Database) -> list[str]:
     """Statements that read the identity table, as they are sent."""
     seen: list[str] = []
@@ -30,10 +39,8 @@ def count_identity_reads(db: Database) -> list[str]:
     return seen
 
 
-async def test_configured_people_are_found_without_reading_identities(db):
-    db, config = db
-    directory = Directory(config, ["playground"])
-    await directory.sync(db)
+async def test_configured_people_are_found_without_reading_identities(synced):
+    db, directory = synced
     reads = count_identity_reads(db)
     async with db.session() as s:
         person = await directory.resolve(s, "playground", "eng_li", None)
@@ -57,10 +64,8 @@ async def test_a_synced_config_change_is_seen_at_once(db):
         assert (await directory.direct_address(s, "eng_li", prefer="wecom")).id == "LiGong"
 
 
-async def test_someone_who_left_is_refused_although_their_identity_is_cached(db):
-    db, config = db
-    directory = Directory(config, ["playground"])
-    await directory.sync(db)
+async def test_someone_who_left_is_refused_although_their_identity_is_cached(synced):
+    db, directory = synced
     async with db.session() as s:
         li = await s.get(Person, "eng_li")
         li.active = False
@@ -70,10 +75,8 @@ async def test_someone_who_left_is_refused_although_their_identity_is_cached(db)
         assert (await directory.known(s, "playground", "eng_li")).active is False
 
 
-async def test_customers_are_still_registered_and_read_from_the_database(db):
-    db, config = db
-    directory = Directory(config, ["playground"])
-    await directory.sync(db)
+async def test_customers_are_still_registered_and_read_from_the_database(synced):
+    db, directory = synced
     async with db.session() as s:
         new = await directory.resolve(s, "playground", "stranger1", "路人甲")
         assert new is not None and new.role == "customer"
@@ -82,10 +85,8 @@ async def test_customers_are_still_registered_and_read_from_the_database(db):
         assert await directory.identities(s, new.id) == {"playground": "stranger1"}
 
 
-async def test_the_cached_identities_cannot_be_changed_by_a_caller(db):
-    db, config = db
-    directory = Directory(config, ["playground"])
-    await directory.sync(db)
+async def test_the_cached_identities_cannot_be_changed_by_a_caller(synced):
+    db, directory = synced
     async with db.session() as s:
         ids = await directory.identities(s, "eng_zhang")
         ids["wecom"] = "someone_else"

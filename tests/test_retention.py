@@ -96,61 +96,58 @@ async def _left(db: Database) -> dict[str, set]:
         }
 
 
-async def test_prunes_old_finished_rows_and_keeps_what_is_still_needed(database_url):
+@pytest.fixture
+async def seeded(database_url):
+    """A database holding _seed's rows."""
     db = Database(database_url)
     await db.init()
     try:
         await _seed(db)
-        # Batches of 2: every kind with more old rows than that takes several batches.
-        deleted = await prune(db, RetentionConfig(batch=2), utcnow(), terminal=TERMINAL)
-        left = await _left(db)
-        assert left == {
-            "outbox": {10, 11, 12, 13, 14, 15},
-            "inbox": {3, 4, 9},
-            "processed_event": {"fresh"},
-            "card_action": {"t-live", "t-recent"},
-            "phone_call": {"sent"},
-            "api_idempotency": {"new"},
-            "process_heartbeat": {"here:1"},
-            "periodic_job": {"auditor"},
-            "ticket": {1, 2, 3},
-        }
-        assert deleted == {"outbox": 5, "inbox": 2, "processed_event": 5, "card_action": 1, "phone_call": 1,
-                           "api_idempotency": 1, "process_heartbeat": 1, "periodic_job": 1}
-        # Nothing more to do: a second run deletes nothing.
-        assert await prune(db, RetentionConfig(batch=2), utcnow(), terminal=TERMINAL) == {}
+        yield db
     finally:
         await db.dispose()
 
 
-async def test_zero_days_keeps_a_kind_and_batches_are_bounded(database_url):
-    db = Database(database_url)
-    await db.init()
-    try:
-        await _seed(db)
-        policy = RetentionConfig(batch=2, processed_event_days=0, outbox_days=0)
-        deleted = await prune(db, policy, utcnow(), terminal=TERMINAL, max_batches=1)
-        left = await _left(db)
-        assert "outbox" not in deleted and "processed_event" not in deleted
-        assert len(left["outbox"]) == 11 and len(left["processed_event"]) == 6
-        assert deleted["inbox"] == 2  # within one batch
-        # One batch of two per call: the rest waits for the next run.
-        policy = RetentionConfig(batch=1, outbox_days=14)
-        assert (await prune(db, policy, utcnow(), terminal=TERMINAL, max_batches=1))["outbox"] == 1
-        assert len((await _left(db))["outbox"]) == 10
-    finally:
-        await db.dispose()
+async def test_prunes_old_finished_rows_and_keeps_what_is_still_needed(seeded):
+    db = seeded
+    # Batches of 2: every kind with more old rows than that takes several batches.
+    deleted = await prune(db, RetentionConfig(batch=2), utcnow(), terminal=TERMINAL)
+    left = await _left(db)
+    assert left == {
+        "outbox": {10, 11, 12, 13, 14, 15},
+        "inbox": {3, 4, 9},
+        "processed_event": {"fresh"},
+        "card_action": {"t-live", "t-recent"},
+        "phone_call": {"sent"},
+        "api_idempotency": {"new"},
+        "process_heartbeat": {"here:1"},
+        "periodic_job": {"auditor"},
+        "ticket": {1, 2, 3},
+    }
+    assert deleted == {"outbox": 5, "inbox": 2, "processed_event": 5, "card_action": 1, "phone_call": 1,
+                       "api_idempotency": 1, "process_heartbeat": 1, "periodic_job": 1}
+    # Nothing more to do: a second run deletes nothing.
+    assert await prune(db, RetentionConfig(batch=2), utcnow(), terminal=TERMINAL) == {}
 
 
-async def test_rows_younger_than_their_days_stay(sqlite_url):
-    db = Database(sqlite_url)
-    await db.init()
-    try:
-        await _seed(db)
-        # As seen 401 days earlier, nothing is old enough yet.
-        assert await prune(db, RetentionConfig(), utcnow() - timedelta(days=401), terminal=TERMINAL) == {}
-    finally:
-        await db.dispose()
+async def test_zero_days_keeps_a_kind_and_batches_are_bounded(seeded):
+    db = seeded
+    policy = RetentionConfig(batch=2, processed_event_days=0, outbox_days=0)
+    deleted = await prune(db, policy, utcnow(), terminal=TERMINAL, max_batches=1)
+    left = await _left(db)
+    assert "outbox" not in deleted and "processed_event" not in deleted
+    assert len(left["outbox"]) == 11 and len(left["processed_event"]) == 6
+    assert deleted["inbox"] == 2  # within one batch
+    # One batch of two per call: the rest waits for the next run.
+    policy = RetentionConfig(batch=1, outbox_days=14)
+    assert (await prune(db, policy, utcnow(), terminal=TERMINAL, max_batches=1))["outbox"] == 1
+    assert len((await _left(db))["outbox"]) == 10
+
+
+async def test_rows_younger_than_their_days_stay(seeded):
+    db = seeded
+    # As seen 401 days earlier, nothing is old enough yet.
+    assert await prune(db, RetentionConfig(), utcnow() - timedelta(days=401), terminal=TERMINAL) == {}
 
 
 def test_retention_section_is_checked(tmp_path):
