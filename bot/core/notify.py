@@ -216,7 +216,7 @@ class Notifier:
         if change.action == "link":  # a burst of these is one card update a moment later
             await self.refresh_cards_soon(s, ticket)
         elif change.action not in ("report", "note", "followup_done"):
-            await self._update_cards(s, ticket, rated=change.action == "rate", reason=lambda: t(
+            await self._update_cards(s, ticket, rated=change.action == "rate", reason=t(
                 f"escalation.reason.{change.action}", name=change.actor.person.name))
         for listener in self.listeners:
             await listener(s, change)
@@ -260,12 +260,12 @@ class Notifier:
                 continue
             done += 1
             if ticket is not None:
-                await self._update_cards(s, ticket, rated=False, reason=lambda: t(
+                await self._update_cards(s, ticket, rated=False, reason=t(
                     "escalation.reason.link", count=ticket.linked_reports + 1))
         return done
 
     async def _update_cards(self, s: AsyncSession, ticket: Ticket, *, rated: bool,
-                            reason: Callable[[], str]) -> None:
+                            reason: str) -> None:
         """Every card of the ticket shown as it is now; `reason` is what the escalation card says changed."""
         v = await self.view(s, ticket)
         eng = await self.engineer_card(s, ticket, v)
@@ -281,7 +281,7 @@ class Notifier:
         esc_key = f"t{ticket.id}:esc"
         esc_addrs = await self._card_addresses(s, ticket, esc_key)
         if esc_addrs:
-            card = await self.escalation_card(s, ticket, reason())
+            card = await self.escalation_card(s, ticket, reason)
             for addr in esc_addrs:
                 enqueue(s, addr, CardMessage(card, update=True), ticket.id)
 
