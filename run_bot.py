@@ -6,7 +6,7 @@
     python run_bot.py check-config [--config relaydesk.toml]
     python run_bot.py report daily [--date D] [--team T] [--json] [--out DIR]
     python run_bot.py report month [--month YYYY-MM] [--json] [--out DIR]
-    python run_bot.py worker [--config relaydesk.toml] [--slot N]
+    python run_bot.py worker [--config relaydesk.toml] [--slot N] [--roles inbox,outbox,escalation]
     python run_bot.py inbox list|retry [ID ...] [--config relaydesk.toml]
     python run_bot.py api-token create --name crm --scopes tickets:read,tickets:write
     python run_bot.py api-token list | revoke <id|name|prefix>
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("worker", help="apply accepted messages and deliver the outbox, without serving HTTP")
     _common(sp)
     sp.add_argument("--slot", default="1", help="this worker's number on this host (stable across restarts)")
+    sp.add_argument("--roles", default="inbox,outbox,escalation", metavar="R[,R]",
+                    help="which workers to run: inbox, outbox, escalation (default: all three)")
     sp = sub.add_parser("inbox", help="dead letters: accepted messages that could not be applied")
     _common(sp)
     sp.add_argument("action", choices=("list", "retry"))
@@ -112,9 +114,17 @@ def init_db(args) -> int:
 
 
 def worker(args) -> int:
-    """The inbox and outbox workers and the escalation sweep in their own process
-    (with `[server] workers = false` in the answering process; several on PostgreSQL).
-    SIGTERM or SIGINT stops it within the bounds of bot/server.py."""
+    """The inbox and outbox workers and the escalation sweep (all, or those in --roles) in
+    their own process, with the serving process running the others (`[server] workers`);
+    several on PostgreSQL. SIGTERM or SIGINT stops it within the bounds of bot/server.py."""
+    from bot.config import WORKER_ROLES, worker_roles
+
+    roles = worker_roles(args.roles)
+    unknown = [r for r in roles if r not in WORKER_ROLES]
+    if unknown or not roles:
+        print(f"relaydesk: --roles: {', '.join(unknown) or 'none given'}: choose from {', '.join(WORKER_ROLES)}",
+              file=sys.stderr)
+        return EXIT_CONFIG
     config = _load(args)
     from app.runtime import Runtime
     from bot.outbox import process_identity
@@ -128,8 +138,12 @@ def worker(args) -> int:
     async def start() -> None:
         nonlocal rt
         rt = Runtime(config, owner=process_identity(f"worker-{args.slot}"))
-        await rt.start(workers=True)
-        print(f"RelayDesk worker {rt.owner} running", flush=True)
+        if not rt.db.is_postgres:
+            logging.getLogger("relaydesk").warning(
+                "worker: on SQLite this process and the serving one take turns for the database's one write "
+                "lock, and answers wait for it; several processes are for PostgreSQL (database_url)")
+        await rt.start(workers=roles)
+        print(f"RelayDesk worker {rt.owner} running: {', '.join(roles)}", flush=True)
 
     async def stop() -> None:
         await rt.stop()

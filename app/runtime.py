@@ -6,13 +6,14 @@ import functools
 import gc
 import logging
 import os
+from collections.abc import Iterable
 
 from bot.channel import ChannelRegistry, build_channels
 # The channels, in the order people are reached by them; each registers itself.
 from bot.channels import wecom, feishu, dingtalk, playground  # noqa: F401,I001
 from escalation import phone  # noqa: F401
 from api import webhooks  # noqa: F401  (last: subscriptions are other systems, not people)
-from bot.config import Config
+from bot.config import WORKER_ROLES, Config, worker_roles
 from bot.core.directory import Directory
 from bot.core.dispatch import unknown_skills
 from bot.core.handler import TicketBot
@@ -23,7 +24,7 @@ from bot.inbox import InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker, process_identity
 from bot.tasks import BackgroundTasks
-from bot.wakeup import INBOX_CHANNEL, listen
+from bot.wakeup import INBOX_CHANNEL, OUTBOX_CHANNEL, listen
 from console.links import Links
 from console.routes import Console
 from escalation.engine import EscalationEngine
@@ -95,7 +96,8 @@ class Runtime:
             channel.wake_outbox = self.outbox.wake
             channel.count = functools.partial(self.count_inbound, channel.name)
         self.tasks = BackgroundTasks("runtime")
-        self._wakeup: asyncio.Task | None = None
+        self._wakeups: list[asyncio.Task] = []  # LISTEN connections waking this process's workers
+        self.roles: tuple[str, ...] = ()  # the workers running in this process (start)
 
     def _on_call(self, team_id: str, at) -> str | None:
         now = self.escalation.oncall.who(team_id, at)
@@ -113,10 +115,13 @@ class Runtime:
         """/metrics: an inbound event's fate when it did not reach the core (rejected, ignored)."""
         self.metrics.inbound.labels(platform, result).inc()
 
-    async def start(self, *, workers: bool = True, defer_inbound: bool | None = None) -> None:
-        """Open everything; `workers` runs the inbox and outbox workers and the escalation
-        sweep in this process, `defer_inbound` (default: same as `workers`) answers
-        messages once recorded instead of applying them first."""
+    async def start(self, *, workers: bool | Iterable[str] = True, defer_inbound: bool | None = None) -> None:
+        """Open everything; `workers` says which workers run in this process: true (all),
+        false (none) or some of WORKER_ROLES (the inbox worker, the outbox worker, the
+        escalation sweep with the scheduled reports). `defer_inbound` (default: whether any
+        run here) answers messages once recorded instead of applying them first."""
+        roles = worker_roles(workers) if not isinstance(workers, bool) else (WORKER_ROLES if workers else ())
+        self.roles = tuple(roles)
         await self.db.init()
         await self.links.load(self.db)
         await self.directory.sync(self.db)
@@ -127,18 +132,25 @@ class Runtime:
         # tens of milliseconds in the middle of answering callbacks).
         gc.collect()
         gc.freeze()
-        # With workers, messages are answered once recorded and applied by the
-        # inbox worker; without (tests), the sink applies them before answering.
-        self.bot.defer_inbound = workers if defer_inbound is None else defer_inbound
-        if workers:
-            self.heartbeat.workers = {"inbox": lambda: self.inbox.last_pass,
-                                      "outbox": lambda: self.outbox.last_pass}
-            self.tasks.spawn(self.heartbeat.run(), "heartbeat")
+        # With workers, messages are answered once recorded and applied by an inbox
+        # worker (here or in another process); without (tests), the sink applies them
+        # before answering.
+        self.bot.defer_inbound = bool(self.roles) if defer_inbound is None else defer_inbound
+        if not self.roles:
+            return
+        self.heartbeat.workers = {role: lambda w=getattr(self, role): w.last_pass for role in self.roles}
+        self.tasks.spawn(self.heartbeat.run(), "heartbeat")
+        if "inbox" in self.roles:
             self.tasks.spawn(self.inbox.run(), "inbox")
             if self.db.is_postgres:  # events recorded by another process wake this inbox
-                self._wakeup = self.tasks.spawn(listen(self.config.database_url, INBOX_CHANNEL, self.inbox.wake),
-                                                "inbox-wakeup")
+                self._wakeups.append(self.tasks.spawn(
+                    listen(self.config.database_url, INBOX_CHANNEL, self.inbox.wake), "inbox-wakeup"))
+        if "outbox" in self.roles:
             self.tasks.spawn(self.outbox.run(), "outbox")
+            if self.db.is_postgres:  # messages queued by another process wake this outbox
+                self._wakeups.append(self.tasks.spawn(
+                    listen(self.config.database_url, OUTBOX_CHANNEL, self.outbox.wake), "outbox-wakeup"))
+        if "escalation" in self.roles:
             await self.escalation.start()
             self.reports.start(self.escalation.scheduler)
 
@@ -150,8 +162,8 @@ class Runtime:
         taken again after a restart. Calling stop twice is harmless.
         """
         await self.escalation.stop()
-        if self._wakeup is not None:
-            self._wakeup.cancel()  # it only listens: never waited for
+        for task in self._wakeups:
+            task.cancel()  # they only listen: never waited for
         self.inbox.stop_soon()
         self.outbox.stop_soon()
         self.heartbeat.stop_soon()

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from api.routes import api_routes
 from app.runtime import Runtime
-from bot.config import Config
+from bot.config import WORKER_ROLES, Config
 from bot.inbound import guard
 from escalation.receipts import Receipts
 from escalation.voice import VoiceWebhook
@@ -43,11 +43,14 @@ async def healthz(request: web.Request) -> web.Response:
     else:
         reasons += rt.heartbeat.stale_workers()
         body["workers"] = {k: v.isoformat() if v else None for k, v in rt.heartbeat.passes().items()}
-        if not rt.config.server.workers:
+        elsewhere = [role for role in WORKER_ROLES if role not in rt.config.server.workers]
+        if elsewhere:  # run by worker processes: their heartbeat rows say which run
             remote = await rt.heartbeat.remote_workers()
             body["worker_processes"] = remote
-            if not any(w["alive"] for w in remote.values()):
-                reasons.append("no worker process is running (python run_bot.py worker)")
+            for role in elsewhere:
+                if not any(w["alive"] and role in (w["passes"] or {}) for w in remote.values()):
+                    reasons.append(f"no worker process runs the {role} worker "
+                                   f"(python run_bot.py worker --roles {role})")
     streams = {ch.name: h for ch in rt.channels if (h := ch.health()) is not None}
     if streams:
         body["channel_state"] = streams  # a stream connection: up, connecting, down
@@ -88,7 +91,7 @@ def create_app(config: Config, *, db: Database | None = None, workers: bool = Tr
     app.router.add_routes(api_routes(runtime))
 
     async def on_startup(_app: web.Application) -> None:
-        await runtime.start(workers=workers and config.server.workers, defer_inbound=workers)
+        await runtime.start(workers=config.server.workers if workers else (), defer_inbound=workers)
 
     async def on_cleanup(_app: web.Application) -> None:
         await runtime.stop()

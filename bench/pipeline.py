@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/pipeline.py --rate 100 --seconds 10
     .venv/bin/python bench/pipeline.py --burst 40
-    .venv/bin/python bench/pipeline.py --rate 100 --seconds 10 --postgres postgresql://postgres@127.0.0.1:5432/postgres --workers 2
+    .venv/bin/python bench/pipeline.py --rate 100 --seconds 10 --postgres postgresql://postgres@127.0.0.1:5432/postgres --worker inbox --worker outbox,escalation
 
 What it does, all on 127.0.0.1:
   1. serves one fake API for WeCom, Feishu and DingTalk together (the routes of
@@ -11,9 +11,10 @@ What it does, all on 127.0.0.1:
   2. starts `run_bot.py` with all three platforms configured against it, the
      engineers' group on each platform, the platforms' own per-recipient limits
      (nothing lifted), and its own database (SQLite in a temporary directory,
-     or a fresh PostgreSQL database with --postgres); with --workers N the
-     serving process only answers (`[server] workers = false`) and N
-     `run_bot.py worker` processes apply and deliver;
+     or a fresh PostgreSQL database with --postgres); with worker processes
+     (--workers N, or one --worker ROLES per process) the serving process
+     answers and runs the workers named by --serve (default none: `[server]
+     workers = []`) and the worker processes run the others (`--roles`);
   3. sends signed, encrypted text reports, each from a distinct new customer,
      round-robin over the three platforms, open loop at --rate for --seconds;
   4. waits until every customer got a message carrying their ticket number
@@ -58,6 +59,7 @@ from aiohttp import web  # noqa: E402
 
 from bench.callbacks import HOST, drive, free_port, pct, pg_admin, start_bot, wait_healthy  # noqa: E402
 from bench.platforms import dingtalk, feishu, wecom  # noqa: E402
+from bot.config import WORKER_ROLES, worker_roles  # noqa: E402
 
 MAX_RATE, MAX_SECONDS, MAX_BURST = 1000, 60, 1000
 NUMBER = re.compile(r"SRV-\d{8}-\d{5}-[0-9A-Z]{3}")
@@ -74,7 +76,7 @@ STAFF = {
 }
 
 
-def config_toml(fake: str, db_url: str, *, workers: bool) -> str:
+def config_toml(fake: str, db_url: str, *, workers: tuple[str, ...]) -> str:
     """All three platforms against the fake API; the platforms' own limits stay in force."""
     sections = []
     for module in PLATFORMS:
@@ -95,7 +97,7 @@ allow_unknown_reporters = true
 
 [server]
 host = "127.0.0.1"
-{"" if workers else "workers = false"}
+workers = {json.dumps(list(workers))}
 
 [playground]
 enabled = false
@@ -201,13 +203,14 @@ def burst_report(i: int) -> tuple[str, dict[str, str], bytes]:
         module.REPORTS = saved_reports
 
 
-def start_worker(config_path: Path, slot: int, workdir: Path) -> subprocess.Popen:
+def start_worker(config_path: Path, slot: int, workdir: Path, roles: tuple[str, ...]) -> subprocess.Popen:
     env = dict(os.environ)
     env["RELAYDESK_DATA_DIR"] = str(workdir / "data")
     env.pop("RELAYDESK_DATABASE_URL", None)
     logf = open(workdir / f"worker{slot}.log", "wb")
     return subprocess.Popen([sys.executable, str(ROOT / "run_bot.py"), "worker", "--config", str(config_path),
-                             "--slot", str(slot), "--log-level", "WARNING"], cwd=str(workdir), env=env,
+                             "--slot", str(slot), "--roles", ",".join(roles), "--log-level", "WARNING"],
+                            cwd=str(workdir), env=env,
                             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -247,12 +250,15 @@ async def run(args) -> int:
         else:
             db_url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
         config_path = workdir / "bench.toml"
-        config_path.write_text(config_toml(fake, db_url, workers=not args.workers), encoding="utf-8")
+        serve_roles = worker_roles(args.serve) if args.workers else WORKER_ROLES
+        rest = tuple(r for r in WORKER_ROLES if r not in serve_roles)
+        worker_sets = [worker_roles(w) for w in args.worker] or [rest] * args.workers
+        config_path.write_text(config_toml(fake, db_url, workers=serve_roles), encoding="utf-8")
         port = free_port()
         base = f"http://{HOST}:{port}"
         procs.append(start_bot(config_path, port, workdir, workdir / "bot.log"))
-        for slot in range(1, args.workers + 1):
-            procs.append(start_worker(config_path, slot, workdir))
+        for slot, roles in enumerate(worker_sets, 1):
+            procs.append(start_worker(config_path, slot, workdir, roles))
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
             await wait_healthy(session, base, procs[0], args.startup_timeout)
@@ -270,11 +276,13 @@ async def run(args) -> int:
                 total = int(args.rate * args.seconds)
                 requests = [(i, PLATFORMS[i % 3].make_report(i)) for i in range(total)]
                 rate = args.rate
-            print(f"database: {db_url.split('@')[-1].split('///')[-1]}  workers: "
-                  f"{args.workers or 'in the serving process'}  api latency: {args.api_latency * 1000:.0f} ms",
-                  flush=True)
+            layout = (f"serving process: {', '.join(serve_roles) or 'answers only'}; worker processes: "
+                      + "; ".join(", ".join(w) for w in worker_sets)
+                      if worker_sets else "workers: in the serving process")
+            print(f"database: {db_url.split('@')[-1].split('///')[-1]}  {layout}  "
+                  f"api latency: {args.api_latency * 1000:.0f} ms", flush=True)
             print(f"sending {total} reports" + (" at once" if args.burst else f" at {rate:g}/s"), flush=True)
-            cpu_start = sum(cpu_seconds(p) for p in procs)
+            cpu_start = [cpu_seconds(p) for p in procs]
             latencies, statuses, sent_at, start, end, max_lag = await drive(session, base, requests, rate,
                                                                             args.timeout)
             deadline = time.monotonic() + args.drain
@@ -289,7 +297,8 @@ async def run(args) -> int:
                 await asyncio.sleep(0.1)
                 if api.requests != seen:
                     seen, quiet_since = api.requests, time.monotonic()
-            cpu = sum(cpu_seconds(p) for p in procs) - cpu_start
+            cpus = [cpu_seconds(p) - c for p, c in zip(procs, cpu_start)]
+            cpu = sum(cpus)
         ok = statuses.get(200, 0)
         ms = [x * 1000 for x in latencies]
         numbers = [api.number_at[i][0] - sent_at[i] for i in sent_at if i in api.number_at]
@@ -311,7 +320,9 @@ async def run(args) -> int:
                 print(f"  {who}: {api.to[(who, 'card')]} cards, {api.to[(who, 'message')]} messages")
         print(f"fake API requests: {api.requests}")
         print(f"bot CPU: {cpu:.2f} s for {total} reports ({cpu * 1000 / total:.2f} ms per report, "
-              f"{total / max(cpu, 1e-9):.0f} reports per CPU-second)")
+              f"{total / max(cpu, 1e-9):.0f} reports per CPU-second)"
+              + (f"; serving {cpus[0]:.2f} s, " + ", ".join(f"worker {i} {c:.2f} s" for i, c in enumerate(cpus[1:], 1))
+                 if len(cpus) > 1 else ""))
         p99 = pct(numbers, 99) if numbers else float("nan")
         print(f"rate={throughput:.1f} ack_p99_ms={pct(ms, 99):.1f} number_p99_s={p99:.2f} numbers={got}/{total}")
         return 0 if got == total and ok == total else 1
@@ -334,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="how long to send (default 10)")
     p.add_argument("--burst", type=int, default=0, metavar="N", help="send N reports about one place at once")
     p.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="N worker processes; the serving process only answers (default: workers in it)")
+                   help="N worker processes (default: none, every worker in the serving process)")
+    p.add_argument("--worker", action="append", default=[], metavar="R[,R]",
+                   help="one worker process running these workers (repeat for more; instead of --workers)")
+    p.add_argument("--serve", default="", metavar="R[,R]",
+                   help="with worker processes: the workers the serving process keeps (e.g. inbox; default none)")
     p.add_argument("--api-latency", type=float, default=0.02, help="fake API answer delay, seconds (default 0.02)")
     p.add_argument("--warmup", type=int, default=30, help="uncounted reports sent first (default 30)")
     p.add_argument("--concurrency", type=int, default=512, help="client connection limit")
@@ -351,6 +366,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--seconds must be in (0, {MAX_SECONDS}]")
     if not 0 <= args.burst <= MAX_BURST:
         p.error(f"--burst must be in [0, {MAX_BURST}]")
+    if args.workers and args.worker:
+        p.error("give either --workers N or --worker ROLES (repeated)")
+    if args.serve and not (args.workers or args.worker):
+        p.error("--serve needs worker processes (--workers or --worker)")
+    for given in [args.serve, *args.worker]:
+        if set(worker_roles(given)) - set(WORKER_ROLES) or (given in args.worker and not worker_roles(given)):
+            p.error(f"roles: choose from {', '.join(WORKER_ROLES)} (got {given!r})")
+    if args.workers and set(worker_roles(args.serve)) == set(WORKER_ROLES):
+        p.error("--serve keeps every worker: nothing is left for --workers")
+    if args.worker:
+        running = set(worker_roles(args.serve)).union(*(worker_roles(w) for w in args.worker))
+        if running != set(WORKER_ROLES):
+            p.error(f"nobody runs: {', '.join(r for r in WORKER_ROLES if r not in running)}")
+        args.workers = len(args.worker)
     if args.workers and not args.postgres and args.workers > 1:
         p.error("several --workers need --postgres (SQLite is for one process)")
     if args.postgres:

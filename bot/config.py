@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bot.config_types import Duration, Section as _Section
 from api.config import ApiConfig, IntegrationConfig, StatusHubConfig, WebhooksConfig
@@ -30,6 +30,30 @@ class ConfigError(ValueError):
 
 
 Priority = Literal["P0", "P1", "P2"]
+# What a process does besides answering: apply accepted messages (inbox), deliver the
+# outbox (outbox), run the escalation sweep and the scheduled reports (escalation).
+WorkerRole = Literal["inbox", "outbox", "escalation"]
+WORKER_ROLES: tuple[WorkerRole, ...] = ("inbox", "outbox", "escalation")
+
+
+def worker_roles(value: Any) -> Any:
+    """true/false, "all"/"none", a comma-separated string or a list -> the roles in their
+    canonical order (anything else is left for validation to refuse)."""
+    if isinstance(value, bool):
+        return WORKER_ROLES if value else ()
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "all"):
+            return WORKER_ROLES
+        if word in ("false", "none", ""):
+            return ()
+        value = [part.strip() for part in word.split(",")]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        unknown = [v for v in value if v not in WORKER_ROLES]
+        if unknown:
+            return tuple(value)  # refused by the Literal, naming the key
+        return tuple(role for role in WORKER_ROLES if role in value)
+    return value
 Role = Literal["customer", "engineer", "lead", "director", "manager", "admin"]
 
 
@@ -41,8 +65,16 @@ class ServerConfig(_Section):
     # platforms post a few KiB from their data centres; a trickled body is an attack.
     body_timeout: Duration = timedelta(seconds=1)
     public_url: str = "http://127.0.0.1:8080"
-    # false: this process only answers; `python run_bot.py worker` processes apply and deliver.
-    workers: bool = True
+    # The workers this process runs besides answering: true (all of them), false (none:
+    # `python run_bot.py worker` processes do the work) or a list of WORKER_ROLES. The
+    # split that keeps numbers fast in an incident (on PostgreSQL): ["inbox"] here, and a
+    # worker process for the rest (`run_bot.py worker --roles outbox,escalation`).
+    workers: tuple[WorkerRole, ...] = WORKER_ROLES
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _roles(cls, value: Any) -> Any:
+        return worker_roles(value)
 
 
 class DeadlineConfig(_Section):

@@ -53,6 +53,7 @@ from bot.config import OutboxConfig
 from bot.events import Address, Call, CardMessage, Outbound, Sms, Text, message_from_dict, message_to_dict
 from bot.metrics import Metrics
 from bot.tasks import wait_event
+from bot.wakeup import NOTIFY_OUTBOX
 from cards import build
 from storage.db import Database
 from storage.models import CardRef, OutboxMessage, ProcessHeartbeat
@@ -106,7 +107,8 @@ def message_class(message: Outbound) -> int:
 # INSERT of its own with the new id read back. They are kept in the session's
 # `info` instead and written together, in the order queued, by one multi-row
 # INSERT: before any later statement of the session (which may read the outbox),
-# before commit, and at each savepoint's edges (see `savepoint`).
+# before commit, and at each savepoint's edges (see `savepoint`). On PostgreSQL the
+# transaction then notifies OUTBOX_CHANNEL once, at commit (bot/wakeup.py).
 
 _QUEUED = "outbox_queued"
 
@@ -123,11 +125,16 @@ def enqueue(s: AsyncSession, to: Address, message: Outbound, ticket_id: int | No
         "created_at": now, "sent_at": None})
 
 
+_NOTIFY = "outbox_notify"  # session info: this transaction wrote rows; notify at commit
+
+
 def _write_queued(session: Session) -> None:
     """Write the session's queued messages now (sync: called inside the session's own calls)."""
     rows = session.info.pop(_QUEUED, None)
     if rows:
         session.execute(_INSERT, rows)
+        if session.bind is not None and session.bind.dialect.name == "postgresql":
+            session.info[_NOTIFY] = True
 
 
 async def write_queued(s: AsyncSession) -> None:
@@ -162,12 +169,15 @@ def _before_statement(state) -> None:
 @event.listens_for(Session, "before_commit")
 def _before_commit(session: Session) -> None:
     _write_queued(session)
+    if session.info.pop(_NOTIFY, False):  # outbox workers in other processes: send at once
+        session.execute(NOTIFY_OUTBOX)
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _after_rollback(session: Session, previous_transaction) -> None:
     if previous_transaction.parent is None:  # the whole transaction: nothing of it is written
         session.info.pop(_QUEUED, None)
+        session.info.pop(_NOTIFY, None)
 
 
 def process_identity(name: str | None = None) -> str:

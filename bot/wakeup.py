@@ -4,7 +4,9 @@ When the serving process only answers (`[server] workers = false`) and worker
 processes apply the inbox, a recorded event used to wait for a worker's next
 poll. The transaction that records an event also sends a notification, which
 PostgreSQL delivers at commit; every worker listens on one connection of its
-own and wakes its inbox at once. Polling stays as the fallback: a notification
+own and wakes its inbox at once. The outbox works the same way: a transaction
+that queues messages notifies OUTBOX_CHANNEL, so a receipt queued by the inbox
+in one process is sent by an outbox worker in another at once. Polling stays as the fallback: a notification
 lost while a listener reconnects delays an event by at most one poll interval,
 it never loses it (the event is a row).
 """
@@ -22,6 +24,9 @@ log = logging.getLogger(__name__)
 
 INBOX_CHANNEL = "relaydesk_inbox"
 _NOTIFY_INBOX = text(f"NOTIFY {INBOX_CHANNEL}")
+# Messages were queued: a transaction that writes outbox rows notifies at commit (bot/outbox.py).
+OUTBOX_CHANNEL = "relaydesk_outbox"
+NOTIFY_OUTBOX = text(f"NOTIFY {OUTBOX_CHANNEL}")
 
 
 async def notify_inbox(s: AsyncSession) -> None:

@@ -104,6 +104,7 @@ class EscalationEngine:
         self.recorder: Callable[[float], None] | None = None
         self._phone_warned = False
         self.stopping = False  # set while shutting down: a sweep ends after its current batch
+        self.last_pass: float | None = None  # monotonic time the last sweep finished (/healthz)
 
     @property
     def batch_size(self) -> int:
@@ -492,6 +493,7 @@ class EscalationEngine:
                 total += fired
                 if seen < self.batch_size or self.stopping:
                     break
+            self.last_pass = time.monotonic()
         finally:
             self.m.sweep_seconds.observe(time.perf_counter() - started)
         return total
