@@ -79,6 +79,13 @@ async def read_upload(path: str | os.PathLike) -> tuple[str, bytes, str]:
     return p.name, content, mimetypes.guess_type(p.name)[0] or "application/octet-stream"
 
 
+# Sends in flight per channel and process. The platforms' own caps are far lower
+# (Feishu takes 50 messages a second per app; WeCom and DingTalk limit each recipient
+# to a few dozen a minute); at 100-200 ms per API call this still allows 80-160 sends
+# a second per channel.
+SENDS_IN_FLIGHT = 16
+
+
 class Channel(ABC):
     name: ClassVar[str]
     # Whether the outbox applies its per-recipient rate limit (the platforms
@@ -87,6 +94,9 @@ class Channel(ABC):
     # The platform's documented cap per recipient kind ("user" | "group"):
     # (messages, seconds). The outbox keeps each recipient under it.
     rate_limits: ClassVar[dict[str, tuple[int, float]]] = {"user": (20, 60.0), "group": (20, 60.0)}
+    # How many sends the outbox keeps in flight at once on this channel (per process);
+    # the platform clients keep that many connections open (bot/channels/shared/http.py).
+    sends_in_flight: ClassVar[int] = SENDS_IN_FLIGHT
     # An outbound event connection (DingTalk Stream, Feishu long connection) when the
     # channel runs in stream mode; its state shows in /healthz.
     stream: Any = None

@@ -17,6 +17,8 @@ What goes first in a storm:
   window has room, in one statement; nobody else waits for it;
 - a channel whose API keeps failing is marked down and probed with one message
   at a time; the first success makes everything it held due at once;
+- a sweep sends to every recipient at once, with at most a channel's
+  `sends_in_flight` sends on the wire: a slow platform queues only its own;
 - while inbound events wait to be applied (the `backlog` hook), a sweep serves
   pages and replies only, and card work (updates, new cards, digests) gets a turn
   every CARD_TURN_S: a customer's ticket number never waits behind cards, and
@@ -236,6 +238,7 @@ class OutboxWorker:
         self._gauges_at = 0.0
         self._reaped_at = 0.0
         self.health: dict[str, ChannelHealth] = {}
+        self._gates: dict[str, asyncio.Semaphore] = {}  # channel -> its sends in flight (_in_flight)
         self._recovered: set[str] = set()  # channels that answered again since the last pass
         # Outcomes whose bookkeeping write failed: the send happened, so these rows are
         # never claimed again by this process and hold back nobody behind them.
@@ -641,7 +644,8 @@ class OutboxWorker:
             message = message_from_dict(row.message)
             token, resend = current_outbox_id.set(row.id), current_is_resend.set(row.attempts > 0)
             try:
-                result.new_ref = await channel.send(to, message, refs.get(ref_key) if ref_key else None)
+                async with self._in_flight(channel):
+                    result.new_ref = await channel.send(to, message, refs.get(ref_key) if ref_key else None)
             finally:
                 current_outbox_id.reset(token)
                 current_is_resend.reset(resend)
@@ -656,6 +660,14 @@ class OutboxWorker:
         self._sent_at.setdefault(key, deque()).append(time.monotonic())
         self._observe_health(row.channel, result.error)
         return result
+
+    def _in_flight(self, channel: Channel) -> asyncio.Semaphore:
+        """The channel's sends in flight: a sweep sends to every recipient at once, and at most
+        `channel.sends_in_flight` of them are on the wire (its HTTP pool's size)."""
+        gate = self._gates.get(channel.name)
+        if gate is None:
+            gate = self._gates[channel.name] = asyncio.Semaphore(channel.sends_in_flight)
+        return gate
 
     def _observe_health(self, name: str, error: DeliveryError | None) -> None:
         health = self.health.setdefault(name, ChannelHealth())

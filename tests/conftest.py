@@ -88,6 +88,19 @@ def _pg_available() -> bool:
     return run_sync(probe())
 
 
+@pytest.fixture
+def respx_mock(request):
+    """respx's fixture, mocking at the httpx client: the platform clients send through
+    aiohttp's pool (bot/channels/shared/http.py), which respx's default (httpcore) never sees."""
+    import respx
+
+    marker = request.node.get_closest_marker("respx")
+    # As the plugin's own fixture (respx's global router): unused routes are no failure.
+    kwargs = {"using": "httpx", "assert_all_called": False, **(marker.kwargs if marker else {})}
+    with respx.mock(**kwargs) as router:
+        yield router
+
+
 @pytest.fixture(scope="session")
 def pg_database_url():
     """A fresh PostgreSQL database for this test session, dropped at the end."""

@@ -44,7 +44,7 @@ async def metric(esc, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
-@respx.mock(assert_all_called=False)
+@respx.mock(using="httpx", assert_all_called=False)
 async def test_healthy_audit_pings_the_heartbeat(respx_mock, esc):
     ping = respx_mock.get(HEARTBEAT).mock(return_value=httpx.Response(200))
     await esc.report()
@@ -53,7 +53,7 @@ async def test_healthy_audit_pings_the_heartbeat(respx_mock, esc):
     assert await metric(esc, "relaydesk_escalation_late") == 0
 
 
-@respx.mock(assert_all_called=False)
+@respx.mock(using="httpx", assert_all_called=False)
 async def test_a_late_escalation_is_reported_and_stops_the_heartbeat(respx_mock, esc, caplog):
     ping = respx_mock.get(HEARTBEAT).mock(return_value=httpx.Response(200))
     tk = await esc.report()
@@ -69,7 +69,7 @@ async def test_a_late_escalation_is_reported_and_stops_the_heartbeat(respx_mock,
     assert (await audit(esc.engine)).healthy
 
 
-@respx.mock(assert_all_called=False)
+@respx.mock(using="httpx", assert_all_called=False)
 async def test_stuck_outbox_rows_are_reported(respx_mock, esc):
     respx_mock.get(HEARTBEAT).mock(return_value=httpx.Response(200))
     async with esc.rt.db.session() as s:
@@ -84,7 +84,7 @@ async def test_stuck_outbox_rows_are_reported(respx_mock, esc):
     assert await metric(esc, "relaydesk_outbox_stuck") == 1
 
 
-@respx.mock(assert_all_called=False)
+@respx.mock(using="httpx", assert_all_called=False)
 async def test_an_unreachable_heartbeat_is_logged_not_fatal(respx_mock, esc, caplog):
     respx_mock.get(HEARTBEAT).mock(side_effect=httpx.ConnectError("refused"))
     result = await audit(esc.engine)

@@ -36,7 +36,7 @@ def _sent_ok(message_id="om_1", chat_id="oc_1"):
                                      "data": {"message_id": message_id, "chat_id": chat_id}})
 
 
-@respx.mock(assert_all_called=False)
+@respx.mock(using="httpx", assert_all_called=False)
 async def test_token_cached_and_one_refresh_for_concurrent_senders(api, respx_mock):
     token = _token_route(respx_mock, "t-1", "t-2")
     seen: list[str] = []
@@ -57,7 +57,7 @@ async def test_token_cached_and_one_refresh_for_concurrent_senders(api, respx_mo
     assert seen[-1] == "Bearer t-2"
 
 
-@respx.mock
+@respx.mock(using="httpx")
 async def test_token_request_body_and_expiry(api, respx_mock):
     token = _token_route(respx_mock, "t-1", "t-2", expire=30)  # shorter than the safety margin
     respx_mock.post(f"{BASE}{MESSAGES}").mock(return_value=_sent_ok())
@@ -68,7 +68,7 @@ async def test_token_request_body_and_expiry(api, respx_mock):
     assert token.call_count == 2
 
 
-@respx.mock
+@respx.mock(using="httpx")
 async def test_send_body_uuid_and_receive_id_type(api, respx_mock):
     _token_route(respx_mock, "t-1")
     route = respx_mock.post(f"{BASE}{MESSAGES}").mock(return_value=_sent_ok("om_9", "oc_9"))
@@ -80,7 +80,7 @@ async def test_send_body_uuid_and_receive_id_type(api, respx_mock):
                                        "uuid": "rd1-x"}
 
 
-@respx.mock
+@respx.mock(using="httpx")
 async def test_rate_limit_is_retryable_with_reset_time(api, respx_mock):
     _token_route(respx_mock, "t-1")
     respx_mock.post(f"{BASE}{MESSAGES}").mock(return_value=httpx.Response(
@@ -90,7 +90,7 @@ async def test_rate_limit_is_retryable_with_reset_time(api, respx_mock):
     assert e.value.retryable and e.value.retry_after == 7 and e.value.code == 99991400
 
 
-@respx.mock
+@respx.mock(using="httpx")
 async def test_chat_rate_limit_230020_is_retryable(api, respx_mock):
     _token_route(respx_mock, "t-1")
     respx_mock.post(f"{BASE}{MESSAGES}").mock(return_value=httpx.Response(
@@ -100,7 +100,7 @@ async def test_chat_rate_limit_230020_is_retryable(api, respx_mock):
     assert e.value.retryable and e.value.retry_after
 
 
-@respx.mock
+@respx.mock(using="httpx")
 async def test_server_errors_and_timeouts_are_retryable(api, respx_mock):
     _token_route(respx_mock, "t-1")
     route = respx_mock.post(f"{BASE}{MESSAGES}")
@@ -114,7 +114,7 @@ async def test_server_errors_and_timeouts_are_retryable(api, respx_mock):
     assert e.value.retryable and "timed out" in str(e.value)
 
 
-@respx.mock
+@respx.mock(using="httpx")
 async def test_bot_not_in_chat_is_permanent_and_logged_once_with_the_fix(api, respx_mock, caplog):
     _token_route(respx_mock, "t-1")
     respx_mock.post(f"{BASE}{MESSAGES}").mock(return_value=httpx.Response(
@@ -126,7 +126,7 @@ async def test_bot_not_in_chat_is_permanent_and_logged_once_with_the_fix(api, re
     assert sum("add the app's bot" in r.getMessage() for r in caplog.records) == 1
 
 
-@respx.mock
+@respx.mock(using="httpx")
 async def test_wrong_app_secret_is_permanent(api, respx_mock):
     respx_mock.post(f"{BASE}{TOKEN}").mock(return_value=httpx.Response(
         200, json={"code": 10014, "msg": "app secret invalid"}))
@@ -135,7 +135,7 @@ async def test_wrong_app_secret_is_permanent(api, respx_mock):
     assert not e.value.retryable and "app_secret" in str(e.value)
 
 
-@respx.mock
+@respx.mock(using="httpx")
 async def test_bad_recipient_is_permanent(api, respx_mock):
     _token_route(respx_mock, "t-1")
     respx_mock.post(f"{BASE}{MESSAGES}").mock(return_value=httpx.Response(
@@ -145,7 +145,7 @@ async def test_bad_recipient_is_permanent(api, respx_mock):
     assert not e.value.retryable and e.value.code == 230001
 
 
-@respx.mock
+@respx.mock(using="httpx")
 async def test_patch_reply_upload_and_bot_info(api, respx_mock, tmp_path):
     _token_route(respx_mock, "t-1")
     patch = respx_mock.patch(f"{BASE}{MESSAGES}/om_1").mock(return_value=httpx.Response(200, json={"code": 0}))

@@ -253,7 +253,7 @@ async def _make(tmp_path, aiohttp_client, **cfg) -> Feishu:
 
 @pytest.fixture
 async def fs(tmp_path, aiohttp_client):
-    with respx.mock(base_url=API, assert_all_called=False) as mock:
+    with respx.mock(using="httpx", base_url=API, assert_all_called=False) as mock:
         fake = FakeFeishu(mock)
         client = await _make(tmp_path, aiohttp_client)
         yield Feishu(client, fake)
@@ -284,7 +284,7 @@ async def test_url_verification_plain_and_encrypted(fs):
 async def test_published_vectors_through_the_endpoint(tmp_path, aiohttp_client):
     """V10 and V11's encrypted bodies, posted as Feishu would, are decrypted by the real endpoint."""
     v10, v11 = VECTORS["V10"], VECTORS["V11"]
-    with respx.mock(base_url=API, assert_all_called=False) as mock:
+    with respx.mock(using="httpx", base_url=API, assert_all_called=False) as mock:
         FakeFeishu(mock)
         client = await _make(tmp_path, aiohttp_client, encrypt_key=v11["encrypt_key"], token="v")
         body = json.dumps({"encrypt": v11["encrypt"]}).encode()
@@ -302,7 +302,7 @@ async def test_published_vectors_through_the_endpoint(tmp_path, aiohttp_client):
         # V10's body cannot be opened with V11's key.
         r = await client.post("/callbacks/feishu", data=json.dumps({"encrypt": v10["encrypt"]}).encode())
         assert r.status == 400 and (await r.json())["error"] == "cannot decrypt the body"
-    with respx.mock(base_url=API, assert_all_called=False) as mock:
+    with respx.mock(using="httpx", base_url=API, assert_all_called=False) as mock:
         FakeFeishu(mock)
         other = tmp_path / "v10"
         other.mkdir()
@@ -342,7 +342,7 @@ async def test_wrong_verification_token_is_403(fs):
 
 
 async def test_wrong_token_without_encrypt_key(tmp_path, aiohttp_client):
-    with respx.mock(base_url=API, assert_all_called=False) as mock:
+    with respx.mock(using="httpx", base_url=API, assert_all_called=False) as mock:
         fake = FakeFeishu(mock)
         fs = Feishu(await _make(tmp_path, aiohttp_client, encrypt_key=None), fake)
         r = await fs.push(message_event(CUSTOMER, "3号泵不出水了，整条线停着", token="stolen"), key=None)
@@ -380,7 +380,7 @@ async def test_malformed_inside_a_valid_envelope_is_400(fs):
 
 
 async def test_oversized_body_is_413(tmp_path, aiohttp_client):
-    with respx.mock(base_url=API, assert_all_called=False) as mock:
+    with respx.mock(using="httpx", base_url=API, assert_all_called=False) as mock:
         fs = Feishu(await _make(tmp_path, aiohttp_client, max_body=4096), FakeFeishu(mock))
         r = await fs.push(message_event(CUSTOMER, "3号泵不出水了" * 400))
         assert r.status == 413
@@ -460,7 +460,7 @@ async def test_group_message_needs_the_bot_mentioned(fs):
 
 
 async def test_bot_open_id_is_looked_up_when_not_configured(tmp_path, aiohttp_client):
-    with respx.mock(base_url=API, assert_all_called=False) as mock:
+    with respx.mock(using="httpx", base_url=API, assert_all_called=False) as mock:
         fake = FakeFeishu(mock)
         fs = Feishu(await _make(tmp_path, aiohttp_client, bot_open_id=None), fake)
         await fs.say(CUSTOMER, "@_user_1 大家好，今天开会吗", chat="oc_factory", mentions=[(ZHANG, "张工")])
@@ -633,7 +633,7 @@ async def test_card_patch_waits_for_the_click_answer(fs):
 
 
 async def test_card_update_of_a_deleted_message_sends_a_new_card(tmp_path, aiohttp_client):
-    with respx.mock(base_url=API, assert_all_called=False) as mock:
+    with respx.mock(using="httpx", base_url=API, assert_all_called=False) as mock:
         mock.patch(url__regex=r"/open-apis/im/v1/messages/om_gone$").mock(return_value=httpx.Response(
             400, json={"code": 230011, "msg": "The message was withdrawn."}))
         fake = FakeFeishu(mock)  # its catch-all routes come after the one above

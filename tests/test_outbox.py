@@ -540,3 +540,48 @@ async def test_a_row_whose_outcome_cannot_be_written_holds_back_nobody_and_is_no
     rows = await _rows(db)
     assert [r.status for r in rows] == [SENT] * 3
     assert [m.text for _, m, _, _ in ch.sent] == ["first", "second", "third"]  # each once
+
+
+class Slow(FakeChannel):
+    """A platform API that takes a while to answer; counts the sends on the wire at once."""
+
+    name = "slow"
+    sends_in_flight = 4
+
+    def __init__(self):
+        super().__init__()
+        self.on_wire = 0
+        self.most = 0
+
+    async def send(self, to, message, ref):
+        self.on_wire += 1
+        self.most = max(self.most, self.on_wire)
+        try:
+            await asyncio.sleep(0.02)
+            return await super().send(to, message, ref)
+        finally:
+            self.on_wire -= 1
+
+
+async def test_a_channel_has_at_most_its_sends_in_flight_and_another_channel_is_not_held_back(world):
+    db, fake, _ = world
+    slow = Slow()
+    reg = ChannelRegistry()
+    reg.add(fake)
+    reg.add(slow)
+    worker = OutboxWorker(db, reg, OutboxConfig(), Metrics())
+    async with db.session() as s:  # one receipt to each of forty customers, and one to a customer elsewhere
+        for i in range(40):
+            enqueue(s, Address("slow", "user", f"c{i}"), Text(f"收到 {i}"))
+        enqueue(s, Address("fake", "user", "elsewhere"), Text("收到"))
+    started = time.monotonic()
+    sweep = asyncio.create_task(worker.deliver_due())
+    for _ in range(100):
+        if fake.sent:
+            break
+        await asyncio.sleep(0.005)
+    assert fake.sent and time.monotonic() - started < 0.1  # not behind the slow channel's queue
+    assert await sweep == 41
+    assert slow.most == Slow.sends_in_flight
+    assert sorted(int(m.text.split()[1]) for _, m, _, _ in slow.sent) == list(range(40))
+    assert {r.status for r in await _rows(db)} == {SENT}

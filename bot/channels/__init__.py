@@ -7,7 +7,8 @@ signatures and encryption), `render.py` (neutral cards into the platform's
 card format); WeCom adds `state.py` (card response codes), Feishu `frame.py`
 (its long-connection frame codec), the playground `model.py`, `routes.py`
 and `static/` (its page). `shared/` holds
-what the adapters share: access tokens, the stream connection, `same()`.
+what the adapters share: access tokens, the platform APIs' HTTP client
+(`http.py`), the stream connection, `same()`.
 
 Importing a package registers its channel with `bot.channel.register`;
 the composition root (app/runtime.py) imports them.

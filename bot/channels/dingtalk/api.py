@@ -17,6 +17,7 @@ import httpx
 
 from bot.channel import DeliveryError, read_upload
 from bot.channels.shared.access_token import AccessToken
+from bot.channels.shared.http import api_client
 from bot.config import DingTalkConfig
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,8 @@ class DingTalkAPI:
         self._logged: set[str] = set()
 
     async def start(self) -> None:
-        limits = httpx.Limits(max_connections=50, max_keepalive_connections=20)
-        self.api = httpx.AsyncClient(base_url=self.config.api_base, timeout=self.timeout, limits=limits)
-        self.oapi = httpx.AsyncClient(base_url=self.config.oapi_base, timeout=self.timeout, limits=limits)
+        self.api = api_client(self.config.api_base, self.timeout)
+        self.oapi = api_client(self.config.oapi_base, self.timeout)
 
     async def close(self) -> None:
         for client in (self.api, self.oapi):

@@ -20,6 +20,7 @@ import httpx
 
 from bot.channel import DeliveryError, read_upload
 from bot.channels.shared.access_token import AccessToken
+from bot.channels.shared.http import api_client
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class FeishuAPI:
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(base_url=self.api_base, timeout=self.timeout)
+            self._client = api_client(self.api_base, self.timeout)
 
     async def close(self) -> None:
         if self._client is not None:

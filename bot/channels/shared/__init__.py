@@ -1,1 +1,1 @@
-"""What the IM adapters share: cached access tokens, bounded caches, the outbound stream connection, verification helpers."""
+"""What the IM adapters share: cached access tokens, the platform APIs' HTTP client, bounded caches, the outbound stream connection, verification helpers."""

@@ -18,6 +18,7 @@ import httpx
 
 from bot.channel import DeliveryError, read_upload
 from bot.channels.shared.access_token import AccessToken
+from bot.channels.shared.http import api_client
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,7 @@ class WeComAPI:
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(base_url=self.api_base, timeout=self.timeout,
-                                             headers={"User-Agent": "RelayDesk"})
+            self._client = api_client(self.api_base, self.timeout, headers={"User-Agent": "RelayDesk"})
 
     async def close(self) -> None:
         if self._client is not None:
