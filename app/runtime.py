@@ -6,6 +6,7 @@ import functools
 import gc
 import logging
 import os
+import time
 from collections.abc import Iterable
 
 from bot.channel import ChannelRegistry, build_channels
@@ -19,7 +20,7 @@ from bot.core.dispatch import unknown_skills
 from bot.core.handler import TicketBot
 from bot.core.notify import Notifier
 from bot.core.service import TicketService
-from bot.heartbeat import Heartbeat
+from bot.heartbeat import STALE_AFTER, Heartbeat
 from bot.inbox import InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker, process_identity
@@ -108,6 +109,13 @@ class Runtime:
         if channel is not None:
             channel.picture_applied(event)
 
+    def _escalation_pass(self) -> float | None:
+        """The escalation worker's last pass: its last sweep; with escalation switched off
+        (its scheduler still runs the reports and the retention job), now while it runs."""
+        if not self.config.escalation.enabled:
+            return time.monotonic() if self.escalation.scheduler is not None else None
+        return self.escalation.last_pass
+
     def _wake_outbox(self) -> None:
         self.outbox.wake()
 
@@ -138,7 +146,11 @@ class Runtime:
         self.bot.defer_inbound = bool(self.roles) if defer_inbound is None else defer_inbound
         if not self.roles:
             return
-        self.heartbeat.workers = {role: lambda w=getattr(self, role): w.last_pass for role in self.roles}
+        passes = {"inbox": lambda: self.inbox.last_pass, "outbox": lambda: self.outbox.last_pass,
+                  "escalation": self._escalation_pass}
+        self.heartbeat.workers = {role: passes[role] for role in self.roles}
+        # A sweep every `sweep_interval`: a long interval is not a stalled worker.
+        self.heartbeat.stale_after["escalation"] = max(STALE_AFTER, 3 * self.config.escalation.sweep_interval)
         self.tasks.spawn(self.heartbeat.run(), "heartbeat")
         if "inbox" in self.roles:
             self.tasks.spawn(self.inbox.run(), "inbox")

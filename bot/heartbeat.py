@@ -35,6 +35,8 @@ class Heartbeat:
         self.started_at = utcnow()
         # Worker name -> its last successful pass (monotonic seconds, None: not yet).
         self.workers: dict[str, Callable[[], float | None]] = {}
+        # Worker name -> how long it may go without a pass (default STALE_AFTER).
+        self.stale_after: dict[str, timedelta] = {}
         self._logged_at = 0.0
         self._stop = asyncio.Event()
 
@@ -80,7 +82,7 @@ class Heartbeat:
         reasons = []
         for name, at in self.passes().items():
             started = at or self.started_at
-            if now - started > STALE_AFTER:
+            if now - started > self.stale_after.get(name, STALE_AFTER):
                 reasons.append(f"{name} worker: no successful pass for {round((now - started).total_seconds())} s")
         return reasons
 

@@ -146,3 +146,25 @@ async def test_healthz_names_a_role_no_process_runs(make_config, sqlite_url, aio
         assert any(set(p["passes"]) == {"outbox", "escalation"} for p in body["worker_processes"].values())
     finally:
         await worker.stop()
+
+
+async def test_the_escalation_worker_counts_as_alive_by_its_sweeps_or_while_switched_off(make_config, sqlite_url):
+    from datetime import timedelta
+
+    on = Runtime(make_config(sqlite_url, RELAYDESK_ESCALATION__SWEEP_INTERVAL="60s"))
+    await on.start(workers=["escalation"])
+    try:
+        for _ in range(50):  # the first sweep runs at start
+            if on.heartbeat.passes()["escalation"] is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert on.heartbeat.passes()["escalation"] is not None
+        assert on.heartbeat.stale_after["escalation"] == timedelta(seconds=180)  # a slow sweep is not a stall
+    finally:
+        await on.stop()
+    off = Runtime(make_config(sqlite_url, RELAYDESK_ESCALATION__ENABLED="false"))
+    await off.start(workers=["escalation"])
+    try:  # no sweeps at all, but its scheduler (reports, retention) runs
+        assert off.heartbeat.passes()["escalation"] is not None and not off.heartbeat.stale_workers()
+    finally:
+        await off.stop()
