@@ -210,6 +210,7 @@ class EscalationEngine:
         ticket (just filed) has no chains to read."""
         existing = {} if new else await tm.load(s, ticket.id)
         chains = tm.snapshot(self.ec.policy(ticket.priority)) if self.ec.enabled else {}
+        fresh: list[tm.Timer] = []  # chains the ticket never had: one INSERT for all
         for chain, snap in chains.items():
             old = existing.pop(chain, None)
             timer = tm.new_timer(ticket, chain, snap, now)
@@ -219,8 +220,12 @@ class EscalationEngine:
                 timer.restart(ticket, now)
             else:
                 timer.stop("not_in_state")
-            await tm.save(s, timer, now, full=True)
+            if timer.new:
+                fresh.append(timer)
+            else:
+                await tm.save(s, timer, now, full=True)
             existing[chain] = timer
+        await tm.insert(s, fresh, now)
         for chain, old in list(existing.items()):
             if chain not in chains and old.status == tm.ACTIVE:
                 old.stop("policy_changed")

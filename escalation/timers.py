@@ -215,6 +215,18 @@ async def save(s: AsyncSession, timer: Timer, now: datetime, *, full: bool = Fal
     return True
 
 
+async def insert(s: AsyncSession, timers: list[Timer], now: datetime) -> None:
+    """Write new timers (a new ticket's chains) in one statement."""
+    if not timers:
+        return
+    for timer in timers:
+        timer.fence += 1
+        timer.updated_at = now
+    await s.exec(_INSERT, params=[timer.values() for timer in timers])
+    for timer in timers:
+        timer.new = False
+
+
 def next_due(timers: dict[str, Timer] | list[Timer]) -> datetime | None:
     values = timers.values() if isinstance(timers, dict) else timers
     dues = [t.due_at for t in values if t.due_at is not None]

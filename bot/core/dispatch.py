@@ -65,15 +65,15 @@ def unknown_skills(config: Config, categories: set[str]) -> list[str]:
     return out
 
 
-# Built once: every new ticket runs them, and building a statement costs about as
-# much as running it.
-_ENGINEERS = (select(Person)
+# A team's active engineers, each with the tickets in their hands (one statement,
+# counted on the assignee/state index). Built once: every new ticket runs it, and
+# building a statement costs about as much as running it.
+_LOAD = (select(func.count()).select_from(Ticket)
+         .where(Ticket.assignee_id == Person.id, Ticket.state.in_(sorted(st.IN_WORK | {st.TRANSFERRED, st.NEW})))
+         .correlate(Person).scalar_subquery())
+_ENGINEERS = (select(Person, _LOAD)
               .where(Person.team == bindparam("team"), Person.role == "engineer", Person.active.is_(True))
               .order_by(Person.id))
-_LOAD = (select(Ticket.assignee_id, func.count())
-         .where(Ticket.assignee_id.in_(bindparam("ids", expanding=True)),
-                Ticket.state.in_(sorted(st.IN_WORK | {st.TRANSFERRED, st.NEW})))
-         .group_by(Ticket.assignee_id))
 
 
 class Dispatcher:
@@ -109,11 +109,11 @@ class Dispatcher:
         team = self._team(category, region)
         if team is None:
             return Suggestion(None)
-        engineers = list((await s.exec(_ENGINEERS, params={"team": team.id})).all())
-        if not engineers:
+        rows = (await s.exec(_ENGINEERS, params={"team": team.id})).all()
+        if not rows:
             return Suggestion(team.id)
-        rows = (await s.exec(_LOAD, params={"ids": [e.id for e in engineers]})).all()
-        load = {pid: n for pid, n in rows}
+        engineers = [e for e, _ in rows]
+        load = {e.id: n for e, n in rows}
         on_call = self.oncall(team.id, now) if self.oncall else None
         d = self.config.dispatch
 
