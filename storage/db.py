@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 # (create_all needs them).
 import storage.integration  # noqa: F401
 from storage.models import SCHEMA_VERSION, SchemaMeta
+from storage.queries import insert_ignore
 from storage.sqlite_driver import dbapi as sqlite_dbapi
 
 
@@ -106,10 +107,11 @@ class Database:
             for stmt in _APPEND_ONLY_PG if self.is_postgres else _APPEND_ONLY_SQLITE:
                 await conn.execute(text(stmt))
         async with self.session() as s:
+            # Processes starting together on a new database: the first one records the
+            # version, the others find it (a plain insert made the second one exit).
+            await insert_ignore(s, SchemaMeta, key="version", value=str(SCHEMA_VERSION))
             meta = await s.get(SchemaMeta, "version")
-            if meta is None:
-                s.add(SchemaMeta(key="version", value=str(SCHEMA_VERSION)))
-            elif int(meta.value) != SCHEMA_VERSION:
+            if int(meta.value) != SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"the database has schema version {meta.value}, this RelayDesk uses "
                     f"{SCHEMA_VERSION}: run the RelayDesk release that wrote it"

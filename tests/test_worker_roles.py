@@ -168,3 +168,28 @@ async def test_the_escalation_worker_counts_as_alive_by_its_sweeps_or_while_swit
         assert off.heartbeat.passes()["escalation"] is not None and not off.heartbeat.stale_workers()
     finally:
         await off.stop()
+
+
+async def test_processes_starting_together_on_a_new_database_all_start(pg_database_url):
+    from sqlalchemy import text
+
+    from storage.models import SCHEMA_VERSION
+
+    setup = Database(pg_database_url)
+    await setup.init()
+    async with setup.session() as s:  # as new: no version recorded yet
+        await s.exec(text("DELETE FROM schema_meta"))
+    starting = Database(pg_database_url)
+    try:
+        async with setup.session() as s:  # another process records the version meanwhile
+            await s.exec(text("INSERT INTO schema_meta (key, value) VALUES ('version', :v)"),
+                         params={"v": str(SCHEMA_VERSION)})
+            task = asyncio.create_task(starting.init())
+            await asyncio.sleep(0.5)
+            assert not task.done()  # waiting for the other process's row
+        await asyncio.wait_for(task, 10)  # it finds the row instead of failing on it
+        async with setup.session() as s:
+            assert (await s.exec(text("SELECT count(*) FROM schema_meta"))).one()[0] == 1
+    finally:
+        await starting.dispose()
+        await setup.dispose()
