@@ -1,6 +1,7 @@
 """Statements whose SQL differs between SQLite and PostgreSQL."""
 from __future__ import annotations
 
+from sqlalchemy import bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -12,13 +13,25 @@ def _insert(session: AsyncSession, table):
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
+# insert_ignore's statements by table, dialect and columns, with the values bound as
+# parameters: every callback and report runs some, and building one cost as much as
+# running it.
+_IGNORING: dict[tuple, object] = {}
+
+
 async def insert_ignore(session: AsyncSession, model, **values) -> bool:
     """Insert a row unless its key exists; True when this call inserted it.
 
     Atomic on both backends: of two concurrent callers exactly one wins.
     """
-    stmt = _insert(session, model.__table__).values(**values).on_conflict_do_nothing()
-    result = await session.exec(stmt)
+    key = (model.__table__, session.bind.dialect.name, tuple(values))
+    stmt = _IGNORING.get(key)
+    if stmt is None:
+        table = model.__table__
+        stmt = _IGNORING[key] = (_insert(session, table)
+                                 .values({k: bindparam(k, type_=table.c[k].type) for k in values})
+                                 .on_conflict_do_nothing())
+    result = await session.exec(stmt, params=values)
     return result.rowcount == 1
 
 

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Callable
 
 from sqlalchemy import event as sa_event
+from sqlalchemy import insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 _SMALL_TALK_MAX = 6  # a customer with an open ticket: a message this short without any signal is chat
 _ANSWER_WINDOW = timedelta(hours=1)  # a reply this soon after "是要报修吗？" is the report
+# An accepted event's inbox row: a plain INSERT (nothing reads it back while answering).
+_RECORD = insert(InboxEvent.__table__)
 
 
 @dataclass
@@ -119,7 +122,10 @@ class TicketBot:
             if not await insert_ignore(s, ProcessedEvent, platform=event.platform, event_id=event.event_id):
                 self.metrics.inbound.labels(event.platform, "duplicate").inc()
                 return HandleResult(duplicate=True)
-            s.add(InboxEvent(platform=event.platform, event_id=event.event_id, payload=event_to_dict(event)))
+            now = utcnow()
+            await s.exec(_RECORD, params={"platform": event.platform, "event_id": event.event_id,
+                                          "payload": event_to_dict(event), "status": "pending", "attempts": 0,
+                                          "next_attempt_at": now, "received_at": now})
             if self.db.is_postgres:  # workers in other processes wake at commit, not at their next poll
                 await notify_inbox(s)
         self.metrics.inbound.labels(event.platform, "accepted").inc()

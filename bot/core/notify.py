@@ -5,7 +5,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Awaitable, Callable
 
-from sqlalchemy import delete
+from sqlalchemy import delete, insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -26,6 +26,7 @@ from storage.types import utcnow
 
 # How long a linked report's card update waits, gathering the burst it belongs to.
 CARD_REFRESH_DELAY = timedelta(seconds=2)
+_NEW_TOKENS = insert(CardAction.__table__)  # a card's new button ids (Notifier.tokens)
 
 # The ticket events a card is built from: its timeline, the report (dispatch reasons), the acknowledgement.
 VIEW_ACTIONS = (*build.TIMELINE_ACTIONS, "report", "ack")
