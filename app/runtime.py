@@ -25,7 +25,7 @@ from bot.inbox import InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker, process_identity
 from bot.tasks import BackgroundTasks
-from bot.wakeup import INBOX_CHANNEL, OUTBOX_CHANNEL, listen
+from bot.wakeup import INBOX_CHANNEL, OUTBOX_CHANNEL, Poker, listen
 from console.links import Links
 from console.routes import Console
 from escalation.engine import EscalationEngine
@@ -86,7 +86,10 @@ class Runtime:
         self.inbox = InboxWorker(self.db, self.bot, self.metrics, directory=self.directory,
                                  poll_interval=config.outbox.poll_interval.total_seconds())
         self.heartbeat = Heartbeat(self.db, self.owner)
-        self.bot.on_accept = self.inbox.wake
+        # An accepted event wakes this process's inbox worker and, on PostgreSQL, those of
+        # other processes (a notification after the answering transaction commits).
+        self.inbox_poker = Poker(self.db.url, INBOX_CHANNEL) if self.db.is_postgres else None
+        self.bot.on_accept = self._accepted
         self.bot.on_picture_applied = self._picture_applied
         self.outbox.yield_to = self.bot.yield_to_callbacks
         # Card work waits for its turn while the inbox has events due to apply (counted in the
@@ -115,6 +118,11 @@ class Runtime:
         if not self.config.escalation.enabled:
             return time.monotonic() if self.escalation.scheduler is not None else None
         return self.escalation.last_pass
+
+    def _accepted(self) -> None:
+        self.inbox.wake()
+        if self.inbox_poker is not None:
+            self.inbox_poker.poke()
 
     def _wake_outbox(self) -> None:
         self.outbox.wake()
@@ -176,6 +184,8 @@ class Runtime:
         await self.escalation.stop()
         for task in self._wakeups:
             task.cancel()  # they only listen: never waited for
+        if self.inbox_poker is not None:
+            await self.inbox_poker.close()
         self.inbox.stop_soon()
         self.outbox.stop_soon()
         self.heartbeat.stop_soon()

@@ -92,6 +92,7 @@ def create_app(config: Config, *, db: Database | None = None, workers: bool = Tr
 
     async def on_startup(_app: web.Application) -> None:
         await runtime.start(workers=config.server.workers if workers else (), defer_inbound=workers)
+        await runtime.db.warm()  # the answers to a burst's first callbacks do not wait for connections
 
     async def on_cleanup(_app: web.Application) -> None:
         await runtime.stop()

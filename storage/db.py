@@ -21,6 +21,11 @@ from storage.queries import insert_ignore
 from storage.sqlite_driver import dbapi as sqlite_dbapi
 
 
+# PostgreSQL connections per process: kept open, and opened on demand beyond them.
+POOL_SIZE = 10
+POOL_OVERFLOW = 10
+
+
 class SchemaVersionError(RuntimeError):
     pass
 
@@ -62,7 +67,7 @@ class Database:
             _sqlite_setup(self.engine)
             self._gate: _TurnGate | None = _TurnGate()
         else:
-            self.engine = create_async_engine(url, echo=echo, pool_size=10, max_overflow=10)
+            self.engine = create_async_engine(url, echo=echo, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
             self._gate = None
 
     @property
@@ -116,6 +121,18 @@ class Database:
                     f"the database has schema version {meta.value}, this RelayDesk uses "
                     f"{SCHEMA_VERSION}: run the RelayDesk release that wrote it"
                 )
+
+    async def warm(self) -> None:
+        """PostgreSQL: open the pool's connections now. An outage's first forty callbacks
+        arrive together, and each one that opened a connection of its own waited for the
+        handshake (answers of about 150 ms instead of 15)."""
+        if not self.is_postgres:
+            return
+        conns = await asyncio.gather(*(self.engine.connect() for _ in range(POOL_SIZE)), return_exceptions=True)
+        for conn in conns:
+            if isinstance(conn, BaseException):
+                raise conn
+            await conn.close()
 
     async def dispose(self) -> None:
         await self.engine.dispose()

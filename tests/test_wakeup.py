@@ -7,8 +7,7 @@ import pytest
 
 from app.runtime import Runtime
 from bot.events import Address, InboundEvent
-from bot.wakeup import INBOX_CHANNEL, listen, notify_inbox
-from storage.db import Database
+from bot.wakeup import INBOX_CHANNEL, Poker, listen
 
 
 async def _listening(url: str, woken: asyncio.Event) -> asyncio.Task:
@@ -18,28 +17,46 @@ async def _listening(url: str, woken: asyncio.Event) -> asyncio.Task:
     return task
 
 
-async def test_a_notification_wakes_the_listener_at_commit_only(pg_database_url):
-    db = Database(pg_database_url)
-    await db.init()
+async def test_pokes_wake_the_listener_and_a_burst_of_them_costs_a_few_notifications(pg_database_url):
     woken = asyncio.Event()
     task = await _listening(pg_database_url, woken)
+    heard = 0
+
+    def count() -> None:
+        nonlocal heard
+        heard += 1
+        woken.set()
+
+    poker = Poker(pg_database_url, INBOX_CHANNEL)
     try:
-        async with db.session() as s:
-            await notify_inbox(s)
-            await asyncio.sleep(0.3)
-            assert not woken.is_set()  # not before the transaction commits
+        poker.poke()
         await asyncio.wait_for(woken.wait(), 5)
-        woken.clear()
-        with pytest.raises(RuntimeError):
-            async with db.session() as s:
-                await notify_inbox(s)
-                raise RuntimeError("rolled back")
-        await asyncio.sleep(0.5)
-        assert not woken.is_set()  # a rolled-back event wakes nobody
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        task = asyncio.create_task(listen(pg_database_url, INBOX_CHANNEL, count))
+        await asyncio.sleep(0.5)  # connected (its own wake on connecting counted too)
+        heard = 0
+        for _ in range(40):  # forty callbacks answered at once
+            poker.poke()
+        await asyncio.sleep(1.0)
+        assert 1 <= heard <= 3
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await db.dispose()
+        await poker.close()
+
+
+async def test_a_poke_without_a_database_is_logged_and_the_next_one_tries_again(caplog):
+    poker = Poker("postgresql+asyncpg://nobody@127.0.0.1:1/none", INBOX_CHANNEL)
+    try:
+        poker.poke()
+        for _ in range(100):
+            if "cannot notify" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        assert "cannot notify" in caplog.text
+    finally:
+        await poker.close()
 
 
 async def test_an_accepted_message_wakes_a_worker_in_another_process(make_config, pg_database_url):

@@ -193,3 +193,14 @@ async def test_processes_starting_together_on_a_new_database_all_start(pg_databa
     finally:
         await starting.dispose()
         await setup.dispose()
+
+
+async def test_the_answering_process_opens_its_database_connections_at_start(make_config, pg_database_url,
+                                                                            aiohttp_client):
+    from app.web import RUNTIME
+    from storage.db import POOL_SIZE
+
+    app = create_app(make_config(pg_database_url, RELAYDESK_SERVER__WORKERS="false"))
+    await aiohttp_client(app)
+    pool = app[RUNTIME].db.engine.pool
+    assert pool.checkedin() + pool.checkedout() >= POOL_SIZE  # a burst's first answers do not wait to connect

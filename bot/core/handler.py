@@ -33,7 +33,6 @@ from bot.metrics import Metrics
 from bot.outbox import enqueue, savepoint
 from bot.tasks import wait_event
 from bot.texts import t
-from bot.wakeup import notify_inbox
 from storage.db import Database
 from storage.models import CardAction, InboxEvent, OutboxMessage, Person, ProcessedEvent, Ticket
 from storage.queries import insert_ignore
@@ -126,8 +125,6 @@ class TicketBot:
             await s.exec(_RECORD, params={"platform": event.platform, "event_id": event.event_id,
                                           "payload": event_to_dict(event), "status": "pending", "attempts": 0,
                                           "next_attempt_at": now, "received_at": now})
-            if self.db.is_postgres:  # workers in other processes wake at commit, not at their next poll
-                await notify_inbox(s)
         self.metrics.inbound.labels(event.platform, "accepted").inc()
         self.on_accept()
         return HandleResult()
