@@ -83,6 +83,37 @@ async def test_failure_is_kept_retried_and_finally_visible(make_config, sqlite_u
     assert await _count(rt, Ticket) == 0
 
 
+async def test_a_failing_event_leaves_nothing_behind_alone_or_among_others(make_config, database_url,
+                                                                          aiohttp_client, monkeypatch):
+    rt = await _start(make_config, database_url, aiohttp_client)
+    real = rt.bot.process
+
+    async def flaky(s, event):
+        result = await real(s, event)  # files its ticket and queues its messages ...
+        if "坏" in event.text:
+            raise RuntimeError("bad luck")  # ... then fails: none of it may stay
+        return result
+
+    monkeypatch.setattr(rt.bot, "process", flaky)
+    # Alone in its transaction (no savepoint): rolled back, its failure recorded after.
+    await rt.bot(report("a1", "坏了，2号线水泵漏水", sender="cust_a"))
+    assert await rt.inbox.process_batch() == 1
+    assert await _count(rt, Ticket) == 0
+    async with rt.db.session() as s:
+        row = (await s.exec(select(InboxEvent).where(InboxEvent.event_id == "a1"))).one()
+    assert (row.status, row.attempts) == ("pending", 1) and "bad luck" in row.last_error
+    # Among others in one transaction: only its own savepoint rolls back.
+    await rt.bot(report("b1", "4号线水泵漏水", sender="cust_b"))
+    await rt.bot(report("b2", "坏了，5号线空压机停机", sender="cust_c"))
+    await rt.bot(report("b3", "6号线配电柜跳闸", sender="cust_d"))
+    assert await rt.inbox.process_batch() == 3  # a1 waits for its retry
+    assert await _count(rt, Ticket) == 2
+    async with rt.db.session() as s:
+        rows = {r.event_id: r for r in (await s.exec(select(InboxEvent))).all()}
+    assert [rows[e].status for e in ("b1", "b2", "b3")] == ["done", "pending", "done"]
+    assert rows["b2"].attempts == 1 and rows["a1"].attempts == 1
+
+
 async def test_an_event_waiting_for_its_retry_is_pending_but_not_due(make_config, sqlite_url, aiohttp_client,
                                                                       monkeypatch):
     rt = await _start(make_config, sqlite_url, aiohttp_client)
