@@ -103,6 +103,7 @@ async def test_a_failing_event_leaves_nothing_behind_alone_or_among_others(make_
         row = (await s.exec(select(InboxEvent).where(InboxEvent.event_id == "a1"))).one()
     assert (row.status, row.attempts) == ("pending", 1) and "bad luck" in row.last_error
     # Among others in one transaction: only its own savepoint rolls back.
+    monkeypatch.setattr("bot.inbox.BATCH_SECONDS", 30.0)  # all three in one, however slow the machine
     await rt.bot(report("b1", "4号线水泵漏水", sender="cust_b"))
     await rt.bot(report("b2", "坏了，5号线空压机停机", sender="cust_c"))
     await rt.bot(report("b3", "6号线配电柜跳闸", sender="cust_d"))
