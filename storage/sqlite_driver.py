@@ -82,7 +82,8 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
     on the connection's thread: fetches, description, rowcount and lastrowid cost
     no trip, and closing it has nothing left to close."""
 
-    __slots__ = ("_description", "_rowcount", "_lastrowid", "_arraysize")
+    # Plain slots: they shadow the base class's properties, which read the thread's cursor.
+    __slots__ = ("description", "rowcount", "lastrowid", "arraysize")
 
     def __init__(self, adapt_connection: "_Connection") -> None:
         # Not the base constructor: it opens a cursor on the thread, one trip for nothing.
@@ -91,30 +92,10 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
         self._cursor = None
         self._soft_closed_memoized = EMPTY_DICT
         self._rows = collections.deque()
-        self._description: Optional[tuple] = None
-        self._rowcount = -1
-        self._lastrowid: Optional[int] = None
-        self._arraysize = 1
-
-    @property
-    def description(self) -> Optional[tuple]:
-        return self._description
-
-    @property
-    def rowcount(self) -> int:
-        return self._rowcount
-
-    @property
-    def lastrowid(self) -> Optional[int]:
-        return self._lastrowid
-
-    @property
-    def arraysize(self) -> int:
-        return self._arraysize
-
-    @arraysize.setter
-    def arraysize(self, value: int) -> None:
-        self._arraysize = value
+        self.description: Optional[tuple] = None
+        self.rowcount = -1
+        self.lastrowid: Optional[int] = None
+        self.arraysize = 1
 
     async def _async_soft_close(self) -> None:
         """Nothing to close: the statement's cursor was closed on the thread."""
@@ -138,7 +119,7 @@ class _Cursor(AsyncAdapt_aiosqlite_cursor):
         self._adapt_connection._idle = False  # also when the cursor is used again
         async with self._adapt_connection._execute_mutex:
             conn: aiosqlite.Connection = self._connection
-            rows, self._description, self._rowcount, self._lastrowid = await conn._execute(
+            rows, self.description, self.rowcount, self.lastrowid = await conn._execute(
                 fn, conn._conn, operation, parameters)
         self._rows = collections.deque(rows)
 
