@@ -199,13 +199,12 @@ _INSERT = insert(T)
 
 async def save(s: AsyncSession, timer: Timer, now: datetime, *, full: bool = False) -> bool:
     """Write the timer if nobody else did since it was read (compare-and-set on fence)."""
+    if timer.new:
+        await insert(s, [timer], now)
+        return True
     seen = timer.fence
     timer.fence = seen + 1
     timer.updated_at = now
-    if timer.new:
-        await s.exec(_INSERT, params=timer.values())
-        timer.new = False
-        return True
     params = {c: getattr(timer, c) for c in (_MOVING + _SNAPSHOT if full else _MOVING)}
     params.update(k_ticket=timer.ticket_id, k_chain=timer.chain, k_seen=seen)
     result = await s.exec(_CAS_FULL if full else _CAS_MOVE, params=params)
