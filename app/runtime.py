@@ -14,7 +14,7 @@ from bot.channel import ChannelRegistry, build_channels
 from bot.channels import wecom, feishu, dingtalk, playground  # noqa: F401,I001
 from escalation import phone  # noqa: F401
 from api import webhooks  # noqa: F401  (last: subscriptions are other systems, not people)
-from bot.config import WORKER_ROLES, Config, worker_roles
+from bot.config import Config, worker_roles
 from bot.core.directory import Directory
 from bot.core.dispatch import unknown_skills
 from bot.core.handler import TicketBot
@@ -136,8 +136,7 @@ class Runtime:
         false (none) or some of WORKER_ROLES (the inbox worker, the outbox worker, the
         escalation sweep with the scheduled reports). `defer_inbound` (default: whether any
         run here) answers messages once recorded instead of applying them first."""
-        roles = worker_roles(workers) if not isinstance(workers, bool) else (WORKER_ROLES if workers else ())
-        self.roles = tuple(roles)
+        self.roles = tuple(worker_roles(workers))
         await self.db.init()
         await self.links.load(self.db)
         await self.directory.sync(self.db)
@@ -164,12 +163,12 @@ class Runtime:
             self.tasks.spawn(self.inbox.run(), "inbox")
             if self.db.is_postgres:  # events recorded by another process wake this inbox
                 self._wakeups.append(self.tasks.spawn(
-                    listen(self.config.database_url, INBOX_CHANNEL, self.inbox.wake), "inbox-wakeup"))
+                    listen(self.db.url, INBOX_CHANNEL, self.inbox.wake), "inbox-wakeup"))
         if "outbox" in self.roles:
             self.tasks.spawn(self.outbox.run(), "outbox")
             if self.db.is_postgres:  # messages queued by another process wake this outbox
                 self._wakeups.append(self.tasks.spawn(
-                    listen(self.config.database_url, OUTBOX_CHANNEL, self.outbox.wake), "outbox-wakeup"))
+                    listen(self.db.url, OUTBOX_CHANNEL, self.outbox.wake), "outbox-wakeup"))
         if "escalation" in self.roles:
             await self.escalation.start()
             self.reports.start(self.escalation.scheduler)

@@ -4,11 +4,13 @@ When the serving process only answers (`[server] workers = false`) and worker
 processes apply the inbox, a recorded event used to wait for a worker's next
 poll. Once the transaction that records an event has committed, the process
 sends a notification (`Poker`, coalesced across a burst); every worker listens
-on one connection of its own and wakes its inbox at once. The outbox works the same way: a transaction
-that queues messages notifies OUTBOX_CHANNEL, so a receipt queued by the inbox
-in one process is sent by an outbox worker in another at once. Polling stays as the fallback: a notification
-lost while a listener reconnects delays an event by at most one poll interval,
-it never loses it (the event is a row).
+on one connection of its own and wakes its inbox at once. Outbox workers are
+woken the same way, by the transaction that queues messages notifying
+OUTBOX_CHANNEL at commit (bot/outbox.py: one per transaction, in the applying
+worker, away from the answers), so a receipt queued by the inbox in one process
+is sent by an outbox worker in another at once. Polling stays as the fallback:
+a notification lost while a listener reconnects delays an event by at most one
+poll interval, it never loses it (the event is a row).
 """
 from __future__ import annotations
 
