@@ -58,30 +58,30 @@ class Notifier:
 
     # ---- snapshots, tokens -------------------------------------------
 
-    async def view(self, s: AsyncSession, ticket: Ticket, new: Change | None = None) -> build.TicketView:
+    async def view(self, s: AsyncSession, ticket: Ticket, opened: Change | None = None) -> build.TicketView:
         """The ticket as the cards show it; built once per change within a transaction.
 
-        `new` is the report that opened the ticket in this transaction: its only event,
+        `opened` is the report that opened the ticket in this transaction: its only event,
         no pictures yet, and its people at hand, so nothing needs reading.
         """
         key = (ticket.id, ticket.updated_at, ticket.state, ticket.assignee_id, ticket.rating)
         cache = s.info.setdefault("ticket_views", {})
         if key not in cache:
-            cache[key] = await self._build_view(s, ticket, new)
+            cache[key] = await self._build_view(s, ticket, opened)
         return cache[key]
 
-    async def _person(self, s: AsyncSession, person_id: str | None, change: Change | None) -> Person | None:
+    async def _person(self, s: AsyncSession, person_id: str | None, opened: Change | None) -> Person | None:
         if person_id is None:
             return None
-        if change is not None and person_id in change.people:
-            return change.people[person_id]
+        if opened is not None and person_id in opened.people:
+            return opened.people[person_id]
         return await s.get(Person, person_id)
 
-    async def _build_view(self, s: AsyncSession, ticket: Ticket, new: Change | None = None) -> build.TicketView:
-        reporter = await self._person(s, ticket.reporter_id, new)
-        assignee = await self._person(s, ticket.assignee_id, new)
-        if new is not None:
-            events = [("report", ticket.created_at, new.detail, new.actor.person.name)]
+    async def _build_view(self, s: AsyncSession, ticket: Ticket, opened: Change | None = None) -> build.TicketView:
+        reporter = await self._person(s, ticket.reporter_id, opened)
+        assignee = await self._person(s, ticket.assignee_id, opened)
+        if opened is not None:
+            events = [("report", ticket.created_at, opened.detail, opened.actor.person.name)]
         else:
             # Only the events a card shows: an incident's ticket gathers one "link" event per
             # reporter, and each update of its cards would read them all again.
@@ -101,7 +101,7 @@ class Notifier:
             suggestion = self._why(ticket, report)
         # From the attachments, not the events: a channel that fetches a picture later
         # (WeCom) points its attachment at the local file once it has it.
-        photos = () if new is not None else tuple((await s.exec(select(Attachment.media_ref).where(
+        photos = () if opened is not None else tuple((await s.exec(select(Attachment.media_ref).where(
             Attachment.ticket_id == ticket.id, Attachment.kind == "image").order_by(Attachment.id))).all())
         photo_count, photos = len(photos), photos[-evidence.MAX_THUMBNAILS:]
         return build.TicketView(
@@ -295,7 +295,7 @@ class Notifier:
 
     async def _report_messages(self, s: AsyncSession, change: Change) -> None:
         ticket = change.ticket
-        v = await self.view(s, ticket, new=change)
+        v = await self.view(s, ticket, opened=change)
         to = self.customer_address(ticket)
         mentions = await self._customer_mentions(s, ticket)
         receipt = t("notify.customer.received", number=ticket.number, category=v.category_name,
