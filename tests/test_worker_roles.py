@@ -53,11 +53,12 @@ def test_an_unknown_role_is_refused_naming_the_key(tmp_path):
         load_config(f, env={})
 
 
-def test_the_worker_command_refuses_unknown_roles_and_starts_nothing(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "run_bot.py"), "worker", "--roles", "inbox,mail"],
+@pytest.mark.parametrize("given,named", [("inbox,mail", "--roles: mail"), ("", "--roles: none given")])
+def test_the_worker_command_refuses_unknown_or_no_roles_and_starts_nothing(tmp_path, given, named):
+    r = subprocess.run([sys.executable, str(REPO / "run_bot.py"), "worker", "--roles", given],
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
-    assert "--roles: mail" in r.stderr and "inbox, outbox, escalation" in r.stderr
+    assert named in r.stderr and "inbox, outbox, escalation" in r.stderr
     assert not (tmp_path / "data").exists()
 
 
